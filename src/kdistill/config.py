@@ -1,0 +1,60 @@
+"""Typed run configuration: every CLI option is a key here, settable from YAML or `key=value`."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class DataConfig:
+    name: str = "embedded"
+    root: str | None = None  # folder of the data set; None = the data set's default location
+    download: bool = False  # let torchvision download it (needs a network)
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    val_fraction: float = 0.0  # carve a validation split from train (0 = none)
+    num_workers: int = 4  # for streamed (folder) data sets
+    augment: bool = True  # standard train augmentation (pad-4 crop + flip / random-resized crop)
+    image_size: int | None = None  # resize to this side (None = the data set's own size)
+    device_resident: bool = True  # keep small data sets on the training device
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float | None = None  # None = 0.05, or 0.01 for MobileNetV2/ShuffleNet students
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "step"  # step | cosine
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    min_lr: float = 0.0  # cosine floor
+
+
+@dataclass
+class RunConfig:
+    student: str = "resnet8"  # the model that is trained
+    student_checkpoint: str | None = None  # start the student from these weights
+    teacher: str | None = None
+    teacher_checkpoint: str | None = None
+    # method.name picks the method; its other keys are that method's options and the loss
+    # weights w_ce / w_kd / w_method (None = the method's table default).
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "vanilla"})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    epochs: int = 240
+    steps_per_epoch: int | None = None  # cap on steps per epoch (quick runs, smoke tests)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # mixed precision (bf16/fp16 autocast on CUDA)
+    channels_last: bool = False
+    out: str = "runs/run"
+    resume: bool = False
+    tensorboard: bool = True  # written when tensorboard is installed
+    progress: bool = True

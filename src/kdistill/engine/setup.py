@@ -1,0 +1,139 @@
+"""From a configuration to the parts of a run: device, data, models, method."""
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kdistill.config import RunConfig
+from kdistill.data import Loaders, build_loaders
+from kdistill.errors import KdistillError
+from kdistill.methods import Distiller, build_distiller, method_class
+from kdistill.models import create_model, is_small_lr_model, load_checkpoint
+from kdistill.models.base import FeatureModel
+
+TABLE_LR = 0.05
+SMALL_MODEL_LR = 0.01  # MobileNetV2 / ShuffleNet students in the tables
+
+
+def load_config(config_file: str | None = None, overrides: list[str] = ()) -> DictConfig:
+    """The typed defaults, then the YAML file, then `key=value` overrides; unknown keys are errors."""
+    cfg = OmegaConf.structured(RunConfig)
+    try:
+        if config_file is not None:
+            path = Path(config_file)
+            if not path.is_file():
+                raise KdistillError(f"config file '{config_file}' not found: give the path of a YAML recipe")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        for override in overrides:
+            if "=" not in override:
+                raise KdistillError(f"override '{override}' is not key=value (e.g. epochs=10, method.name=kd)")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or ""
+        raise KdistillError(f"config key '{key}' is invalid ({error.msg.splitlines()[0]}); "
+                            "see the keys in kdistill.config.RunConfig") from None
+    return cfg
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise KdistillError(f"unknown device '{name}': use device=auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KdistillError(f"device '{name}' asked for, but this machine has no CUDA device: use device=cpu or device=auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_lr(cfg: DictConfig) -> float:
+    if cfg.optim.lr is not None:
+        return float(cfg.optim.lr)
+    return SMALL_MODEL_LR if is_small_lr_model(cfg.student) else TABLE_LR
+
+
+def teacher_weights_path(path: str, which: str = "last") -> Path:
+    """A weight file, or a run folder (its last-epoch weights by default, as the tables' teachers are)."""
+    resolved = Path(path)
+    if resolved.is_dir():
+        resolved = resolved / f"student_{which}.pth"
+    if not resolved.is_file():
+        raise KdistillError(f"checkpoint '{resolved}' not found: give a .pth file or a finished run folder")
+    return resolved
+
+
+def classifier_classes(checkpoint: Path, model: FeatureModel) -> int | None:
+    """Class count stored in a checkpoint, read off the weight of the model's last linear layer."""
+    linear_names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    if not linear_names:
+        return None
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable: load_checkpoint reports it with the user-facing message
+        return None
+    state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else {}
+    key = f"{linear_names[-1]}.weight"
+    for name, value in state.items():
+        if name.removeprefix("module.") == key:
+            return int(value.shape[0])
+    return None
+
+
+def load_trained_model(name: str, checkpoint: str, num_classes: int, in_chans: int, data_name: str,
+                       which: str = "last") -> FeatureModel:
+    """A zoo/timm/torchvision model with trained weights, checked against the data's class count."""
+    model = create_model(name, num_classes=num_classes, in_chans=in_chans)
+    path = teacher_weights_path(checkpoint, which)
+    stored_classes = classifier_classes(path, model)
+    if stored_classes is not None and stored_classes != num_classes:
+        raise KdistillError(f"checkpoint '{path}' has {stored_classes} classes but data set "
+                            f"'{data_name}' has {num_classes}: use a model trained on this data set")
+    load_checkpoint(model, path)
+    return model
+
+
+def build_teacher(cfg: DictConfig, num_classes: int, in_chans: int) -> FeatureModel:
+    if cfg.teacher is None:
+        raise KdistillError("no teacher: set teacher=<model> and teacher_checkpoint=<file or run folder>")
+    if cfg.teacher_checkpoint is None:
+        raise KdistillError(f"teacher '{cfg.teacher}' has no weights: set teacher_checkpoint=<file or run folder>")
+    return load_trained_model(cfg.teacher, cfg.teacher_checkpoint, num_classes, in_chans, cfg.data.name)
+
+
+@dataclass
+class RunParts:
+    distiller: Distiller
+    loaders: Loaders
+    device: torch.device
+    lr: float
+
+
+def build_run(cfg: DictConfig) -> RunParts:
+    """Everything a Trainer needs, built from a resolved configuration."""
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    method = OmegaConf.to_container(cfg.method)
+    cls = method_class(method.get("name", ""))  # unknown names fail before any data is read
+    loaders = build_loaders(cfg.data, device, seed=cfg.seed)
+    info = loaders.info
+    student = create_model(cfg.student, num_classes=info.num_classes, in_chans=info.in_chans)
+    if cfg.student_checkpoint is not None:
+        load_checkpoint(student, Path(cfg.student_checkpoint))
+    teacher = build_teacher(cfg, info.num_classes, info.in_chans) if cls.needs_teacher else None
+    input_shape = (info.in_chans, info.image_size, info.image_size)
+    distiller = build_distiller(method, student, teacher, input_shape).to(device)
+    if cfg.channels_last:
+        distiller.to(memory_format=torch.channels_last)
+    return RunParts(distiller, loaders, device, default_lr(cfg))

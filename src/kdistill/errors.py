@@ -1,0 +1,19 @@
+"""User-facing errors: the CLI prints them as one line and exits with code 2."""
+
+import difflib
+from collections.abc import Iterable
+
+
+class KdistillError(Exception):
+    """A problem with the user's input that the user can fix; the message names the fix."""
+
+
+def closest_names(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.4)
+
+
+def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> KdistillError:
+    choices = sorted(choices)
+    close = closest_names(name, choices)
+    hint = f"did you mean {', '.join(close)}?" if close else f"choose one of: {', '.join(choices)}"
+    return KdistillError(f"unknown {kind} '{name}': {hint} (`kdistill list` shows all)")

@@ -1,0 +1,1 @@
+"""Evaluations: accuracy here; transfer, correlation, faithfulness, OOD and robustness beside it."""

@@ -1,0 +1,107 @@
+"""The Distiller base: a method owns the student, the frozen teacher and its own trainable parts."""
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdistill.losses import kd_loss
+from kdistill.models.base import Features, FeatureModel
+
+
+@dataclass
+class MethodOptions:
+    """Options every method has; a method extends this with its own fields.
+
+    The loss is `w_ce * CE + w_kd * KD + w_method * (method terms)`; None takes the method's
+    table default (`Distiller.default_weights`).
+    """
+
+    w_ce: float | None = None
+    w_kd: float | None = None
+    w_method: float | None = None
+    temperature: float = 4.0  # of the KD term
+
+
+@dataclass
+class DistillOutput:
+    logits: Tensor  # the student's logits on the batch's main view
+    losses: dict[str, Tensor] = field(default_factory=dict)  # unweighted named terms
+
+
+class Distiller(nn.Module):
+    """Base of every method. `forward(batch)` returns the student's logits and named loss terms.
+
+    Terms named "ce" are weighted by `w_ce`, "kd" by `w_kd`, every other term by `w_method`.
+    The teacher is frozen: always in eval mode, without gradient, outside the optimizer.
+    """
+
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    default_weights: ClassVar[dict[str, float]] = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
+    needs_teacher: ClassVar[bool] = True
+    needs_preact: ClassVar[bool] = False  # take stage maps before their final ReLU (e.g. AB)
+
+    def __init__(self, student: FeatureModel, teacher: FeatureModel | None, options: MethodOptions,
+                 input_shape: tuple[int, int, int]):
+        super().__init__()
+        self.student = student
+        self.options = options
+        self.weights = {
+            name: default if getattr(options, name) is None else float(getattr(options, name))
+            for name, default in self.default_weights.items()
+        }
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+        self.teacher = teacher
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def loss_weight(self, term: str) -> float:
+        if term == "ce":
+            return self.weights["w_ce"]
+        if term == "kd":
+            return self.weights["w_kd"]
+        return self.weights["w_method"]
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Everything a checkpoint must hold: the student and the method's parts, not the teacher."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("teacher.")]
+        if missing or unexpected:
+            raise RuntimeError(f"method state does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    @torch.no_grad()
+    def teacher_features(self, x: Tensor, preact: bool = False) -> Features:
+        return self.teacher.extract(x, preact=preact)
+
+    def supervised_terms(self, student: Features, teacher: Features | None, labels: Tensor) -> dict[str, Tensor]:
+        """CE on the labels, and KD when its weight is on: the terms most methods add to theirs."""
+        terms = {}
+        if self.weights["w_ce"]:
+            terms["ce"] = F.cross_entropy(student.logits, labels)
+        if self.weights["w_kd"] and teacher is not None:
+            terms["kd"] = kd_loss(student.logits, teacher.logits, self.options.temperature)
+        return terms
+
+    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The method's own loss terms; feature methods override only this."""
+        return {}
+
+    def forward(self, batch: dict[str, Tensor]) -> DistillOutput:
+        x = batch["image"]
+        student = self.student.extract(x, preact=self.needs_preact)
+        teacher = self.teacher_features(x, preact=self.needs_preact) if self.teacher is not None else None
+        losses = self.supervised_terms(student, teacher, batch["label"])
+        if teacher is not None:
+            losses.update(self.method_terms(student, teacher, batch))
+        return DistillOutput(student.logits, losses)

@@ -1,0 +1,23 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# A run small enough for a test: tiny model, a few steps per epoch, no progress bars.
+QUICK_RUN = ["student=resnet8", "data.name=embedded", "data.batch_size=32", "steps_per_epoch=4",
+             "progress=false", "tensorboard=false", "device=cpu"]
+
+
+def kdistill_command() -> list[str]:
+    """The installed console script when there is one, else the module entry point."""
+    script = Path(sys.executable).with_name("kdistill")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kdistill"]
+
+
+@pytest.fixture
+def run_cli():
+    def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(kdistill_command() + list(args), capture_output=True, text=True, cwd=cwd, timeout=600)
+
+    return run
