@@ -1,0 +1,239 @@
+"""The loaders: batches of normalised images on the training device, from any data set."""
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from torchvision.transforms.v2 import functional as F
+
+from kdistill.config import DataConfig
+from kdistill.data.augment import Stream, crop_flip, crop_flip_params, keyed_bits
+from kdistill.data.sources import DATASETS, ImageArrays, ImageFiles, Split
+from kdistill.data.streaming import FileDataset
+from kdistill.errors import KdistillError
+
+RESIZE_CHUNK = 1024  # images resized at once: bounds the float copy torchvision makes
+
+
+@dataclass
+class DatasetInfo:
+    name: str
+    num_classes: int
+    in_chans: int
+    image_size: int  # side after any resize
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str] | None
+    train_size: int  # samples in the train split (after a validation split is carved out)
+
+
+class BatchOrder:
+    """The sample indices of each batch of an epoch, for one rank of `world_size`.
+
+    Train: a permutation seeded by (seed, epoch), padded by wrapping around to a multiple of
+    world_size; rank r takes every world_size-th entry from r (as DistributedSampler does),
+    so every rank has as many batches; the last partial batch is dropped.
+    Eval: the split in order, rank r takes every world_size-th sample from r without padding,
+    so the ranks together see each sample once; the last partial batch is kept.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int, world_size: int, train: bool):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size, self.train = rank, world_size, train
+
+    def __len__(self) -> int:
+        if self.train:
+            return math.ceil(self.size / self.world_size) // self.batch_size
+        return math.ceil(len(range(self.rank, self.size, self.world_size)) / self.batch_size)
+
+    def batches(self, epoch: int) -> list[Tensor]:
+        """The CPU int64 index tensors of this rank's batches in `epoch`."""
+        if not self.train:
+            return list(torch.arange(self.rank, self.size, self.world_size).split(self.batch_size))
+        generator = torch.Generator().manual_seed(int(keyed_bits(self.seed, epoch, 0, Stream.SHUFFLE)))
+        order = torch.randperm(self.size, generator=generator)
+        padded_size = math.ceil(self.size / self.world_size) * self.world_size
+        order = order.repeat(math.ceil(padded_size / self.size))[:padded_size]
+        return list(order[self.rank :: self.world_size].split(self.batch_size))[: len(self)]
+
+
+class Normalizer:
+    """uint8 images -> the float32 input of the models: (x / 255 - mean) / std per channel."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+        # The 1/255 is folded into mean and std: one subtract and one divide per batch.
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return (images.float() - self.mean) / self.std
+
+
+class Loader:
+    """Batches of one split: dicts with "image" (normalised float32 [B, C, H, W]), "label"
+    and "index" (int64 [B], the sample's index within its split), all on `device`.
+
+    `len()` is the number of batches per epoch for this rank; `labels` holds all labels of
+    the split (CPU); `set_epoch` picks the shuffle order and augmentation of the next pass.
+    """
+
+    def __init__(self, order: BatchOrder, labels: Tensor, normalize: Normalizer, device: torch.device):
+        self.order, self.labels, self.normalize, self.device = order, labels.cpu(), normalize, device
+        self.dataset_size = len(labels)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        for images, labels, index in self._uint8_batches():
+            yield {"image": self.normalize(images), "label": labels, "index": index}
+
+    def _uint8_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        raise NotImplementedError
+
+
+class ArrayLoader(Loader):
+    """A split held in memory (on the device, or on the CPU and copied per batch), augmented
+    a whole batch at a time on the device."""
+
+    def __init__(
+        self, arrays: ImageArrays, order: BatchOrder, normalize: Normalizer, device: torch.device, seed: int,
+        augment: bool, hflip: bool,
+    ):
+        super().__init__(order, arrays.labels, normalize, device)
+        self.images = arrays.images
+        self._stored_labels = arrays.labels.to(arrays.images.device)  # gathered where the images are
+        self.seed, self.augment, self.hflip = seed, augment, hflip
+
+    def _uint8_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        for index in self.order.batches(self.epoch):
+            stored = index.to(self.images.device)
+            images = self.images[stored].to(self.device, non_blocking=True)
+            labels = self._stored_labels[stored].to(self.device, non_blocking=True)
+            index = index.to(self.device)
+            if self.augment:
+                images = crop_flip(images, *crop_flip_params(self.seed, self.epoch, index, hflip=self.hflip))
+            yield images, labels, index
+
+
+class StreamLoader(Loader):
+    """A split of image files, decoded and augmented per sample by DataLoader workers."""
+
+    def __init__(
+        self, dataset: FileDataset, order: BatchOrder, normalize: Normalizer, device: torch.device,
+        num_workers: int,
+    ):
+        super().__init__(order, dataset.files.labels, normalize, device)
+        self.dataset, self.num_workers = dataset, num_workers
+
+    def _uint8_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        # The epoch rides along with each index, so the workers need no state of their own.
+        keys = [[(i, self.epoch) for i in batch.tolist()] for batch in self.order.batches(self.epoch)]
+        loader = DataLoader(
+            self.dataset, batch_sampler=keys, num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for images, labels, index in loader:
+            yield (
+                images.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+                index.to(self.device, non_blocking=True),
+            )
+
+
+@dataclass
+class Loaders:
+    train: Loader
+    test: Loader
+    val: Loader | None
+    info: DatasetInfo
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+def split_validation(split: Split, fraction: float, seed: int) -> tuple[Split, Split | None]:
+    """(train, val): per class, the round(fraction * class size) samples with the smallest
+    keyed values (from the seed alone) form the validation split; both keep their order."""
+    if fraction == 0:
+        return split, None
+    keys = keyed_bits(seed, 0, torch.arange(len(split.labels)), Stream.VAL_SPLIT)
+    in_val = torch.zeros(len(split.labels), dtype=torch.bool)
+    for label in split.labels.unique():
+        members = (split.labels == label).nonzero()[:, 0]
+        in_val[members[keys[members].argsort()[: round(fraction * len(members))]]] = True
+    return split.subset(in_val.logical_not().nonzero()[:, 0]), split.subset(in_val.nonzero()[:, 0])
+
+
+def _resized(images: Tensor, size: int) -> Tensor:
+    if images.shape[-2:] == (size, size):
+        return images
+    return torch.cat([F.resize(part, [size, size]) for part in images.split(RESIZE_CHUNK)])
+
+
+def _check_options(cfg: DataConfig, rank: int, world_size: int) -> None:
+    if not 0 <= cfg.val_fraction < 1:
+        raise KdistillError(f"data.val_fraction={cfg.val_fraction} is outside [0, 1); set e.g. 0.1 (0: none)")
+    for key, minimum in {"batch_size": 1, "eval_batch_size": 1, "image_size": 1, "num_workers": 0}.items():
+        value = getattr(cfg, key)
+        if value is not None and value < minimum:
+            raise KdistillError(f"data.{key}={value} is below {minimum}; set it to at least {minimum}")
+    if not 0 <= rank < world_size:
+        raise KdistillError(f"rank {rank} is not in [0, world_size={world_size})")
+
+
+def build_loaders(
+    cfg: DataConfig, device: torch.device, seed: int, rank: int = 0, world_size: int = 1
+) -> Loaders:
+    """The train, test and (when cfg.val_fraction > 0) validation loaders of cfg.name."""
+    _check_options(cfg, rank, world_size)
+    device = torch.device(device)
+    source = DATASETS.get(cfg.name)(cfg.root, cfg.download)
+    train, val = split_validation(source.train, cfg.val_fraction, seed)
+    if val is not None and len(val.labels) == 0:
+        raise KdistillError(f"data.val_fraction={cfg.val_fraction} leaves no validation sample; raise it")
+    image_size = cfg.image_size or source.image_size
+    store = device if cfg.device_resident else torch.device("cpu")
+    normalize = Normalizer(source.mean, source.std, device)
+
+    def make_loader(split: Split, is_train: bool) -> Loader:
+        batch_size = cfg.batch_size if is_train else cfg.eval_batch_size
+        order = BatchOrder(len(split.labels), batch_size, seed, rank, world_size, train=is_train)
+        augment = is_train and cfg.augment
+        if isinstance(split, ImageFiles):
+            dataset = FileDataset(split, image_size, seed, augment, source.resized_crop, source.hflip)
+            return StreamLoader(dataset, order, normalize, device, cfg.num_workers)
+        arrays = ImageArrays(_resized(split.images, image_size).to(store), split.labels)
+        return ArrayLoader(arrays, order, normalize, device, seed, augment, source.hflip)
+
+    train_loader = make_loader(train, is_train=True)
+    if len(train_loader) == 0:
+        per_process = math.ceil(len(train.labels) / world_size)
+        raise KdistillError(
+            f"data.batch_size={cfg.batch_size} is larger than the {per_process} training samples per process "
+            f"of '{cfg.name}'; lower data.batch_size"
+        )
+    info = DatasetInfo(
+        name=cfg.name,
+        num_classes=source.num_classes,
+        in_chans=source.in_chans,
+        image_size=image_size,
+        mean=source.mean,
+        std=source.std,
+        class_names=source.class_names,
+        train_size=len(train.labels),
+    )
+    return Loaders(
+        train=train_loader,
+        test=make_loader(source.test, is_train=False),
+        val=make_loader(val, is_train=False) if val is not None else None,
+        info=info,
+    )

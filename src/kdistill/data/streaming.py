@@ -1,0 +1,64 @@
+"""Per-sample decoding and augmentation for the streamed (folder) data sets."""
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as F
+
+from kdistill.data.augment import crop_flip, crop_flip_params, keyed_flip, resized_crop_params
+from kdistill.data.sources import ImageFiles
+
+EVAL_RESIZE_RATIO = 256 / 224  # ImageNet evaluation: resize to 256, center-crop 224
+
+
+def read_rgb(path: str) -> Tensor:
+    """A uint8 [3, H, W] image; grayscale and palette files are converted to RGB.
+
+    PIL rather than torchvision.io, whose decoders are deprecated since torchvision 0.29.
+    """
+    with Image.open(path) as image:
+        return F.pil_to_tensor(image.convert("RGB"))
+
+
+class FileDataset(Dataset):
+    """Reads sample `index` for epoch `epoch`, keyed by the pair, as a uint8 [3, S, S] image.
+
+    The augmentation parameters come from the keyed generator, so which worker or batch
+    handles a sample does not change its view.
+
+    resized_crop: train with ImageNet's random-resized crop and test with resize + center crop;
+    otherwise (Tiny-ImageNet) resize to S when needed and train with the pad-4 crop.
+    """
+
+    def __init__(
+        self, files: ImageFiles, image_size: int, seed: int, augment: bool, resized_crop: bool, hflip: bool
+    ):
+        self.files, self.image_size, self.seed = files, image_size, seed
+        self.augment, self.resized_crop, self.hflip = augment, resized_crop, hflip
+
+    def __len__(self) -> int:
+        return len(self.files.paths)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor, int]:
+        index, epoch = key
+        image = read_rgb(self.files.paths[index])
+        transform = self._resized_crop_view if self.resized_crop else self._pad_crop_view
+        return transform(image, index, epoch), self.files.labels[index], index
+
+    def _resized_crop_view(self, image: Tensor, index: int, epoch: int) -> Tensor:
+        size = self.image_size
+        if not self.augment:
+            image = F.resize(image, [round(size * EVAL_RESIZE_RATIO)])  # shorter side
+            return F.center_crop(image, [size, size])
+        top, left, height, width = resized_crop_params(self.seed, epoch, index, *image.shape[-2:])
+        image = F.resized_crop(image, top, left, height, width, [size, size])
+        return F.horizontal_flip(image) if self.hflip and keyed_flip(self.seed, epoch, index) else image
+
+    def _pad_crop_view(self, image: Tensor, index: int, epoch: int) -> Tensor:
+        if image.shape[-2:] != (self.image_size, self.image_size):
+            image = F.resize(image, [self.image_size, self.image_size])
+        if not self.augment:
+            return image
+        params = crop_flip_params(self.seed, epoch, torch.tensor([index]), hflip=self.hflip)
+        return crop_flip(image[None], *params)[0]  # the in-memory sets' batched crop, on a batch of one
