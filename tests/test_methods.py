@@ -3,10 +3,10 @@ import torch
 
 from kdistill.errors import KdistillError
 from kdistill.losses import kd_loss
-from kdistill.methods import build_distiller, list_methods, method_class
+from kdistill.methods import MethodContext, build_distiller, list_methods, method_class
 from kdistill.models import create_model
 
-INPUT = (1, 28, 28)
+INPUT = MethodContext((1, 28, 28), num_classes=10)
 
 
 def make_pair():
@@ -16,7 +16,7 @@ def make_pair():
 
 def batch(n=4):
     generator = torch.Generator().manual_seed(1)
-    return {"image": torch.randn(n, *INPUT, generator=generator), "label": torch.arange(n) % 10,
+    return {"image": torch.randn(n, *INPUT.input_shape, generator=generator), "label": torch.arange(n) % 10,
             "index": torch.arange(n)}
 
 

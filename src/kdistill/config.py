@@ -16,6 +16,7 @@ class DataConfig:
     augment: bool = True  # standard train augmentation (pad-4 crop + flip / random-resized crop)
     image_size: int | None = None  # resize to this side (None = the data set's own size)
     device_resident: bool = True  # keep small data sets on the training device
+    strong_view: bool = False  # also yield a strongly augmented view (set by methods that need it)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 from kdistill.config import RunConfig
 from kdistill.data import Loaders, build_loaders
 from kdistill.errors import KdistillError
-from kdistill.methods import Distiller, build_distiller, method_class
+from kdistill.methods import Distiller, MethodContext, build_distiller, method_class
 from kdistill.models import create_model, is_small_lr_model, load_checkpoint
 from kdistill.models.base import FeatureModel
 
@@ -126,14 +126,18 @@ def build_run(cfg: DictConfig) -> RunParts:
     seed_everything(cfg.seed)
     method = OmegaConf.to_container(cfg.method)
     cls = method_class(method.get("name", ""))  # unknown names fail before any data is read
+    if cls.needs_strong_view:
+        cfg.data.strong_view = True
     loaders = build_loaders(cfg.data, device, seed=cfg.seed)
     info = loaders.info
     student = create_model(cfg.student, num_classes=info.num_classes, in_chans=info.in_chans)
     if cfg.student_checkpoint is not None:
         load_checkpoint(student, Path(cfg.student_checkpoint))
     teacher = build_teacher(cfg, info.num_classes, info.in_chans) if cls.needs_teacher else None
-    input_shape = (info.in_chans, info.image_size, info.image_size)
-    distiller = build_distiller(method, student, teacher, input_shape).to(device)
+    lr = default_lr(cfg)
+    context = MethodContext((info.in_chans, info.image_size, info.image_size), info.num_classes,
+                            loaders.train.labels, lr)
+    distiller = build_distiller(method, student, teacher, context).to(device)
     if cfg.channels_last:
         distiller.to(memory_format=torch.channels_last)
-    return RunParts(distiller, loaders, device, default_lr(cfg))
+    return RunParts(distiller, loaders, device, lr)

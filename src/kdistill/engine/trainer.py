@@ -7,6 +7,7 @@ returns, logs each one, and handles optimisation, evaluation, checkpoints and re
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,16 @@ def prepare_out_dir(out: Path, resume: bool) -> None:
                             "or choose another out=<folder>")
 
 
+@dataclass
+class Phase:
+    """A stretch of epochs with its own optimizer: a method's initialisation, then distillation."""
+
+    name: str
+    epochs: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, distiller: Distiller, loaders: Loaders, device: torch.device,
                  lr: float, out: Path):
@@ -52,13 +63,19 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise KdistillError(f"the training set has fewer samples than one batch ({cfg.data.batch_size}): "
                                 "lower data.batch_size")
+        self.phases = []
+        init = distiller.init_phase()
+        if init is not None and init.epochs > 0:
+            optimizer = build_optimizer(init.parameters, cfg.optim, init.lr)
+            self.phases.append(Phase("init", init.epochs, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)))
         params = [p for p in distiller.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(params, cfg.optim, lr)
-        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs, lr)
+        optimizer = build_optimizer(params, cfg.optim, lr)
+        scheduler = build_scheduler(optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs, lr)
+        self.phases.append(Phase("train", cfg.epochs, optimizer, scheduler))
         self.amp = bool(cfg.amp) and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
-        self.start_epoch = 0
-        self.best = {"top1": -1.0, "epoch": -1}
+        self.start_epoch = 0  # counted over all phases
+        self.best = {"top1": -1.0, "top5": -1.0, "epoch": -1}
         self.writer = self._tensorboard_writer() if cfg.tensorboard else None
 
     def _tensorboard_writer(self):
@@ -69,12 +86,12 @@ class Trainer:
         return SummaryWriter(str(self.out / "tensorboard"))
 
     # ---- checkpoint / resume -------------------------------------------------------------
-    def _state(self, epoch: int) -> dict[str, Any]:
+    def _state(self, global_epoch: int) -> dict[str, Any]:
         return {
-            "epoch": epoch,
+            "epoch": global_epoch,
             "method": self.distiller.trainable_state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "phases": {phase.name: {"optimizer": phase.optimizer.state_dict(), "scheduler": phase.scheduler.state_dict()}
+                       for phase in self.phases},
             "scaler": self.scaler.state_dict(),
             "best": self.best,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -87,8 +104,9 @@ class Trainer:
             return
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.distiller.load_trainable_state_dict(state["method"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for phase in self.phases:
+            phase.optimizer.load_state_dict(state["phases"][phase.name]["optimizer"])
+            phase.scheduler.load_state_dict(state["phases"][phase.name]["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.best = state["best"]
         torch.set_rng_state(state["rng"]["torch"].cpu())
@@ -100,18 +118,31 @@ class Trainer:
         metrics_path = self.out / METRICS_FILE
         if metrics_path.exists():
             kept = [line for line in metrics_path.read_text().splitlines()
-                    if json.loads(line)["epoch"] <= self.start_epoch]
+                    if json.loads(line)["global_epoch"] <= self.start_epoch]
             metrics_path.write_text("".join(line + "\n" for line in kept))
 
     # ---- the loop ------------------------------------------------------------------------
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        self.distiller.train()
+    def _step_terms(self, phase: Phase, batch: dict[str, torch.Tensor]):
+        """(student logits or None, weighted total, terms to log) of one batch in `phase`."""
+        if phase.name == "init":
+            terms = {name: value.float() for name, value in self.distiller.init_terms(batch).items()}
+            return None, sum(terms.values()), terms
+        output = self.distiller(batch)
+        terms = {name: value.float() for name, value in output.losses.items()}
+        loss = sum(self.distiller.loss_weight(name) * value for name, value in terms.items())
+        return output.logits, loss, {**terms, **output.extras}
+
+    def train_epoch(self, phase: Phase, epoch: int, global_epoch: int) -> dict[str, float]:
+        if phase.name == "init":
+            self.distiller.init_mode()
+        else:
+            self.distiller.train()
         loader = self.loaders.train
-        loader.set_epoch(epoch)
+        loader.set_epoch(global_epoch)
         sums: dict[str, torch.Tensor] = {}
-        correct = seen = 0
+        correct = seen = labelled = 0
         start = time.perf_counter()
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
+        bar = tqdm(total=self.steps_per_epoch, desc=f"{phase.name} epoch {epoch + 1}/{phase.epochs}", leave=False,
                    disable=not self.cfg.progress, mininterval=1.0, dynamic_ncols=True)
         for step, batch in enumerate(loader):
             if step == self.steps_per_epoch:
@@ -119,29 +150,28 @@ class Trainer:
             if self.cfg.channels_last:
                 batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, enabled=self.amp):
-                output = self.distiller(batch)
-            terms = {name: value.float() for name, value in output.losses.items()}
-            loss = sum(self.distiller.loss_weight(name) * value for name, value in terms.items())
-            self.optimizer.zero_grad(set_to_none=True)
+                logits, loss, logged = self._step_terms(phase, batch)
+            phase.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
+            self.scaler.step(phase.optimizer)
             self.scaler.update()
-            self.scheduler.step()
+            phase.scheduler.step()
             # Sums stay on the device: no host synchronisation inside the step.
-            for name, value in {**terms, "loss": loss}.items():
+            for name, value in {**logged, "loss": loss}.items():
                 sums[name] = sums.get(name, 0.0) + value.detach()
-            labels = batch["label"]
-            correct += output.logits.detach().argmax(1).eq(labels).sum()
-            seen += labels.numel()
+            seen += batch["image"].shape[0]
+            if logits is not None and "label" in batch:
+                correct += logits.detach().argmax(1).eq(batch["label"]).sum()
+                labelled += batch["label"].numel()
             bar.update(1)
             if bar.n % 20 == 0 and self.cfg.progress:
                 bar.set_postfix({name: f"{float(value) / (step + 1):.3f}" for name, value in sums.items()}
                                 | {"img/s": f"{seen / (time.perf_counter() - start):.0f}"})
         bar.close()
         elapsed = time.perf_counter() - start
-        steps = self.steps_per_epoch
-        metrics = {f"train/{name}": float(value) / steps for name, value in sums.items()}
-        metrics["train/top1"] = 100.0 * float(correct) / max(seen, 1)
+        metrics = {f"train/{name}": float(value) / self.steps_per_epoch for name, value in sums.items()}
+        if labelled:
+            metrics["train/top1"] = 100.0 * float(correct) / labelled
         metrics["img_per_s"] = seen / elapsed
         metrics["epoch_time_s"] = elapsed
         return metrics
@@ -152,44 +182,54 @@ class Trainer:
         OmegaConf.save(self.cfg, self.out / "config.yaml")
         student = self.distiller.student
         run_start = time.perf_counter()
-        for epoch in range(self.start_epoch, self.cfg.epochs):
-            lr = self.optimizer.param_groups[0]["lr"]
-            metrics = {"epoch": epoch + 1, "lr": lr, **self.train_epoch(epoch)}
-            for split in ("test", "val"):
-                loader = getattr(self.loaders, split)
-                if loader is not None:
-                    for name, value in evaluate(student, loader, amp=self.amp).items():
-                        metrics[f"{split}/{name}"] = value
-            self._log(metrics)
-            if metrics["test/top1"] > self.best["top1"]:
-                self.best = {"top1": metrics["test/top1"], "top5": metrics["test/top5"], "epoch": epoch + 1}
-                save_model_weights(student, self.out / "student_best.pth", epoch=epoch + 1, accuracy=self.best["top1"])
-            save_model_weights(student, self.out / "student_last.pth", epoch=epoch + 1, accuracy=metrics["test/top1"])
-            atomic_save(self._state(epoch), self.out / RESUME_FILE)
+        global_epoch = 0
+        for phase in self.phases:
+            for epoch in range(phase.epochs):
+                if global_epoch >= self.start_epoch:
+                    self._run_epoch(phase, epoch, global_epoch, student)
+                global_epoch += 1
         return self._finish(time.perf_counter() - run_start)
 
-    def _log(self, metrics: dict[str, float]) -> None:
+    def _run_epoch(self, phase: Phase, epoch: int, global_epoch: int, student) -> None:
+        metrics = {"phase": phase.name, "epoch": epoch + 1, "global_epoch": global_epoch + 1,
+                   "lr": phase.optimizer.param_groups[0]["lr"], **self.train_epoch(phase, epoch, global_epoch)}
+        for split in ("test", "val"):
+            loader = getattr(self.loaders, split)
+            if loader is not None:
+                for name, value in evaluate(student, loader, amp=self.amp).items():
+                    metrics[f"{split}/{name}"] = value
+        self._log(metrics)
+        if phase.name == "train":
+            accuracy = metrics.get("test/top1")
+            if accuracy is not None and accuracy > self.best["top1"]:
+                self.best = {"top1": accuracy, "top5": metrics["test/top5"], "epoch": epoch + 1}
+                save_model_weights(student, self.out / "student_best.pth", epoch=epoch + 1, accuracy=accuracy)
+            save_model_weights(student, self.out / "student_last.pth", epoch=epoch + 1, accuracy=accuracy)
+        atomic_save(self._state(global_epoch), self.out / RESUME_FILE)
+
+    def _log(self, metrics: dict[str, Any]) -> None:
         with open(self.out / METRICS_FILE, "a") as file:
             file.write(json.dumps(metrics) + "\n")
         if self.writer is not None:
             for name, value in metrics.items():
-                if name != "epoch":
-                    self.writer.add_scalar(name, value, metrics["epoch"])
+                if name not in ("phase", "epoch", "global_epoch"):
+                    self.writer.add_scalar(f"{metrics['phase']}/{name}", value, metrics["global_epoch"])
             self.writer.flush()
         if self.cfg.progress:
             shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(("train/loss", "test/top", "val/top")))
-            tqdm.write(f"epoch {metrics['epoch']}/{self.cfg.epochs} {shown} ({metrics['img_per_s']:.0f} img/s)")
+            tqdm.write(f"{metrics['phase']} epoch {metrics['epoch']} {shown} ({metrics['img_per_s']:.0f} img/s)")
 
-    def _finish(self, train_time: float) -> dict[str, Any]:
+    def _finish(self, wall_time: float) -> dict[str, Any]:
         history = [json.loads(line) for line in (self.out / METRICS_FILE).read_text().splitlines()]
-        last = history[-1]
+        trained = [entry for entry in history if entry["phase"] == "train"]
+        last = trained[-1]
         results = {
             "student": self.cfg.student, "teacher": self.cfg.teacher, "method": self.cfg.method["name"],
             "dataset": self.cfg.data.name, "seed": self.cfg.seed, "epochs": self.cfg.epochs,
-            "top1_last": last["test/top1"], "top5_last": last["test/top5"],
+            "top1_last": last.get("test/top1"), "top5_last": last.get("test/top5"),
             "top1_best": self.best["top1"], "top5_best": self.best["top5"], "best_epoch": self.best["epoch"],
             "train_time_s": sum(entry["epoch_time_s"] for entry in history),
-            "wall_time_s": train_time,
+            "wall_time_s": wall_time,
             "student_params": sum(p.numel() for p in self.distiller.student.parameters()),
         }
         (self.out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")

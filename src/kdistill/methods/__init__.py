@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from kdistill.errors import KdistillError
-from kdistill.methods.base import DistillOutput, Distiller, MethodOptions
+from kdistill.methods.base import DistillOutput, Distiller, InitPhase, MethodContext, MethodOptions
 from kdistill.models.base import FeatureModel
 from kdistill.registry import Registry
 
@@ -47,7 +47,7 @@ def parse_method_options(cls: type[Distiller], name: str, values: dict[str, Any]
 
 
 def build_distiller(method: dict[str, Any], student: FeatureModel, teacher: FeatureModel | None,
-                    input_shape: tuple[int, int, int]) -> Distiller:
+                    context: MethodContext) -> Distiller:
     """Build the method named by `method["name"]` with the rest of `method` as its options."""
     values = dict(method)
     name = values.pop("name", None)
@@ -57,9 +57,9 @@ def build_distiller(method: dict[str, Any], student: FeatureModel, teacher: Feat
     if cls.needs_teacher and teacher is None:
         raise KdistillError(f"method '{name}' needs a teacher: set teacher=<model> and teacher_checkpoint=<file>")
     options = parse_method_options(cls, name, values)
-    return cls(student, teacher if cls.needs_teacher else None, options, input_shape)
+    return cls(student, teacher if cls.needs_teacher else None, options, context)
 
 
 _import_method_modules()
 
-__all__ = ["METHODS", "Distiller", "DistillOutput", "MethodOptions", "build_distiller", "list_methods", "method_class"]
+__all__ = ["METHODS", "Distiller", "DistillOutput", "InitPhase", "MethodContext", "MethodOptions", "build_distiller", "list_methods", "method_class"]

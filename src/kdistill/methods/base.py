@@ -29,6 +29,34 @@ class MethodOptions:
 class DistillOutput:
     logits: Tensor  # the student's logits on the batch's main view
     losses: dict[str, Tensor] = field(default_factory=dict)  # unweighted named terms
+    extras: dict[str, Tensor] = field(default_factory=dict)  # logged, not optimised (e.g. a learned scale)
+
+
+@dataclass
+class InitPhase:
+    """A pre-training phase a method runs before distillation (e.g. AB's connectors, FT's
+    paraphraser): its epochs, the parameters it trains and its constant learning rate."""
+
+    epochs: int
+    parameters: list[nn.Parameter]
+    lr: float
+
+
+@dataclass
+class MethodContext:
+    """What a method may need to know of the data to build its parts."""
+
+    input_shape: tuple[int, int, int]  # (channels, height, width) of a training image
+    num_classes: int
+    train_labels: Tensor | None = None  # labels of the training split by sample index (CPU)
+    lr: float = 0.05  # the run's base learning rate (an initialisation phase may derive its own)
+
+
+def embedding_source(features: Features, which: str | int) -> Tensor:
+    """A [B, D] vector per sample: the pooled penultimate feature, or a stage map averaged over space."""
+    if which == "pooled":
+        return features.pooled
+    return features.stages[int(which)].mean(dim=(2, 3))
 
 
 class Distiller(nn.Module):
@@ -42,9 +70,10 @@ class Distiller(nn.Module):
     default_weights: ClassVar[dict[str, float]] = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
     needs_teacher: ClassVar[bool] = True
     needs_preact: ClassVar[bool] = False  # take stage maps before their final ReLU (e.g. AB)
+    needs_strong_view: ClassVar[bool] = False  # batches also carry "image_strong" (e.g. CRLD)
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, options: MethodOptions,
-                 input_shape: tuple[int, int, int]):
+                 context: MethodContext):
         super().__init__()
         self.student = student
         self.options = options
@@ -93,15 +122,29 @@ class Distiller(nn.Module):
             terms["kd"] = kd_loss(student.logits, teacher.logits, self.options.temperature)
         return terms
 
-    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The method's own loss terms; feature methods override only this."""
+    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
+                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The method's own loss terms; feature methods override only this (and may add to `extras`)."""
         return {}
+
+    def init_phase(self) -> InitPhase | None:
+        """The method's initialisation phase, run by the Trainer before distillation; None = none."""
+        return None
+
+    def init_terms(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Loss terms of the initialisation phase; the Trainer sums them unweighted."""
+        raise NotImplementedError(f"{type(self).__name__} has no initialisation phase")
+
+    def init_mode(self) -> None:
+        """Train/eval modes during the initialisation phase (default: as in distillation)."""
+        self.train()
 
     def forward(self, batch: dict[str, Tensor]) -> DistillOutput:
         x = batch["image"]
         student = self.student.extract(x, preact=self.needs_preact)
         teacher = self.teacher_features(x, preact=self.needs_preact) if self.teacher is not None else None
         losses = self.supervised_terms(student, teacher, batch["label"])
+        extras: dict[str, Tensor] = {}
         if teacher is not None:
-            losses.update(self.method_terms(student, teacher, batch))
-        return DistillOutput(student.logits, losses)
+            losses.update(self.method_terms(student, teacher, batch, extras))
+        return DistillOutput(student.logits, losses, extras)

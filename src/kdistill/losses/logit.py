@@ -1,11 +1,9 @@
-"""Functional forms of every distillation loss, in the style of torch.nn.functional.
-
-Convention: student first, teacher second; the teacher's tensors carry no gradient.
-Each function documents its reduction, which is the one the published weights were tuned for.
-"""
+"""Logit-based losses."""
 
 import torch.nn.functional as F
 from torch import Tensor
+
+__all__ = ["kd_loss"]
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
