@@ -5,14 +5,20 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from kdistill.distributed import barrier, is_main_process
 from kdistill.engine.setup import build_run
 from kdistill.engine.trainer import Trainer, prepare_out_dir
 
 
 def train_run(cfg: DictConfig) -> dict[str, Any]:
-    """Train (or resume) the run that `cfg` describes; returns its results, also in results.json."""
+    """Train (or resume) the run that `cfg` describes; returns its results, also in results.json.
+
+    Under torchrun every process calls this; `data.batch_size` is per process and only rank 0
+    writes the run folder."""
     out = Path(cfg.out)
-    prepare_out_dir(out, cfg.resume)
-    parts = build_run(cfg)
+    parts = build_run(cfg)  # joins the torchrun process group, if any
+    if is_main_process():
+        prepare_out_dir(out, cfg.resume)
+    barrier()
     cfg.optim.lr = parts.lr  # the saved config records the learning rate actually used
     return Trainer(cfg, parts.distiller, parts.loaders, parts.device, parts.lr, out).fit()

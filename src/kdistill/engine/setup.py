@@ -11,6 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from kdistill.config import RunConfig
 from kdistill.data import Loaders, build_loaders
+from kdistill.distributed import init_from_environment, rank, world_size
 from kdistill.errors import KdistillError
 from kdistill.methods import Distiller, MethodContext, build_distiller, method_class
 from kdistill.models import create_model, is_small_lr_model, load_checkpoint
@@ -122,13 +123,13 @@ class RunParts:
 
 def build_run(cfg: DictConfig) -> RunParts:
     """Everything a Trainer needs, built from a resolved configuration."""
-    device = resolve_device(cfg.device)
+    device = resolve_device(init_from_environment(cfg.device))
     seed_everything(cfg.seed)
     method = OmegaConf.to_container(cfg.method)
     cls = method_class(method.get("name", ""))  # unknown names fail before any data is read
     if cls.needs_strong_view:
         cfg.data.strong_view = True
-    loaders = build_loaders(cfg.data, device, seed=cfg.seed)
+    loaders = build_loaders(cfg.data, device, seed=cfg.seed, rank=rank(), world_size=world_size())
     info = loaders.info
     student = create_model(cfg.student, num_classes=info.num_classes, in_chans=info.in_chans)
     if cfg.student_checkpoint is not None:

@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from kdistill.data import Loaders
+from kdistill.distributed import average_gradients, barrier, broadcast_buffers, is_distributed, is_main_process
 from kdistill.engine.checkpoint import atomic_save, save_model_weights
 from kdistill.engine.schedule import build_optimizer, build_scheduler
 from kdistill.errors import KdistillError
@@ -68,15 +70,28 @@ class Trainer:
         if init is not None and init.epochs > 0:
             optimizer = build_optimizer(init.parameters, cfg.optim, init.lr)
             self.phases.append(Phase("init", init.epochs, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)))
-        params = [p for p in distiller.parameters() if p.requires_grad]
-        optimizer = build_optimizer(params, cfg.optim, lr)
+        optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, lr)
         scheduler = build_scheduler(optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs, lr)
         self.phases.append(Phase("train", cfg.epochs, optimizer, scheduler))
+        self.model = self._data_parallel(distiller, device, find_unused=init is not None)
+        self.is_main = is_main_process()
         self.amp = bool(cfg.amp) and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
         self.start_epoch = 0  # counted over all phases
         self.best = {"top1": -1.0, "top5": -1.0, "epoch": -1}
-        self.writer = self._tensorboard_writer() if cfg.tensorboard else None
+        self.writer = self._tensorboard_writer() if cfg.tensorboard and self.is_main else None
+
+    @staticmethod
+    def _data_parallel(distiller: Distiller, device: torch.device, find_unused: bool) -> torch.nn.Module:
+        """DistributedDataParallel under torchrun, else the distiller itself.
+
+        Buffers are not broadcast each step: memory banks are kept identical by the methods, and
+        batch-norm statistics stay per rank (rank 0's are saved), as usual with DDP. Methods with
+        an initialisation phase leave its parts unused during distillation (`find_unused`)."""
+        if not is_distributed():
+            return distiller
+        return DistributedDataParallel(distiller, device_ids=[device.index] if device.type == "cuda" else None,
+                                       broadcast_buffers=False, find_unused_parameters=find_unused)
 
     def _tensorboard_writer(self):
         try:
@@ -116,7 +131,7 @@ class Trainer:
         self.start_epoch = state["epoch"] + 1
         # Drop log lines of an epoch that ran after this checkpoint (killed before its save).
         metrics_path = self.out / METRICS_FILE
-        if metrics_path.exists():
+        if metrics_path.exists() and self.is_main:
             kept = [line for line in metrics_path.read_text().splitlines()
                     if json.loads(line)["global_epoch"] <= self.start_epoch]
             metrics_path.write_text("".join(line + "\n" for line in kept))
@@ -127,7 +142,7 @@ class Trainer:
         if phase.name == "init":
             terms = {name: value.float() for name, value in self.distiller.init_terms(batch).items()}
             return None, sum(terms.values()), terms
-        output = self.distiller(batch)
+        output = self.model(batch)
         terms = {name: value.float() for name, value in output.losses.items()}
         loss = sum(self.distiller.loss_weight(name) * value for name, value in terms.items())
         return output.logits, loss, {**terms, **output.extras}
@@ -143,7 +158,7 @@ class Trainer:
         correct = seen = labelled = 0
         start = time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch, desc=f"{phase.name} epoch {epoch + 1}/{phase.epochs}", leave=False,
-                   disable=not self.cfg.progress, mininterval=1.0, dynamic_ncols=True)
+                   disable=not (self.cfg.progress and self.is_main), mininterval=1.0, dynamic_ncols=True)
         for step, batch in enumerate(loader):
             if step == self.steps_per_epoch:
                 break
@@ -153,6 +168,8 @@ class Trainer:
                 logits, loss, logged = self._step_terms(phase, batch)
             phase.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if phase.name == "init":  # outside the DDP wrapper: average its gradients by hand
+                average_gradients([p for group in phase.optimizer.param_groups for p in group["params"]])
             self.scaler.step(phase.optimizer)
             self.scaler.update()
             phase.scheduler.step()
@@ -164,7 +181,7 @@ class Trainer:
                 correct += logits.detach().argmax(1).eq(batch["label"]).sum()
                 labelled += batch["label"].numel()
             bar.update(1)
-            if bar.n % 20 == 0 and self.cfg.progress:
+            if bar.n % 20 == 0 and not bar.disable:
                 bar.set_postfix({name: f"{float(value) / (step + 1):.3f}" for name, value in sums.items()}
                                 | {"img/s": f"{seen / (time.perf_counter() - start):.0f}"})
         bar.close()
@@ -179,7 +196,8 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         if self.cfg.resume:
             self.resume()
-        OmegaConf.save(self.cfg, self.out / "config.yaml")
+        if self.is_main:
+            OmegaConf.save(self.cfg, self.out / "config.yaml")
         student = self.distiller.student
         run_start = time.perf_counter()
         global_epoch = 0
@@ -193,16 +211,21 @@ class Trainer:
     def _run_epoch(self, phase: Phase, epoch: int, global_epoch: int, student) -> None:
         metrics = {"phase": phase.name, "epoch": epoch + 1, "global_epoch": global_epoch + 1,
                    "lr": phase.optimizer.param_groups[0]["lr"], **self.train_epoch(phase, epoch, global_epoch)}
+        broadcast_buffers(student)
         for split in ("test", "val"):
             loader = getattr(self.loaders, split)
             if loader is not None:
                 for name, value in evaluate(student, loader, amp=self.amp).items():
                     metrics[f"{split}/{name}"] = value
+        improved = phase.name == "train" and metrics.get("test/top1", -1.0) > self.best["top1"]
+        if improved:
+            self.best = {"top1": metrics["test/top1"], "top5": metrics["test/top5"], "epoch": epoch + 1}
+        if not self.is_main:
+            return
         self._log(metrics)
         if phase.name == "train":
             accuracy = metrics.get("test/top1")
-            if accuracy is not None and accuracy > self.best["top1"]:
-                self.best = {"top1": accuracy, "top5": metrics["test/top5"], "epoch": epoch + 1}
+            if improved:
                 save_model_weights(student, self.out / "student_best.pth", epoch=epoch + 1, accuracy=accuracy)
             save_model_weights(student, self.out / "student_last.pth", epoch=epoch + 1, accuracy=accuracy)
         atomic_save(self._state(global_epoch), self.out / RESUME_FILE)
@@ -220,6 +243,7 @@ class Trainer:
             tqdm.write(f"{metrics['phase']} epoch {metrics['epoch']} {shown} ({metrics['img_per_s']:.0f} img/s)")
 
     def _finish(self, wall_time: float) -> dict[str, Any]:
+        barrier()  # rank 0's last epoch is on disk before anyone reads it
         history = [json.loads(line) for line in (self.out / METRICS_FILE).read_text().splitlines()]
         trained = [entry for entry in history if entry["phase"] == "train"]
         last = trained[-1]
@@ -232,7 +256,8 @@ class Trainer:
             "wall_time_s": wall_time,
             "student_params": sum(p.numel() for p in self.distiller.student.parameters()),
         }
-        (self.out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+        if self.is_main:
+            (self.out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
         if self.writer is not None:
             self.writer.close()
         return results

@@ -127,6 +127,10 @@ class Distiller(nn.Module):
         """The method's own loss terms; feature methods override only this (and may add to `extras`)."""
         return {}
 
+    def train_parameters(self) -> list[nn.Parameter]:
+        """What the distillation optimizer trains: the student and the method's parts, never the teacher."""
+        return [p for p in self.parameters() if p.requires_grad]
+
     def init_phase(self) -> InitPhase | None:
         """The method's initialisation phase, run by the Trainer before distillation; None = none."""
         return None
