@@ -16,7 +16,7 @@ from pathlib import Path
 from kdistill.engine import load_config, train_run
 from kdistill.engine.trainer import RESULTS_FILE
 
-DEFAULT_METHODS = ["vanilla", "kd", "dcd", "dcd+kd", "crd", "crd+kd"]
+DEFAULT_METHODS = ["vanilla", "kd", "dcd", "dcd+kd", "crd", "crd+kd", "crld"]
 
 
 def parse_args() -> argparse.Namespace:

@@ -25,8 +25,8 @@ class Stream(IntEnum):
     """One id per random quantity, so that no two quantities share values.
 
     Quantities drawn several times per sample use consecutive ids from their base (the
-    resized crop's attempts); a new pipeline (a second view, RandAugment, cutout) takes
-    fresh ids above the ones here.
+    resized crop's attempts); a new pipeline takes fresh ids above the ones here and
+    above 128-162, which the strong view uses (`kdistill.data.two_view.StrongStream`).
     """
 
     CROP_TOP = 0

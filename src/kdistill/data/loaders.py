@@ -13,6 +13,7 @@ from kdistill.config import DataConfig
 from kdistill.data.augment import Stream, crop_flip, crop_flip_params, keyed_bits
 from kdistill.data.sources import DATASETS, ImageArrays, ImageFiles, Split
 from kdistill.data.streaming import FileDataset
+from kdistill.data.two_view import TwoViewFileDataset, mean_fill, strong_view
 from kdistill.errors import KdistillError
 
 RESIZE_CHUNK = 1024  # images resized at once: bounds the float copy torchvision makes
@@ -74,7 +75,9 @@ class Normalizer:
 
 class Loader:
     """Batches of one split: dicts with "image" (normalised float32 [B, C, H, W]), "label"
-    and "index" (int64 [B], the sample's index within its split), all on `device`.
+    and "index" (int64 [B], the sample's index within its split), all on `device`; a train
+    loader built with `strong_view` also gives "image_strong", the strong view of the same
+    images (`kdistill.data.two_view`), normalised alike.
 
     `len()` is the number of batches per epoch for this rank; `labels` holds all labels of
     the split (CPU); `set_epoch` picks the shuffle order and augmentation of the next pass.
@@ -92,35 +95,43 @@ class Loader:
         return len(self.order)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        for images, labels, index in self._uint8_batches():
-            yield {"image": self.normalize(images), "label": labels, "index": index}
+        for images, labels, index, strong in self._uint8_batches():
+            batch = {"image": self.normalize(images), "label": labels, "index": index}
+            if strong is not None:
+                batch["image_strong"] = self.normalize(strong)
+            yield batch
 
-    def _uint8_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def _uint8_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
+        """(images, labels, index, strong view or None) per batch, uint8 images on the device."""
         raise NotImplementedError
 
 
 class ArrayLoader(Loader):
     """A split held in memory (on the device, or on the CPU and copied per batch), augmented
-    a whole batch at a time on the device."""
+    a whole batch at a time on the device; `strong_fill` (Cutout's colour) turns the strong
+    view on."""
 
     def __init__(
         self, arrays: ImageArrays, order: BatchOrder, normalize: Normalizer, device: torch.device, seed: int,
-        augment: bool, hflip: bool,
+        augment: bool, hflip: bool, strong_fill: tuple[int, ...] | None = None,
     ):
         super().__init__(order, arrays.labels, normalize, device)
         self.images = arrays.images
         self._stored_labels = arrays.labels.to(arrays.images.device)  # gathered where the images are
-        self.seed, self.augment, self.hflip = seed, augment, hflip
+        self.seed, self.augment, self.hflip, self.strong_fill = seed, augment, hflip, strong_fill
 
-    def _uint8_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        for index in self.order.batches(self.epoch):
-            stored = index.to(self.images.device)
+    def _uint8_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
+        for cpu_index in self.order.batches(self.epoch):
+            stored = cpu_index.to(self.images.device)
             images = self.images[stored].to(self.device, non_blocking=True)
             labels = self._stored_labels[stored].to(self.device, non_blocking=True)
-            index = index.to(self.device)
+            index = cpu_index.to(self.device)
+            strong = None
+            if self.strong_fill is not None:  # from the stored images: its crop is its own
+                strong = strong_view(images, self.seed, self.epoch, cpu_index, self.strong_fill, hflip=self.hflip)
             if self.augment:
                 images = crop_flip(images, *crop_flip_params(self.seed, self.epoch, index, hflip=self.hflip))
-            yield images, labels, index
+            yield images, labels, index, strong
 
 
 class StreamLoader(Loader):
@@ -133,18 +144,19 @@ class StreamLoader(Loader):
         super().__init__(order, dataset.files.labels, normalize, device)
         self.dataset, self.num_workers = dataset, num_workers
 
-    def _uint8_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def _uint8_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
         # The epoch rides along with each index, so the workers need no state of their own.
         keys = [[(i, self.epoch) for i in batch.tolist()] for batch in self.order.batches(self.epoch)]
         loader = DataLoader(
             self.dataset, batch_sampler=keys, num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        for images, labels, index in loader:
+        for images, labels, index, *strong in loader:  # a TwoViewFileDataset adds the strong view
             yield (
                 images.to(self.device, non_blocking=True),
                 labels.to(self.device, non_blocking=True),
                 index.to(self.device, non_blocking=True),
+                strong[0].to(self.device, non_blocking=True) if strong else None,
             )
 
 
@@ -208,11 +220,16 @@ def build_loaders(
         batch_size = cfg.batch_size if is_train else cfg.eval_batch_size
         order = BatchOrder(len(split.labels), batch_size, seed, rank, world_size, train=is_train)
         augment = is_train and cfg.augment
+        strong_fill = mean_fill(source.mean) if is_train and cfg.strong_view else None
         if isinstance(split, ImageFiles):
-            dataset = FileDataset(split, image_size, seed, augment, source.resized_crop, source.hflip)
+            if strong_fill is None:
+                dataset = FileDataset(split, image_size, seed, augment, source.resized_crop, source.hflip)
+            else:
+                dataset = TwoViewFileDataset(split, image_size, seed, augment, source.resized_crop, source.hflip,
+                                             strong_fill)
             return StreamLoader(dataset, order, normalize, device, cfg.num_workers)
         arrays = ImageArrays(_resized(split.images, image_size).to(store), split.labels)
-        return ArrayLoader(arrays, order, normalize, device, seed, augment, source.hflip)
+        return ArrayLoader(arrays, order, normalize, device, seed, augment, source.hflip, strong_fill)
 
     train_loader = make_loader(train, is_train=True)
     if len(train_loader) == 0:

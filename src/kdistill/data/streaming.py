@@ -43,8 +43,12 @@ class FileDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor, int]:
         index, epoch = key
         image = read_rgb(self.files.paths[index])
+        return self.view(image, index, epoch), self.files.labels[index], index
+
+    def view(self, image: Tensor, index: int, epoch: int) -> Tensor:
+        """This data set's view of a decoded image of sample `index` in `epoch`."""
         transform = self._resized_crop_view if self.resized_crop else self._pad_crop_view
-        return transform(image, index, epoch), self.files.labels[index], index
+        return transform(image, index, epoch)
 
     def _resized_crop_view(self, image: Tensor, index: int, epoch: int) -> Tensor:
         size = self.image_size

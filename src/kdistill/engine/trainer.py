@@ -162,8 +162,9 @@ class Trainer:
         for step, batch in enumerate(loader):
             if step == self.steps_per_epoch:
                 break
-            if self.cfg.channels_last:
-                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            if self.cfg.channels_last:  # every view of the batch ("image", "image_strong")
+                batch = {key: value.contiguous(memory_format=torch.channels_last) if key.startswith("image") else value
+                         for key, value in batch.items()}
             with torch.autocast(self.device.type, enabled=self.amp):
                 logits, loss, logged = self._step_terms(phase, batch)
             phase.optimizer.zero_grad(set_to_none=True)

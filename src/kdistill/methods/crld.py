@@ -1,0 +1,97 @@
+"""CRLD: "Cross-View Consistency Regularisation for Knowledge Distillation". Logit-only: the
+student and the frozen teacher both see a weak and a strong view of every image; KD within each
+view and across the views, gated per sample by the teacher's confidence (`kdistill.losses.crld_loss`).
+
+The cross-view regulariser composes with other methods: `with_cross_view(Method)` is `Method`
+with CRLD added. Its forward runs both views, returns CRLD's terms and then `Method`'s own
+`method_terms` on the weak view's student and teacher features. `crld+dcd` is registered that
+way; another combination is one line, e.g. `METHODS.register("crld+crd")(with_cross_view(CRD))`.
+Methods that replace `Distiller.forward` itself cannot be combined (an error says so).
+"""
+
+from dataclasses import dataclass, make_dataclass
+
+from torch import Tensor
+
+from kdistill.errors import KdistillError
+from kdistill.losses import crld_loss
+from kdistill.methods import METHODS
+from kdistill.methods.base import Distiller, DistillOutput, MethodOptions
+from kdistill.methods.dcd import DCD
+
+CROSS_VIEW_TERM = "crld"
+
+
+@dataclass
+class CRLDOptions(MethodOptions):
+    # `temperature` (of MethodOptions, 4.0) is the temperature of the within- and cross-view KD.
+    weak_threshold: float = 0.9  # teacher confidence (top softmax at T = 1) on the weak view
+    strong_threshold: float = 0.2  # ... on the strong view
+    within_view_weight: float = 2.0
+    cross_view_weight: float = 0.5
+
+
+@METHODS.register("crld")
+class CRLD(Distiller):
+    """CRLD. Loss = `w_ce * (CE(weak) + CE(strong)) + within_view_weight * L_wv +
+    cross_view_weight * L_cv` with the paper's weights 1.0 / 2.0 / 0.5, T = 4, thresholds 0.9 / 0.2.
+
+    Terms: "ce" is the sum of both views' CE, weighted by `w_ce` as every CE term; "crld" is
+    `within_view_weight * L_wv + cross_view_weight * L_cv`, weighted by 1 (`loss_weight`), so
+    the Trainer's weighted sum is the paper's loss. `w_method` weights only the terms of a method
+    combined with CRLD (the DCD term of `crld+dcd`); `w_kd` > 0 (`crld+kd`) adds Hinton's KD on
+    the weak view. The unweighted L_wv, L_cv and the fractions of samples each mask keeps are
+    logged. The returned logits are the student's on the weak view; at test time the student
+    sees the test transform as usual.
+
+    Needs batches with "image_strong" (`needs_strong_view`: the engine turns on
+    `data.strong_view`, see `kdistill.data.two_view`). The student sees the views in two
+    passes, so batch-norm statistics stay per view as in the reference code.
+    """
+
+    Options = CRLDOptions
+    default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
+    needs_strong_view = True
+
+    def loss_weight(self, term: str) -> float:
+        # The regulariser carries its own weights, so w_method is free for a combined method.
+        return 1.0 if term == CROSS_VIEW_TERM else super().loss_weight(term)
+
+    def forward(self, batch: dict[str, Tensor]) -> DistillOutput:
+        if "image_strong" not in batch:
+            raise KdistillError(f"method '{type(self).__name__}' needs batches with a strong view ('image_strong'): "
+                                "build the loaders with data.strong_view=true")
+        weak, strong, labels = batch["image"], batch["image_strong"], batch["label"]
+        student = self.student.extract(weak, preact=self.needs_preact)
+        teacher = self.teacher_features(weak, preact=self.needs_preact)
+        options = self.options
+        parts = crld_loss(student.logits, self.student(strong), teacher.logits, self.teacher_features(strong).logits,
+                          labels, options.temperature, options.weak_threshold, options.strong_threshold)
+        losses = self.supervised_terms(student, teacher, labels)  # KD on the weak view when w_kd > 0
+        losses["ce"] = parts["ce"]  # both views
+        losses[CROSS_VIEW_TERM] = (options.within_view_weight * parts["within_view"]
+                                   + options.cross_view_weight * parts["cross_view"])
+        extras = {
+            "crld_within_view": parts["within_view"].detach(),
+            "crld_cross_view": parts["cross_view"].detach(),
+            "crld_weak_kept": parts["weak_mask"].float().mean(),
+            "crld_strong_kept": parts["strong_mask"].float().mean(),
+        }
+        losses.update(self.method_terms(student, teacher, batch, extras))
+        return DistillOutput(student.logits, losses, extras)
+
+
+def with_cross_view(method: type[Distiller]) -> type[Distiller]:
+    """`method` with CRLD's cross-view regulariser added: its options are both sets, its table
+    weights are `method`'s, its own terms are computed on the weak view's features."""
+    if method.forward is not Distiller.forward:
+        raise KdistillError(f"'{method.__name__}' replaces Distiller.forward, so CRLD cannot be added to it")
+    options = make_dataclass(f"CRLD{method.Options.__name__}", [], bases=(CRLDOptions, method.Options))
+    return type(f"CRLDPlus{method.__name__}", (CRLD, method), {
+        "Options": options,
+        "default_weights": dict(method.default_weights),
+        "__doc__": f"CRLD's cross-view regulariser added to {method.__name__}; see CRLD and {method.__name__}.",
+    })
+
+
+METHODS.register("crld+dcd", "crld+icd")(with_cross_view(DCD))
