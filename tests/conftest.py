@@ -15,9 +15,11 @@ def kdistill_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "kdistill"]
 
 
+def run_kdistill(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real `kdistill` entry point with `args`, capturing its output."""
+    return subprocess.run(kdistill_command() + list(args), capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
 @pytest.fixture
 def run_cli():
-    def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(kdistill_command() + list(args), capture_output=True, text=True, cwd=cwd, timeout=600)
-
-    return run
+    return run_kdistill

@@ -66,7 +66,7 @@ def test_demo_runs_and_reuses_its_teacher(run_cli, tmp_path):
     assert first.returncode == 0, first.stderr
     assert "| kd | resnet8 | kd |" in first.stdout
     rows = json.loads((tmp_path / "demo" / "table.json").read_text())
-    assert [row["run"] for row in rows] == ["teacher", "vanilla", "kd"]
+    assert [row["run"] for row in rows] == ["teacher", "vanilla", "kd", "dcd+kd"]
     second = run_cli(*args)
     assert second.returncode == 0, second.stderr
     assert "reusing the demo teacher" in second.stdout

@@ -1,4 +1,4 @@
-"""`kdistill demo`: a teacher, then a vanilla and a KD student on the embedded data, offline."""
+"""`kdistill demo`: a teacher, then vanilla, KD and DCD+KD students on the embedded data, offline."""
 
 import json
 import shutil
@@ -13,7 +13,7 @@ STUDENT = "resnet8"
 COMMON = ["data.name=embedded", "schedule.name=cosine", "optim.lr=0.05", "data.batch_size=128", "seed=0"]
 TEACHER_EPOCHS = 4
 STUDENT_EPOCHS = 3
-STUDENT_METHODS = {"vanilla": [], "kd": ["method.name=kd"]}
+STUDENT_METHODS = {"vanilla": [], "kd": ["method.name=kd"], "dcd+kd": ["method.name=dcd+kd"]}
 
 
 def run_demo(out: Path, overrides: list[str] = ()) -> list[dict]:

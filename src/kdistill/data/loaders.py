@@ -203,9 +203,13 @@ def _check_options(cfg: DataConfig, rank: int, world_size: int) -> None:
 
 
 def build_loaders(
-    cfg: DataConfig, device: torch.device, seed: int, rank: int = 0, world_size: int = 1
+    cfg: DataConfig, device: torch.device, seed: int, rank: int = 0, world_size: int = 1,
+    train_as_eval: bool = False,
 ) -> Loaders:
-    """The train, test and (when cfg.val_fraction > 0) validation loaders of cfg.name."""
+    """The train, test and (when cfg.val_fraction > 0) validation loaders of cfg.name.
+
+    `train_as_eval` reads the train split like a test split (in order, every sample once, no
+    augmentation, no strong view): for feature banks and linear probes."""
     _check_options(cfg, rank, world_size)
     device = torch.device(device)
     source = DATASETS.get(cfg.name)(cfg.root, cfg.download)
@@ -217,6 +221,7 @@ def build_loaders(
     normalize = Normalizer(source.mean, source.std, device)
 
     def make_loader(split: Split, is_train: bool) -> Loader:
+        is_train = is_train and not train_as_eval
         batch_size = cfg.batch_size if is_train else cfg.eval_batch_size
         order = BatchOrder(len(split.labels), batch_size, seed, rank, world_size, train=is_train)
         augment = is_train and cfg.augment

@@ -1,0 +1,215 @@
+"""What every evaluation command shares: the target (a run folder or a weight file), its models
+and data, a second data set given as `<prefix>.*` keys, and logits/features over a loader."""
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import Tensor
+from tqdm import tqdm
+
+from kdistill.config import DataConfig
+from kdistill.data import DatasetInfo, Loader, Loaders, build_loaders
+from kdistill.data.loaders import Normalizer
+from kdistill.engine.setup import (
+    build_teacher,
+    load_config,
+    load_trained_model,
+    resolve_device,
+    teacher_weights_path,
+)
+from kdistill.errors import KdistillError
+from kdistill.models.base import FeatureModel
+
+
+@dataclass
+class Target:
+    """A run folder (its config.yaml names model and data) or a weight file (`student=`, `data.*`
+    given as overrides), resolved to the configuration its evaluations use."""
+
+    path: Path
+    cfg: DictConfig
+    which: str  # the run folder's weights: "last" or "best"
+
+    @property
+    def weights(self) -> Path:
+        return teacher_weights_path(str(self.path), self.which)
+
+    def output_path(self, name: str, suffix: str) -> Path:
+        """Where an evaluation's file goes: inside the run folder, or beside the weight file."""
+        if self.path.is_dir():
+            return self.path / f"{name}_{self.which}{suffix}"
+        return self.path.with_name(f"{self.path.name}.{name}{suffix}")
+
+
+def resolve_target(target: str, overrides: list[str], which: str = "last") -> Target:
+    path = Path(target)
+    if path.is_dir():
+        if not (path / "config.yaml").is_file():
+            raise KdistillError(f"'{target}' is not a run folder (no config.yaml): give a run folder or a .pth file")
+        cfg = load_config(str(path / "config.yaml"), overrides)
+    elif path.is_file():
+        cfg = load_config(None, overrides)
+    else:
+        raise KdistillError(f"'{target}' does not exist: give a run folder or a .pth weight file")
+    return Target(path, cfg, which)
+
+
+def split_overrides(items: list[str], prefix: str) -> tuple[list[str], list[str]]:
+    """(`<prefix>.key=value` items with the prefix removed, the other items)."""
+    marker = f"{prefix}."
+    own = [item.removeprefix(marker) for item in items if item.startswith(marker)]
+    return own, [item for item in items if not item.startswith(marker)]
+
+
+def build_eval_loaders(data: DataConfig | DictConfig, device: torch.device, seed: int) -> Loaders:
+    """The data set's loaders with the train split read like a test split (a feature bank or a
+    probe's training set needs every sample once, unaugmented)."""
+    return build_loaders(data, device, seed=seed, train_as_eval=True)
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    weights: Path
+    model: FeatureModel
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identifies these weights: a cache built from other (e.g. retrained) weights is stale."""
+        stat = self.weights.stat()
+        return {"model": self.name, "weights": str(self.weights.resolve()), "mtime_ns": stat.st_mtime_ns,
+                "size": stat.st_size}
+
+
+@dataclass
+class Evaluation:
+    """A target's models on its data: "student" (the run's trained model) and, when the run has
+    one, "teacher"."""
+
+    target: Target
+    device: torch.device
+    loaders: Loaders
+    models: dict[str, LoadedModel]
+
+    @property
+    def cfg(self) -> DictConfig:
+        return self.target.cfg
+
+    @property
+    def amp(self) -> bool:
+        return bool(self.cfg.amp) and self.device.type == "cuda"
+
+
+def load_evaluation(target: Target, teacher: str = "optional") -> Evaluation:
+    """Load the target's model and data; `teacher` is "optional" (loaded when the config names
+    one), "required" (an error without one) or "none"."""
+    cfg = target.cfg
+    device = resolve_device(cfg.device)
+    loaders = build_eval_loaders(cfg.data, device, cfg.seed)
+    info = loaders.info
+    student = load_trained_model(cfg.student, str(target.path), info.num_classes, info.in_chans, cfg.data.name,
+                                 target.which)
+    models = {"student": LoadedModel(cfg.student, target.weights, student.to(device).eval())}
+    if teacher == "required" or (teacher == "optional" and cfg.teacher is not None):
+        model = build_teacher(cfg, info.num_classes, info.in_chans)
+        models["teacher"] = LoadedModel(cfg.teacher, teacher_weights_path(cfg.teacher_checkpoint),
+                                        model.to(device).eval())
+    return Evaluation(target, device, loaders, models)
+
+
+def build_other_loaders(prefix: str, own: list[str], evaluation: Evaluation) -> Loaders:
+    """A second data set (a probe's or an OOD set) from the `<prefix>.*` keys (prefix removed by
+    `split_overrides`), which are the keys of `data.*`.
+
+    Its images are resized to the model's input size unless `<prefix>.image_size` says otherwise.
+    """
+    model_info = evaluation.loaders.info
+    try:
+        data = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.from_dotlist(own))
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or ""
+        raise KdistillError(f"key '{prefix}.{key}' is invalid ({error.msg.splitlines()[0]}); "
+                            f"{prefix}.* takes the keys of data.* (name, root, image_size, ...)") from None
+    given = {item.split("=", 1)[0] for item in own}
+    if "name" not in given:
+        raise KdistillError(f"no {prefix} data set: set {prefix}.name=<data set> (and {prefix}.root=<folder>)")
+    if data.image_size is None:
+        data.image_size = model_info.image_size
+    if "eval_batch_size" not in given:
+        data.eval_batch_size = evaluation.cfg.data.eval_batch_size
+    loaders = build_eval_loaders(data, evaluation.device, evaluation.cfg.seed)
+    if loaders.info.in_chans != model_info.in_chans:
+        raise KdistillError(f"data set '{data.name}' has {loaders.info.in_chans}-channel images but the model "
+                            f"takes {model_info.in_chans} (trained on '{model_info.name}'): "
+                            f"choose a {prefix} data set with {model_info.in_chans}-channel images")
+    return loaders
+
+
+# ---- pixels: the loaders yield normalised images; corruptions and re-normalisation need pixels
+
+def to_pixels(images: Tensor, info: DatasetInfo) -> Tensor:
+    """Normalised images back to the uint8 pixels they came from (exact: they were uint8)."""
+    normalize = Normalizer(info.mean, info.std, images.device)
+    return (images * normalize.std + normalize.mean).round().clamp(0, 255).to(torch.uint8)
+
+
+def from_pixels(pixels: Tensor, info: DatasetInfo) -> Tensor:
+    """uint8 pixels normalised as the loaders of the data set `info` normalise them."""
+    return Normalizer(info.mean, info.std, pixels.device)(pixels)
+
+
+def renormalised(loader: Loader, source: DatasetInfo, model: DatasetInfo) -> Iterator[dict[str, Tensor]]:
+    """Batches of another data set normalised as the model's training data was: a frozen model
+    sees every input through its own input pipeline."""
+    for batch in loader:
+        if (source.mean, source.std) != (model.mean, model.std):
+            batch = {**batch, "image": from_pixels(to_pixels(batch["image"], source), model)}
+        yield batch
+
+
+# ---- outputs over a data set
+
+@dataclass
+class Outputs:
+    """One model's outputs over a data set, on the CPU in float32, in the loader's order."""
+
+    logits: Tensor  # [N, classes]
+    pooled: Tensor  # [N, D]: the penultimate feature
+    labels: Tensor  # [N]
+
+
+@torch.no_grad()
+def collect_outputs(models: dict[str, LoadedModel], batches: Iterable[dict[str, Tensor]], total: int, desc: str,
+                    progress: bool, amp: bool = False) -> dict[str, Outputs]:
+    """Run every model on every batch (one pass over the data for all models)."""
+    parts: dict[str, list[tuple[Tensor, Tensor]]] = {role: [] for role in models}
+    labels = []
+    for batch in tqdm(batches, total=total, desc=desc, leave=False, disable=not progress, dynamic_ncols=True,
+                      mininterval=1.0):
+        images = batch["image"]
+        for role, loaded in models.items():
+            with torch.autocast(images.device.type, enabled=amp):
+                features = loaded.model.extract(images)
+            parts[role].append((features.logits.float().cpu(), features.pooled.float().cpu()))
+        labels.append(batch["label"].cpu())
+    if not labels:
+        raise KdistillError("the data set yielded no samples to evaluate: check data.name and data.root")
+    all_labels = torch.cat(labels)
+    return {role: Outputs(torch.cat([p[0] for p in chunks]), torch.cat([p[1] for p in chunks]), all_labels)
+            for role, chunks in parts.items()}
+
+
+def top1(logits: Tensor, labels: Tensor) -> float:
+    """Top-1 accuracy in %."""
+    return 100.0 * float((logits.argmax(1) == labels).float().mean())
+
+
+def write_report(report: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Write the report as JSON and return it with the path it went to."""
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return {**report, "written_to": str(path)}

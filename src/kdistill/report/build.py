@@ -1,0 +1,41 @@
+"""`kdistill report RUNS...`: the tables (Markdown, CSV, JSON) and every run's training curves."""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from kdistill.engine.trainer import METRICS_FILE
+from kdistill.errors import KdistillError
+from kdistill.report.curves import plot_training_curves
+from kdistill.report.table import build_tables, find_runs, format_markdown, load_result, table_json, write_csv
+
+
+def curve_names(runs: list[Path]) -> list[str]:
+    """A file name per run: its path below the runs' common folder (kd/seed1 -> kd_seed1)."""
+    resolved = [run.resolve() for run in runs]
+    common = Path(os.path.commonpath(resolved)) if len(resolved) > 1 else resolved[0].parent
+    return ["_".join(run.relative_to(common).parts) or run.name for run in resolved]
+
+
+def build_report(paths: list[str], out: Path) -> dict[str, Any]:
+    """Write table.md, table.csv, report.json and curves/<run>.png under `out`."""
+    runs = find_runs(paths)
+    tables = build_tables([load_result(run) for run in runs])
+    if not tables:
+        raise KdistillError("no distillation run among the runs given (only vanilla ones): "
+                            "the table's columns are teacher -> student pairs")
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = format_markdown(tables)
+    (out / "table.md").write_text(markdown)
+    write_csv(tables, out / "table.csv")
+    curves = []
+    for run, name in zip(runs, curve_names(runs)):
+        if (run / METRICS_FILE).is_file():  # hand-made result folders may have no history
+            png = out / "curves" / f"{name}.png"
+            plot_training_curves(run, png)
+            curves.append(str(png))
+    report = {"runs": [str(run) for run in runs], "tables": [table_json(table) for table in tables],
+              "curves": curves, "files": [str(out / name) for name in ("table.md", "table.csv", "report.json")]}
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return {**report, "markdown": markdown}

@@ -1,0 +1,182 @@
+"""The evaluation commands through the real entry point, on a tiny teacher and KD student.
+
+The runs train and evaluate on a small MNIST-format copy of embedded images (128 train, 64
+test), so that every command reads a few hundred images. Importing torch and torchvision takes
+most of each command's seconds, so the commands run once per module, two at a time, and the
+tests check what they wrote.
+"""
+
+import json
+import pickle
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import QUICK_RUN, run_kdistill
+from kdistill.data import DATASETS
+from kdistill.errors import KdistillError
+from test_cli import assert_user_error
+from test_eval import assert_nonblank_png
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def write_mnist_format(folder: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> Path:
+    folder.mkdir(parents=True)
+    for prefix, (images, labels) in (("train", train), ("t10k", test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+    return folder
+
+
+def write_cifar100_format(folder: Path, samples: int = 64) -> Path:
+    """A tiny stand-in with CIFAR-100's file layout: 100 classes of 3-channel 32x32 images."""
+    data = folder / "cifar-100-python"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("train", "test"):
+        entry = {"data": rng.integers(0, 256, (samples, 3072), dtype=np.uint8), "fine_labels": list(range(samples))}
+        (data / name).write_bytes(pickle.dumps(entry))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Data folders, a teacher run and a KD student run of it, made once for the module."""
+    from kdistill.engine import load_config, train_run
+
+    root = tmp_path_factory.mktemp("eval_cli")
+    source = DATASETS.get("embedded")(None, False)
+    train_images, train_labels = source.train.images[:, 0].numpy(), source.train.labels.numpy()
+    test_images, test_labels = source.test.images[:, 0].numpy(), source.test.labels.numpy()
+    small = write_mnist_format(root / "small", (train_images[:128], train_labels[:128]),
+                               (test_images[:64], test_labels[:64]))
+    # The OOD / probe set: other images, inverted (a different distribution with the same classes).
+    other = write_mnist_format(root / "other", (255 - train_images[128:256], train_labels[128:256]),
+                               (255 - test_images[64:128], test_labels[64:128]))
+    data = ["data.name=mnist", f"data.root={small}", "epochs=1"]
+    teacher = root / "runs" / "teacher"
+    train_run(load_config(None, QUICK_RUN + data + [f"out={teacher}"]))
+    student = root / "runs" / "kd"
+    train_run(load_config(None, QUICK_RUN + data + ["method.name=kd", "teacher=resnet8",
+                                                    f"teacher_checkpoint={teacher}", f"out={student}"]))
+    return {"root": root, "teacher": teacher, "student": student, "other": other}
+
+
+@pytest.fixture(scope="module")
+def results(runs) -> dict[str, subprocess.CompletedProcess]:
+    """Each command's completed process, by name; the commands write beside the runs."""
+    teacher, student, other, root = runs["teacher"], runs["student"], runs["other"], runs["root"]
+    same_teacher = ["teacher=resnet8", f"teacher_checkpoint={teacher}"]
+    cifar100 = write_cifar100_format(root / "cifar100")
+    commands = {
+        "faithfulness": ["faithfulness", str(teacher), *same_teacher, "--corruptions", "jpeg", "--severities", "1", "5"],
+        "correlate": ["correlate", str(student), str(teacher), *same_teacher, "--out", str(root / "correlation.png")],
+        "knn": ["knn", str(student), "--k", "5", "300"],
+        "probe": ["probe", str(student), "probe.name=fashion-mnist", f"probe.root={other}"],
+        "ood": ["ood", str(student), "ood.name=fashion-mnist", f"ood.root={other}"],
+        "robustness": ["robustness", str(student), "--corruptions", "gaussian_noise", "pixelate", "--severities", "2"],
+        "report": ["report", str(root / "runs"), "--out", str(root / "report")],
+        "mismatch": ["knn", str(student), "data.name=cifar100", f"data.root={cifar100}"],
+    }
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # the two cores
+        futures = {name: pool.submit(run_kdistill, *args) for name, args in commands.items()}
+    return {name: future.result() for name, future in futures.items()}
+
+
+def succeeded(results: dict[str, subprocess.CompletedProcess], name: str) -> str:
+    result = results[name]
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_faithfulness_of_a_model_to_itself_is_perfect(results, runs):
+    assert "top-1 agreement 1.0000" in succeeded(results, "faithfulness")
+    report = read_json(runs["teacher"] / "faithfulness_last.json")
+    assert report["agreement"] == 1.0 and report["kl_teacher_student"] == pytest.approx(0.0, abs=1e-9)
+    assert report["cka_pooled"] == pytest.approx(1.0, abs=1e-6)
+    assert report["corruption_agreement"] == {"jpeg": {"1": 1.0, "5": 1.0}}
+
+
+def test_correlate_draws_a_panel_per_run(results, runs):
+    succeeded(results, "correlate")
+    report = read_json(runs["root"] / "correlation.json")
+    assert [run["method"] for run in report["runs"]] == ["kd", "vanilla"]
+    assert report["runs"][0]["mean_abs_difference"] > 0.0
+    assert report["runs"][1]["mean_abs_difference"] == 0.0  # the teacher against itself
+    assert_nonblank_png(runs["root"] / "correlation.png")
+
+
+def test_knn_of_student_and_teacher(results, runs):
+    succeeded(results, "knn")
+    report = read_json(runs["student"] / "knn_last.json")
+    assert report["bank_size"] == 128 and set(report["top1"]) == {"student", "teacher"}
+    for by_k in report["top1"].values():
+        assert set(by_k) == {"5", "300"} and all(0.0 <= value <= 100.0 for value in by_k.values())
+    assert report["top1"]["student"]["5"] > 30.0  # 10 classes, a briefly trained model's features
+
+
+def test_probe_caches_the_features(results, runs):
+    from kdistill.eval.probe import run_probe
+
+    succeeded(results, "probe")
+    student = runs["student"]
+    report = read_json(student / "probe_fashion-mnist_last.json")
+    assert set(report["top1"]) == {"student", "teacher"} and report["image_size"] == 28
+    assert report["top1"]["student"] > 30.0
+    cache = Path(report["features_cache"])
+    written = cache.stat().st_mtime_ns
+    probe_data = ["probe.name=fashion-mnist", f"probe.root={runs['other']}", "progress=false"]
+    again = run_probe(str(student), probe_data, weight_decay=0.01)
+    assert cache.stat().st_mtime_ns == written  # the features were read back, not recomputed
+    assert again["weight_decay"] == 0.01 and again["top1"] != report["top1"]
+
+
+def test_ood_scores_of_student_and_teacher(results, runs):
+    assert "nearest_neighbour" in succeeded(results, "ood")
+    report = read_json(runs["student"] / "ood_fashion-mnist_last.json")
+    assert report["samples"] == {"in": 64, "ood": 64, "bank": 128}
+    for by_score in report["metrics"].values():
+        assert set(by_score) == {"max_softmax", "energy", "nearest_neighbour"}
+        assert all(0.0 <= v["auroc"] <= 1.0 and 0.0 <= v["fpr95"] <= 1.0 for v in by_score.values())
+
+
+def test_robustness_of_student_and_teacher(results, runs):
+    assert "mean corruption" in succeeded(results, "robustness")
+    report = read_json(runs["student"] / "robustness_last.json")
+    accuracy = report["corruption_top1"]["student"]
+    assert set(accuracy) == {"gaussian_noise", "pixelate"}
+    assert report["mean_corruption_top1"]["student"] == pytest.approx(
+        (accuracy["gaussian_noise"]["2"] + accuracy["pixelate"]["2"]) / 2)
+
+
+def test_report_of_the_runs(results, runs):
+    stdout = succeeded(results, "report")
+    assert "| kd |" in stdout and "resnet8 → resnet8" in stdout
+    assert (runs["root"] / "report" / "table.csv").is_file()
+    assert_nonblank_png(runs["root"] / "report" / "curves" / "kd.png")
+
+
+def test_mismatched_model_and_data_are_one_line_errors(results, runs):
+    from kdistill.eval.faithfulness import run_faithfulness
+    from kdistill.eval.ood import run_ood
+
+    assert_user_error(results["mismatch"], "has 10 classes but data set 'cifar100' has 100")
+    cifar100 = runs["root"] / "cifar100"
+    with pytest.raises(KdistillError, match="3-channel images but the model takes 1"):
+        run_ood(str(runs["student"]), ["ood.name=cifar100", f"ood.root={cifar100}"])
+    with pytest.raises(KdistillError, match="no teacher"):
+        run_faithfulness(str(runs["teacher"]), [])
+    with pytest.raises(KdistillError, match="set ood.name"):
+        run_ood(str(runs["student"]), [f"ood.root={cifar100}"])

@@ -1,0 +1,123 @@
+"""`kdistill report`: the paper-style table, the relative improvement over KD, the curve plots."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from kdistill.errors import KdistillError
+from kdistill.report import build_report, relative_improvement
+from test_eval import assert_nonblank_png
+
+
+def write_run(folder: Path, method: str, student: str, teacher: str | None, top1_last: float,
+              top1_best: float | None = None, seed: int = 0, history: list[dict] | None = None) -> Path:
+    """A hand-made run folder: results.json as the Trainer writes it, and metrics.jsonl if given."""
+    folder.mkdir(parents=True)
+    results = {"method": method, "student": student, "teacher": teacher, "dataset": "cifar100", "seed": seed,
+               "top1_last": top1_last, "top1_best": top1_last if top1_best is None else top1_best}
+    (folder / "results.json").write_text(json.dumps(results))
+    if history is not None:
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in history))
+    return folder
+
+
+def test_relative_improvement_of_three_hand_made_runs(tmp_path):
+    write_run(tmp_path / "vanilla", "vanilla", "resnet8x4", None, 72.50, 72.80)
+    write_run(tmp_path / "kd", "kd", "resnet8x4", "resnet32x4", 73.33, 73.60)
+    write_run(tmp_path / "dcd", "dcd", "resnet8x4", "resnet32x4", 74.23, 74.40)
+    report = build_report([str(tmp_path)], tmp_path / "out")
+    last, best = report["tables"]
+    # last: (74.23 - 73.33) / (73.33 - 72.50) = 0.90 / 0.83; best: (74.40 - 73.60) / (73.60 - 72.80) = 1
+    assert last["relative_improvement_over_kd"] == {"dcd": pytest.approx(0.90 / 0.83)}
+    assert best["relative_improvement_over_kd"] == {"dcd": pytest.approx(1.0)}
+    assert "| dcd | 74.23 ↑ | +108.43% |" in report["markdown"]
+    assert "| dcd | 74.40 ↑ | +100.00% |" in report["markdown"]
+
+
+def test_relative_improvement_is_the_mean_over_pairs_of_the_ratio():
+    # CRD against KD on two pairs of the ICD paper's table (CRD, KD, vanilla student).
+    expected = ((75.48 - 74.92) / (74.92 - 73.26) + (71.16 - 70.66) / (70.66 - 69.06)) / 2
+    assert relative_improvement([75.48, 71.16], [74.92, 70.66], [73.26, 69.06]) == pytest.approx(expected)
+    assert relative_improvement([75.0, 71.16], [74.0, 70.66], [74.0, 69.06]) == pytest.approx(0.5 / 1.6)  # 0/0 pair left out
+    assert relative_improvement([75.0], [74.0], [74.0]) is None
+
+
+@pytest.fixture
+def two_pair_runs(tmp_path) -> Path:
+    """Two pairs of the ICD table; KD and the vanilla student with two seeds on the first pair."""
+    runs = tmp_path / "runs"
+    write_run(runs / "teachers" / "wrn_40_2", "vanilla", "wrn_40_2", None, 75.61)
+    write_run(runs / "teachers" / "resnet56", "vanilla", "resnet56", None, 72.34)
+    write_run(runs / "vanilla" / "wrn_16_2_s0", "vanilla", "wrn_16_2", None, 73.00, 73.10, seed=0)
+    write_run(runs / "vanilla" / "wrn_16_2_s1", "vanilla", "wrn_16_2", None, 73.52, 73.60, seed=1)
+    write_run(runs / "vanilla" / "resnet20", "vanilla", "resnet20", None, 69.06)
+    write_run(runs / "kd" / "wrn_s0", "kd", "wrn_16_2", "wrn_40_2", 74.82, seed=0)
+    write_run(runs / "kd" / "wrn_s1", "kd", "wrn_16_2", "wrn_40_2", 75.02, seed=1)
+    write_run(runs / "kd" / "resnet", "kd", "resnet20", "resnet56", 70.66)
+    write_run(runs / "crd" / "wrn", "crd", "wrn_16_2", "wrn_40_2", 75.48)
+    write_run(runs / "crd" / "resnet", "crd", "resnet20", "resnet56", 71.16)
+    write_run(runs / "at" / "wrn", "at", "wrn_16_2", "wrn_40_2", 74.08)
+    return runs
+
+
+def test_table_layout(two_pair_runs, tmp_path):
+    report = build_report([str(two_pair_runs)], tmp_path / "out")
+    markdown = (tmp_path / "out" / "table.md").read_text()
+    assert markdown == report["markdown"]
+    last_section = markdown.split("### ")[1].splitlines()
+    assert last_section[0] == "cifar100: top-1 (%) at the last epoch"
+    assert last_section[2:] == [
+        "|  | wrn_40_2 → wrn_16_2 | resnet56 → resnet20 | rel. improvement over KD |",
+        "|---|---|---|---|",
+        "| teacher | 75.61 | 72.34 |  |",
+        "| student (vanilla) | 73.26 ± 0.37 | 69.06 |  |",  # sample std of 73.00 and 73.52
+        "| kd | 74.92 ± 0.14 | 70.66 |  |",
+        "| at | 74.08 ↓ | - | -50.60% |",  # (74.08 - 74.92) / (74.92 - 73.26)
+        "| crd | 75.48 ↑ | 71.16 ↑ | +32.49% |",  # mean of 0.56 / 1.66 and 0.50 / 1.60
+        "",
+    ]
+    assert "cifar100: top-1 (%) at the best epoch" in markdown
+    assert "| student (vanilla) | 73.35 ± 0.35 | 69.06 |  |" in markdown  # best epochs 73.10 and 73.60
+
+
+def test_csv_holds_the_numbers(two_pair_runs, tmp_path):
+    build_report([str(two_pair_runs)], tmp_path / "out")
+    with open(tmp_path / "out" / "table.csv", newline="") as file:
+        rows = list(csv.reader(file))
+    header = rows[0]
+    assert header[:6] == ["dataset", "variant", "row", "wrn_40_2 -> wrn_16_2 mean", "wrn_40_2 -> wrn_16_2 std",
+                          "wrn_40_2 -> wrn_16_2 runs"]
+    kd_last = next(row for row in rows if row[1:3] == ["last", "kd"])
+    assert float(kd_last[3]) == pytest.approx(74.92) and kd_last[5] == "2"
+    crd_last = next(row for row in rows if row[1:3] == ["last", "crd"])
+    assert float(crd_last[-1]) == pytest.approx(32.4925, abs=1e-3)
+    at_last = next(row for row in rows if row[1:3] == ["last", "at"])
+    assert at_last[6:9] == ["", "", "0"]  # no AT run on the second pair
+    assert [row[1] for row in rows].count("variant") == 1  # one data set: one header
+
+
+def test_training_curves_are_nonblank_pngs(tmp_path):
+    history = [{"phase": "init" if epoch == 1 else "train", "epoch": epoch, "global_epoch": epoch,
+                "train/ce": 2.5 / epoch, "train/kd": 1.0 / epoch ** 0.5, "train/loss": 3.5 / epoch,
+                "train/top1": 20.0 + 10 * epoch, "test/top1": 18.0 + 9 * epoch} for epoch in range(1, 7)]
+    write_run(tmp_path / "runs" / "vanilla", "vanilla", "resnet8", None, 60.0)
+    write_run(tmp_path / "runs" / "kd" / "seed0", "kd", "resnet8", "resnet20", 70.0, history=history)
+    report = build_report([str(tmp_path / "runs")], tmp_path / "out")
+    assert report["curves"] == [str(tmp_path / "out" / "curves" / "kd_seed0.png")]  # no history, no curve
+    assert_nonblank_png(report["curves"][0])
+
+
+def test_bad_inputs_are_user_errors(tmp_path):
+    with pytest.raises(KdistillError, match="no results.json under"):
+        build_report([str(tmp_path)], tmp_path / "out")
+    with pytest.raises(KdistillError, match="is not a folder"):
+        build_report([str(tmp_path / "missing")], tmp_path / "out")
+    write_run(tmp_path / "vanilla", "vanilla", "resnet8", None, 60.0)
+    with pytest.raises(KdistillError, match="no distillation run"):
+        build_report([str(tmp_path)], tmp_path / "out")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text("{")
+    with pytest.raises(KdistillError, match="broken/results.json is not a kdistill results file"):
+        build_report([str(tmp_path)], tmp_path / "out")
