@@ -257,3 +257,15 @@ def test_plain_torchvision_weight_file_loads_into_its_adapter(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     adapter.eval(), reference.eval()
     torch.testing.assert_close(adapter(x), reference(x))
+
+
+def test_backbone_only_file_loads_only_when_the_head_may_be_missing(tmp_path):
+    model = create_model("resnet8", num_classes=10)
+    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    path = tmp_path / "backbone.pth"
+    torch.save(backbone, path)
+    with pytest.raises(KdistillError, match="missing fc.weight"):
+        load_checkpoint(create_model("resnet8", num_classes=10), path)
+    fresh = create_model("resnet8", num_classes=10)
+    load_checkpoint(fresh, path, allow_missing_head=True)
+    torch.testing.assert_close(fresh.conv1.weight, model.conv1.weight)

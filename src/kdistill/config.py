@@ -41,8 +41,10 @@ class ScheduleConfig:
 class RunConfig:
     student: str = "resnet8"  # the model that is trained
     student_checkpoint: str | None = None  # start the student from these weights
+    student_options: dict[str, Any] = field(default_factory=dict)  # timm:/tv: builder options
     teacher: str | None = None
     teacher_checkpoint: str | None = None
+    teacher_options: dict[str, Any] = field(default_factory=dict)
     # method.name picks the method; its other keys are that method's options and the loss
     # weights w_ce / w_kd / w_method (None = the method's table default).
     method: dict[str, Any] = field(default_factory=lambda: {"name": "vanilla"})

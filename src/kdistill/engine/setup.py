@@ -14,7 +14,7 @@ from kdistill.data import Loaders, build_loaders
 from kdistill.distributed import init_from_environment, rank, world_size
 from kdistill.errors import KdistillError
 from kdistill.methods import Distiller, MethodContext, build_distiller, method_class
-from kdistill.models import create_model, is_small_lr_model, load_checkpoint
+from kdistill.models import classifier_name, create_model, is_small_lr_model, load_checkpoint
 from kdistill.models.base import FeatureModel
 
 TABLE_LR = 0.05
@@ -76,41 +76,44 @@ def teacher_weights_path(path: str, which: str = "last") -> Path:
 
 
 def classifier_classes(checkpoint: Path, model: FeatureModel) -> int | None:
-    """Class count stored in a checkpoint, read off the weight of the model's last linear layer."""
-    linear_names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
-    if not linear_names:
+    """Class count stored in a checkpoint, read off the weight of the model's classifier."""
+    head = classifier_name(model)
+    if head is None:
         return None
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception:  # unreadable: load_checkpoint reports it with the user-facing message
         return None
     state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else {}
-    key = f"{linear_names[-1]}.weight"
+    key = f"{head}.weight"
     for name, value in state.items():
-        if name.removeprefix("module.") == key:
+        if name.removeprefix("module.").removeprefix("model.") == key.removeprefix("model."):
             return int(value.shape[0])
     return None
 
 
 def load_trained_model(name: str, checkpoint: str, num_classes: int, in_chans: int, data_name: str,
-                       which: str = "last") -> FeatureModel:
-    """A zoo/timm/torchvision model with trained weights, checked against the data's class count."""
-    model = create_model(name, num_classes=num_classes, in_chans=in_chans)
+                       which: str = "last", options: dict | None = None, needs_head: bool = True) -> FeatureModel:
+    """A zoo/timm/torchvision model with trained weights, checked against the data's class count.
+
+    `needs_head=False` (label-free methods) accepts a backbone-only file and skips that check."""
+    model = create_model(name, num_classes=num_classes, in_chans=in_chans, **(options or {}))
     path = teacher_weights_path(checkpoint, which)
-    stored_classes = classifier_classes(path, model)
+    stored_classes = classifier_classes(path, model) if needs_head else None
     if stored_classes is not None and stored_classes != num_classes:
         raise KdistillError(f"checkpoint '{path}' has {stored_classes} classes but data set "
                             f"'{data_name}' has {num_classes}: use a model trained on this data set")
-    load_checkpoint(model, path)
+    load_checkpoint(model, path, allow_missing_head=not needs_head)
     return model
 
 
-def build_teacher(cfg: DictConfig, num_classes: int, in_chans: int) -> FeatureModel:
+def build_teacher(cfg: DictConfig, num_classes: int, in_chans: int, needs_head: bool = True) -> FeatureModel:
     if cfg.teacher is None:
         raise KdistillError("no teacher: set teacher=<model> and teacher_checkpoint=<file or run folder>")
     if cfg.teacher_checkpoint is None:
         raise KdistillError(f"teacher '{cfg.teacher}' has no weights: set teacher_checkpoint=<file or run folder>")
-    return load_trained_model(cfg.teacher, cfg.teacher_checkpoint, num_classes, in_chans, cfg.data.name)
+    return load_trained_model(cfg.teacher, cfg.teacher_checkpoint, num_classes, in_chans, cfg.data.name,
+                              options=OmegaConf.to_container(cfg.teacher_options), needs_head=needs_head)
 
 
 @dataclass
@@ -131,10 +134,11 @@ def build_run(cfg: DictConfig) -> RunParts:
         cfg.data.strong_view = True
     loaders = build_loaders(cfg.data, device, seed=cfg.seed, rank=rank(), world_size=world_size())
     info = loaders.info
-    student = create_model(cfg.student, num_classes=info.num_classes, in_chans=info.in_chans)
+    student = create_model(cfg.student, num_classes=info.num_classes, in_chans=info.in_chans,
+                           **OmegaConf.to_container(cfg.student_options))
     if cfg.student_checkpoint is not None:
         load_checkpoint(student, Path(cfg.student_checkpoint))
-    teacher = build_teacher(cfg, info.num_classes, info.in_chans) if cls.needs_teacher else None
+    teacher = build_teacher(cfg, info.num_classes, info.in_chans, cls.uses_teacher_logits) if cls.needs_teacher else None
     lr = default_lr(cfg)
     context = MethodContext((info.in_chans, info.image_size, info.image_size), info.num_classes,
                             loaders.train.labels, lr)

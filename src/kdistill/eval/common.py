@@ -24,6 +24,7 @@ from kdistill.engine.setup import (
     teacher_weights_path,
 )
 from kdistill.errors import KdistillError
+from kdistill.methods import method_class
 from kdistill.models.base import FeatureModel
 
 
@@ -113,10 +114,11 @@ def load_evaluation(target: Target, teacher: str = "optional") -> Evaluation:
     loaders = build_eval_loaders(cfg.data, device, cfg.seed)
     info = loaders.info
     student = load_trained_model(cfg.student, str(target.path), info.num_classes, info.in_chans, cfg.data.name,
-                                 target.which)
+                                 target.which, options=OmegaConf.to_container(cfg.student_options))
     models = {"student": LoadedModel(cfg.student, target.weights, student.to(device).eval())}
     if teacher == "required" or (teacher == "optional" and cfg.teacher is not None):
-        model = build_teacher(cfg, info.num_classes, info.in_chans)
+        model = build_teacher(cfg, info.num_classes, info.in_chans,
+                              needs_head=method_class(cfg.method["name"]).uses_teacher_logits)
         models["teacher"] = LoadedModel(cfg.teacher, teacher_weights_path(cfg.teacher_checkpoint),
                                         model.to(device).eval())
     return Evaluation(target, device, loaders, models)

@@ -27,7 +27,7 @@ class MethodOptions:
 
 @dataclass
 class DistillOutput:
-    logits: Tensor  # the student's logits on the batch's main view
+    logits: Tensor | None  # the student's logits on the batch's main view (None: a headless student)
     losses: dict[str, Tensor] = field(default_factory=dict)  # unweighted named terms
     extras: dict[str, Tensor] = field(default_factory=dict)  # logged, not optimised (e.g. a learned scale)
 
@@ -71,6 +71,7 @@ class Distiller(nn.Module):
     needs_teacher: ClassVar[bool] = True
     needs_preact: ClassVar[bool] = False  # take stage maps before their final ReLU (e.g. AB)
     needs_strong_view: ClassVar[bool] = False  # batches also carry "image_strong" (e.g. CRLD)
+    uses_teacher_logits: ClassVar[bool] = True  # False: a backbone-only teacher file will do (label-free)
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, options: MethodOptions,
                  context: MethodContext):

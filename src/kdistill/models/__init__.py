@@ -107,13 +107,20 @@ def _wraps_library_model(state_dict: dict) -> bool:
     return bool(state_dict) and all(key.startswith("model.") for key in state_dict)
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> None:
+def classifier_name(model: nn.Module) -> str | None:
+    """Module name of the model's classifier (its last linear layer), if it has one."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return names[-1] if names else None
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True, allow_missing_head: bool = False) -> None:
     """Load a checkpoint file into `model` (in place).
 
     Accepts the benchmark's `<arch>_vanilla/ckpt_epoch_240.pth` files (state dict under
     'model'), a dict with 'state_dict', or a bare state dict; strips DataParallel's `module.`
     prefix and fills in BN counters that old files lack; plain timm/torchvision weight files load
-    into their `timm:`/`tv:` adapters. Raises KdistillError if the file
+    into their `timm:`/`tv:` adapters. `allow_missing_head` accepts a backbone-only file (e.g. a
+    self-supervised ViT) whose classifier is absent: the model keeps its own. Raises KdistillError if the file
     is missing, unreadable, or does not fit the model.
     """
     path = Path(path)
@@ -132,6 +139,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
         # A plain timm/torchvision weight file: the adapter holds that model as `.model`.
         state_dict = {f"model.{key}": value for key, value in state_dict.items()}
     _fill_missing_batch_counters(state_dict, model_state)
+    head = classifier_name(model)
+    if allow_missing_head and head is not None and not any(key.startswith(f"{head}.") for key in state_dict):
+        state_dict.update({key: value for key, value in model_state.items() if key.startswith(f"{head}.")})
     problems = _mismatch_report(state_dict, model_state, strict)
     if problems:
         raise KdistillError(
@@ -144,6 +154,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
 __all__ = [
     "MODELS",
     "FeatureModel",
+    "classifier_name",
     "Features",
     "create_model",
     "is_small_lr_model",
