@@ -26,7 +26,20 @@ CIFAR100_METHODS = {
     "dcd+kd": {"name": "dcd+kd", "w_ce": 1.0, "w_kd": 1.0, "w_method": 1.0, "temperature": 4.0},
     "crd": {"name": "crd", "w_ce": 1.0, "w_kd": 0.0, "w_method": 0.8},
     "crd+kd": {"name": "crd+kd", "w_ce": 1.0, "w_kd": 1.0, "w_method": 0.8, "temperature": 4.0},
+    "crld": {"name": "crld", "w_ce": 1.0, "temperature": 4.0, "weak_threshold": 0.9, "strong_threshold": 0.2,
+             "within_view_weight": 2.0, "cross_view_weight": 0.5},
 }
+# The tables' other baselines, at their table weights; AB, FT and FSP open with their initialisation stage.
+CIFAR100_BASELINE_WEIGHTS = {"fitnet": 100.0, "at": 1000.0, "sp": 3000.0, "cc": 0.02, "vid": 1.0, "rkd": 1.0,
+                             "pkt": 30000.0, "ab": 1.0, "ft": 200.0, "fsp": 50.0, "nst": 50.0}
+CIFAR100_METHODS.update({
+    name: {"name": name, "w_ce": 1.0, "w_kd": 0.0, "w_method": weight,
+           **({"init_epochs": 30} if name in ("ab", "ft", "fsp") else {})}
+    for name, weight in CIFAR100_BASELINE_WEIGHTS.items()
+})
+# FSP needs equal channel counts stage by stage, so the tables run it on these pairs only.
+CIFAR100_METHOD_PAIRS = {"fsp": [("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
+                                 ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8")]}
 
 CIFAR100_DATA = {"name": "cifar100", "root": "./data/cifar100", "batch_size": 64}
 TABLE_SCHEDULE = {"epochs": 240, "schedule": {"name": "step", "milestones": [150, 180, 210], "gamma": 0.1}}
@@ -45,7 +58,7 @@ def cifar100_recipes() -> dict[Path, dict]:
             "optim": {"lr": 0.05}, **TABLE_SCHEDULE, "out": f"runs/cifar100/teachers/{teacher}",
         }
     for method, section in CIFAR100_METHODS.items():
-        for teacher, student in CIFAR100_PAIRS:
+        for teacher, student in CIFAR100_METHOD_PAIRS.get(method, CIFAR100_PAIRS):
             recipe = {"student": student, "method": section, "data": CIFAR100_DATA,
                       "optim": {"lr": 0.01 if is_small_lr_model(student) else 0.05}, **TABLE_SCHEDULE,
                       "out": f"runs/cifar100/{method}/{teacher}_{student}"}
@@ -55,12 +68,73 @@ def cifar100_recipes() -> dict[Path, dict]:
     return recipes
 
 
+# ImageNet-style recipes (CRLD's ImageNet setting: T = 1, CE weight 2). The teachers' ImageNet
+# weights are the user's files: put them at IMAGENET_TEACHER_FILE (a state dict of kdistill's
+# tv:/timm: model of that name) or pass teacher_checkpoint=<file>; data.root holds train/ and val/.
+IMAGENET_PAIRS = [("tv:resnet34", "tv:resnet18"), ("tv:resnet50", "timm:mobilenetv1_100")]
+IMAGENET_METHODS = {"crld": {**CIFAR100_METHODS["crld"], "w_ce": 2.0, "temperature": 1.0}}
+IMAGENET_DATA = {"name": "imagefolder", "root": "./data/imagenet", "batch_size": 512}
+IMAGENET_TRAINING = {"optim": {"lr": 0.2, "weight_decay": 1e-4}, "epochs": 100,
+                     "schedule": {"name": "step", "milestones": [30, 60, 90], "gamma": 0.1}}
+IMAGENET_TEACHER_FILE = "pretrained/imagenet/{teacher}.pth"
+
+
+def imagenet_recipes() -> dict[Path, dict]:
+    recipes = {}
+    for method, section in IMAGENET_METHODS.items():
+        for teacher, student in IMAGENET_PAIRS:
+            pair = f"{teacher.split(':')[-1]}_{student.split(':')[-1]}"
+            recipes[Path("imagenet") / method / f"{pair}.yaml"] = {
+                "teacher": teacher, "teacher_checkpoint": IMAGENET_TEACHER_FILE.format(teacher=teacher.split(":")[-1]),
+                "student": student, "method": section, "data": IMAGENET_DATA, **IMAGENET_TRAINING,
+                "out": f"runs/imagenet/{method}/{pair}",
+            }
+    return recipes
+
+
+# Label-free recipes: TinTeM and its Proteus baseline. ImageNet: the TinTeM paper's DINOv2 ViT-S/14
+# teacher -> ViT-Ti/14 student at 224 px. The teacher's weights are the user's file (nothing is
+# downloaded): a state dict of timm's vit_small_patch14_dinov2 at LABEL_FREE_VIT_TEACHER_FILE, or pass
+# teacher_checkpoint=<file>. dynamic_img_size keeps the teacher's 518 px position embedding (so its
+# file loads) and resamples it to the input's grid; the student takes any input size likewise. The
+# embedded recipes run here; their teacher is the embedded teacher recipe's run.
+LABEL_FREE_METHODS = ("tintem", "proteus")
+LABEL_FREE_VIT_TEACHER_FILE = "pretrained/imagenet/dinov2_vits14.pth"
+EMBEDDED_TRAINING = {"data": {"name": "embedded", "batch_size": 128}, "optim": {"lr": 0.05}, "epochs": 10,
+                     "schedule": {"name": "cosine"}}
+
+
+def label_free_recipes() -> dict[Path, dict]:
+    recipes = {Path("embedded/teachers/resnet20.yaml"): {
+        "student": "resnet20", "method": CIFAR100_METHODS["vanilla"], **EMBEDDED_TRAINING,
+        "out": "runs/embedded/teachers/resnet20",
+    }}
+    for method in LABEL_FREE_METHODS:
+        recipes[Path("imagenet") / method / "vit_small14_vit_tiny14.yaml"] = {
+            "teacher": "timm:vit_small_patch14_dinov2", "teacher_options": {"dynamic_img_size": True},
+            "teacher_checkpoint": LABEL_FREE_VIT_TEACHER_FILE,
+            "student": "timm:vit_tiny_patch16_224", "student_options": {"patch_size": 14, "dynamic_img_size": True},
+            "method": {"name": method, "w_method": 1.0},
+            "data": {"name": "imagefolder", "root": "./data/imagenet", "batch_size": 256},
+            "optim": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.05}, "epochs": 300,
+            "schedule": {"name": "cosine", "warmup_epochs": 5}, "amp": True,
+            "out": f"runs/imagenet/{method}/vit_small14_vit_tiny14",
+        }
+        recipes[Path("embedded") / method / "resnet20_resnet8.yaml"] = {
+            "teacher": "resnet20", "teacher_checkpoint": "runs/embedded/teachers/resnet20",
+            "student": "resnet8", "method": {"name": method, "w_method": 1.0}, **EMBEDDED_TRAINING,
+            "out": f"runs/embedded/{method}/resnet20_resnet8",
+        }
+    return recipes
+
+
 def main() -> None:
-    for relative, recipe in cifar100_recipes().items():
+    recipes = {**cifar100_recipes(), **imagenet_recipes(), **label_free_recipes()}
+    for relative, recipe in recipes.items():
         path = CONFIGS / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("# generated by scripts/make_recipes.py\n" + yaml.safe_dump(recipe, sort_keys=False))
-    print(f"wrote {len(cifar100_recipes())} recipes under {CONFIGS}")
+    print(f"wrote {len(recipes)} recipes under {CONFIGS}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,12 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+# One intra-op thread per test process (and the commands it starts): the models here are tiny,
+# and two spinning OpenMP threads per process on a two-core machine shared by a parallel CLI
+# test run many times slower than one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

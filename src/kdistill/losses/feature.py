@@ -1,0 +1,249 @@
+"""Feature losses of the CRD benchmark's baselines: FitNet, AT, SP, CC, VID, RKD, PKT, AB, FT, FSP, NST.
+
+Student first, teacher second. A "map" is `[B, C, H, W]`, a "vector" `[B, D]`. The reductions are
+those of the benchmark's public implementations (RepDistiller), which the table weights were tuned
+for; where they differ from a paper, the docstring says so. Where two maps of different spatial
+sizes meet, the larger is average-pooled to the smaller, as the benchmark does. Every loss is
+computed in float32, so it is stable under mixed precision.
+"""
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["ab_loss", "at_loss", "cc_loss", "fitnet_loss", "fsp_loss", "ft_loss", "nst_loss", "pkt_loss",
+           "rkd_loss", "sp_loss", "vid_loss"]
+
+
+def pool_to_common_size(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Both maps at the smaller height and width of the two (adaptive average pooling; a map
+    already at that size is returned as it is)."""
+    size = (min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1]))
+    return tuple(x if tuple(x.shape[-2:]) == size else F.adaptive_avg_pool2d(x, size) for x in (a, b))
+
+
+def _attention_map(f: Tensor, p: float) -> Tensor:
+    """`[B, H*W]`: the channel mean of `f^p` at every position, L2-normalised over positions."""
+    return F.normalize(f.float().pow(p).mean(dim=1).flatten(1), dim=1)
+
+
+def fitnet_loss(regressed_student: Tensor, teacher: Tensor) -> Tensor:
+    """FitNet's hint loss (Romero et al. 2015).
+
+    Takes the student's hint map already passed through the regressor (so it has the teacher's
+    shape) and the teacher's map of the same stage. Reduction: mean squared error over all
+    `B*C*H*W` entries (the benchmark's `MSELoss`).
+    """
+    if regressed_student.shape != teacher.shape:
+        raise ValueError(f"fitnet_loss needs equal shapes, got {tuple(regressed_student.shape)} "
+                         f"and {tuple(teacher.shape)}")
+    return F.mse_loss(regressed_student.float(), teacher.float())
+
+
+def at_loss(student: Tensor, teacher: Tensor, p: float = 2.0) -> Tensor:
+    """Attention transfer (Zagoruyko & Komodakis 2017) between one student map and one teacher map.
+
+    `a(f) = normalise_over_positions(mean_over_channels(f^p))`; loss = mean over all `B*H*W`
+    entries of `(a(f_s) - a(f_t))^2`. Channel counts may differ; the larger map is pooled to the
+    smaller size. The method sums it over the intermediate stages.
+    """
+    student, teacher = pool_to_common_size(student, teacher)
+    return (_attention_map(student, p) - _attention_map(teacher, p)).pow(2).mean()
+
+
+def _batch_similarity(f: Tensor) -> Tensor:
+    flat = f.float().flatten(1)
+    return F.normalize(flat @ flat.T, dim=1)
+
+
+def sp_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """Similarity-preserving KD (Tung & Mori 2019) on one map (or vector) per network.
+
+    `G = x x^T` with `x` the features flattened to `[B, -1]`, each row of `G` L2-normalised;
+    loss = `||G_t - G_s||_F^2 / B^2`. The benchmark applies it to the last stage's map.
+    """
+    batch = student.shape[0]
+    return (_batch_similarity(teacher) - _batch_similarity(student)).pow(2).sum() / batch**2
+
+
+def _gaussian_correlation(features: Tensor, gamma: float, order: int) -> Tensor:
+    """`[B, B]` Gaussian-kernel correlation of L2-normalised features, Taylor-expanded to `order`:
+    `exp(-gamma ||x_i - x_j||^2) = exp(-2 gamma) exp(2 gamma x_i.x_j)
+    ~ sum_{p <= order} exp(-2 gamma) (2 gamma x_i.x_j)^p / p!`."""
+    unit = F.normalize(features.float().flatten(1), dim=1)
+    dot = unit @ unit.T
+    return sum(math.exp(-2 * gamma) * (2 * gamma) ** p / math.factorial(p) * dot.pow(p) for p in range(order + 1))
+
+
+def cc_loss(student: Tensor, teacher: Tensor, form: str = "benchmark", gamma: float = 0.4, order: int = 2) -> Tensor:
+    """Correlation congruence (Peng et al. 2019) on `[B, D]` vectors.
+
+    `form="benchmark"` (what the tables ran): both vectors are embeddings of the same size (the
+    method embeds the pooled features linearly to 128); `d = |e_s - e_t|`; loss =
+    `(1/(B-1)) * sum_{i<B-1} sum_k d[i,k] * d[i+1,k]` (consecutive samples of the batch).
+    `form="paper"`: the `B x B` correlation matrices of the L2-normalised vectors under a Gaussian
+    kernel (`gamma`) expanded to `order`; loss = mean over the `B^2` entries of their squared
+    difference. Dimensions may differ between student and teacher here.
+    """
+    if form == "benchmark":
+        gap = (student.float() - teacher.float()).abs()
+        return (gap[:-1] * gap[1:]).sum(dim=1).mean()
+    if form == "paper":
+        difference = _gaussian_correlation(student, gamma, order) - _gaussian_correlation(teacher, gamma, order)
+        return difference.pow(2).mean()
+    raise ValueError(f"cc_loss form must be 'benchmark' or 'paper', got '{form}'")
+
+
+def vid_loss(predicted_mean: Tensor, teacher: Tensor, raw_variance: Tensor, eps: float = 1e-5) -> Tensor:
+    """Variational information distillation (Ahn et al. 2019): the negative log-likelihood of the
+    teacher's map under a Gaussian predicted from the student.
+
+    `predicted_mean` is the student's map through the method's regressor (the teacher's shape);
+    `raw_variance` is the learned `[C]` parameter, variance = `softplus(raw_variance) + eps` per
+    channel. Loss = mean over all `B*C*H*W` entries of
+    `0.5 * ((mu - t)^2 / var + log var)` (the authors' code: the paper's per-sample sum, without
+    its constant, averaged over entries).
+    """
+    variance = (F.softplus(raw_variance.float()) + eps).view(1, -1, 1, 1)
+    error = predicted_mean.float() - teacher.float()
+    return (0.5 * (error.pow(2) / variance + variance.log())).mean()
+
+
+def _normalised_distances(features: Tensor) -> Tensor:
+    """Euclidean distances between the rows (diagonal 0), divided by the mean non-zero distance."""
+    squared_norms = features.pow(2).sum(dim=1)
+    squared = squared_norms[:, None] + squared_norms[None, :] - 2 * features @ features.T
+    off_diagonal = 1 - torch.eye(features.shape[0], device=features.device, dtype=features.dtype)
+    distances = squared.clamp(min=1e-12).sqrt() * off_diagonal
+    return distances / distances[distances > 0].mean()
+
+
+def _angles(features: Tensor) -> Tensor:
+    """`[B, B, B]`: entry (i, j, k) is the cosine between `e_j - e_i` and `e_k - e_i`."""
+    directions = F.normalize(features[None, :, :] - features[:, None, :], dim=2)
+    return directions @ directions.transpose(1, 2)
+
+
+def rkd_loss(student: Tensor, teacher: Tensor, distance_weight: float = 25.0, angle_weight: float = 50.0) -> Tensor:
+    """Relational KD (Park et al. 2019) on vectors (the benchmark: the pooled features).
+
+    Distance term: pairwise Euclidean distances, each matrix divided by the mean of its non-zero
+    entries, smooth-L1 (beta 1) averaged over all `B^2` entries. Angle term: for every anchor `i`
+    the cosines between the unit vectors `(e_j - e_i)` and `(e_k - e_i)`, smooth-L1 averaged over
+    all `B^3` entries. Loss = `distance_weight * distance + angle_weight * angle`.
+    """
+    student, teacher = student.float().flatten(1), teacher.float().flatten(1)
+    distance = F.smooth_l1_loss(_normalised_distances(student), _normalised_distances(teacher))
+    angle = F.smooth_l1_loss(_angles(student), _angles(teacher))
+    return distance_weight * distance + angle_weight * angle
+
+
+def _cosine_probabilities(features: Tensor, eps: float) -> Tensor:
+    unit = features / (features.norm(dim=1, keepdim=True) + eps)
+    kernel = (unit @ unit.T + 1) / 2
+    return kernel / kernel.sum(dim=1, keepdim=True)
+
+
+def pkt_loss(student: Tensor, teacher: Tensor, eps: float = 1e-7) -> Tensor:
+    """Probabilistic knowledge transfer (Passalis & Tefas 2018) on vectors (the pooled features).
+
+    `x / (||x|| + eps)`; cosine matrix `C` (diagonal included); `K = (C + 1) / 2`, each row
+    normalised to sum 1 (`P`); loss = mean over all `B^2` entries of
+    `P_t * log((P_t + eps) / (P_s + eps))` (the authors' code: a mean, not a per-row sum).
+    """
+    p_student = _cosine_probabilities(student.float().flatten(1), eps)
+    p_teacher = _cosine_probabilities(teacher.float().flatten(1), eps)
+    return (p_teacher * torch.log((p_teacher + eps) / (p_student + eps))).mean()
+
+
+def ab_loss(connected_student: Sequence[Tensor], teacher: Sequence[Tensor], margin: float = 1.0) -> Tensor:
+    """Activation-boundary transfer (Heo et al. 2019) over a list of stages, shallow to deep.
+
+    Takes the student's pre-ReLU maps passed through the connectors (the teacher's shapes) and the
+    teacher's pre-ReLU maps. Per stage, the paper's alternative L2 loss with margin `m`:
+    `(s + m)^2` where `s > -m` and the teacher's neuron is off (`t <= 0`), plus `(s - m)^2` where
+    `s <= m` and it is on (`t > 0`), summed over all entries. Reduction (the authors' code):
+    stage `i` of `n` is weighted `2^(i - n + 1)` (the deepest 1, each shallower one half the
+    next), each stage's sum divided by `B` and scaled by `3/1000`; the stages are summed.
+    """
+    if len(connected_student) != len(teacher):
+        raise ValueError(f"ab_loss needs as many student as teacher maps, got {len(connected_student)} "
+                         f"and {len(teacher)}")
+    num_stages = len(teacher)
+    total = connected_student[0].new_zeros((), dtype=torch.float32)
+    for i, (s, t) in enumerate(zip(connected_student, teacher)):
+        if s.shape != t.shape:
+            raise ValueError(f"ab_loss needs equal shapes at stage {i}, got {tuple(s.shape)} and {tuple(t.shape)}")
+        s, teacher_on = s.float(), t > 0
+        wrongly_on = (s > -margin) & ~teacher_on
+        wrongly_off = (s <= margin) & teacher_on
+        stage_sum = ((s + margin).pow(2) * wrongly_on + (s - margin).pow(2) * wrongly_off).sum()
+        total = total + 2.0 ** (i - num_stages + 1) * stage_sum / s.shape[0] * 3 / 1000
+    return total
+
+
+def ft_loss(student_factor: Tensor, teacher_factor: Tensor, form: str = "benchmark") -> Tensor:
+    """Factor transfer (Kim et al. 2018): the translator's factor of the student against the
+    paraphraser's factor of the teacher; the larger map is pooled to the smaller size.
+
+    `form="benchmark"` (what the tables ran): each factor reduced to an attention map (channel
+    mean of its square, L2-normalised over positions); loss = mean over `B*H*W` of the absolute
+    difference. `form="paper"`: each factor flattened to `[B, C*H*W]` and L2-normalised; loss =
+    the L1 distance per sample, averaged over the batch (needs equal factor channels).
+    """
+    student_factor, teacher_factor = pool_to_common_size(student_factor, teacher_factor)
+    if form == "benchmark":
+        return (_attention_map(student_factor, 2) - _attention_map(teacher_factor, 2)).abs().mean()
+    if form == "paper":
+        student_unit = F.normalize(student_factor.float().flatten(1), dim=1)
+        teacher_unit = F.normalize(teacher_factor.float().flatten(1), dim=1)
+        return (student_unit - teacher_unit).abs().sum(dim=1).mean()
+    raise ValueError(f"ft_loss form must be 'benchmark' or 'paper', got '{form}'")
+
+
+def _flow_matrices(stages: Sequence[Tensor]) -> list[Tensor]:
+    """Per pair of consecutive maps: `G[b, i, j]` = mean over positions of `upper[b, i] * lower[b, j]`."""
+    matrices = []
+    for lower, upper in itertools.pairwise(stages):
+        lower, upper = pool_to_common_size(lower.float(), upper.float())
+        positions = lower.shape[-2] * lower.shape[-1]
+        matrices.append(upper.flatten(2) @ lower.flatten(2).transpose(1, 2) / positions)
+    return matrices
+
+
+def fsp_loss(student: Sequence[Tensor], teacher: Sequence[Tensor]) -> Tensor:
+    """Flow of solution procedure (Yim et al. 2017) over a list of maps (the benchmark: the stem
+    and every stage output).
+
+    Per pair of consecutive maps (the larger pooled to the smaller size) the `[B, C_upper, C_lower]`
+    flow matrix; loss = mean over its entries of `(G_s - G_t)^2`, summed over the pairs. Student
+    and teacher need the same number of maps with equal channel counts.
+    """
+    student_channels = [s.shape[1] for s in student]
+    teacher_channels = [t.shape[1] for t in teacher]
+    if student_channels != teacher_channels:
+        raise ValueError(f"fsp_loss needs equal channel counts, got {student_channels} and {teacher_channels}")
+    return sum((s - t).pow(2).mean() for s, t in zip(_flow_matrices(student), _flow_matrices(teacher)))
+
+
+def _polynomial_kernel_mean(a: Tensor, b: Tensor) -> Tensor:
+    """Mean over samples and channel pairs of `(a_i . b_j)^2`."""
+    return (a @ b.transpose(1, 2)).pow(2).mean()
+
+
+def nst_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """Neuron selectivity transfer (Huang & Wang 2017) between one student map and one teacher map.
+
+    Every channel map flattened over positions and L2-normalised; squared MMD with the kernel
+    `k(a, b) = (a . b)^2`: `mean K(t,t) + mean K(s,s) - 2 mean K(s,t)` over all channel pairs and
+    samples (the teacher's constant term included, as in the benchmark). Channel counts may
+    differ; the larger map is pooled to the smaller size. The method sums it over stages.
+    """
+    student, teacher = pool_to_common_size(student, teacher)
+    s = F.normalize(student.float().flatten(2), dim=2)
+    t = F.normalize(teacher.float().flatten(2), dim=2)
+    return _polynomial_kernel_mean(t, t) + _polynomial_kernel_mean(s, s) - 2 * _polynomial_kernel_mean(s, t)

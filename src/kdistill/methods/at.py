@@ -1,0 +1,34 @@
+"""AT (Zagoruyko & Komodakis 2017, "Paying More Attention to Attention"): the student's spatial
+attention maps match the teacher's at every intermediate stage (`kdistill.losses.at_loss`)."""
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from kdistill.losses import at_loss
+from kdistill.methods import METHODS
+from kdistill.methods._feature_pairs import intermediate_maps, stage_pairs
+from kdistill.methods.base import Distiller, MethodOptions
+from kdistill.models.base import Features
+
+
+@dataclass
+class ATOptions(MethodOptions):
+    p: float = 2.0  # power of the activations in the attention map
+
+
+@METHODS.register("at")
+class AT(Distiller):
+    """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 1000`.
+
+    Summed over the stage outputs after the stem, paired from the shallowest (a network's extra
+    deeper stages are left out); the larger map of a pair is pooled to the smaller size.
+    """
+
+    Options = ATOptions
+    default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1000.0}
+
+    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
+                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
+        pairs = stage_pairs(intermediate_maps(student), intermediate_maps(teacher))
+        return {"at": sum(at_loss(s, t, self.options.p) for s, t in pairs)}

@@ -1,0 +1,51 @@
+"""CC (Peng et al. 2019, "Correlation Congruence for Knowledge Distillation") on the pooled features
+(`kdistill.losses.cc_loss`).
+
+The default is the benchmark's variant, which the table weight was tuned for: both pooled features
+are embedded linearly to `feat_dim` and the term couples consecutive samples' embedding gaps.
+`form=paper` is the paper's: Gaussian-kernel correlation matrices (Taylor order `order`, `gamma`)
+of the L2-normalised pooled features themselves, with no embeddings to train; the table weight
+0.02 was not tuned for it.
+"""
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from kdistill.errors import KdistillError
+from kdistill.losses import cc_loss
+from kdistill.methods import METHODS
+from kdistill.methods.base import Distiller, MethodContext, MethodOptions
+from kdistill.models.base import Features, FeatureModel, probe_features
+
+
+@dataclass
+class CCOptions(MethodOptions):
+    form: str = "benchmark"  # benchmark | paper
+    feat_dim: int = 128  # embedding size of the benchmark form
+    gamma: float = 0.4  # kernel width of the paper form
+    order: int = 2  # Taylor order of the paper form
+
+
+@METHODS.register("cc")
+class CC(Distiller):
+    """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 0.02`."""
+
+    Options = CCOptions
+    default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 0.02}
+
+    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: CCOptions, context: MethodContext):
+        super().__init__(student, teacher, options, context)
+        if options.form not in ("benchmark", "paper"):
+            raise KdistillError(f"method cc: form '{options.form}' is unknown; use form=benchmark or form=paper")
+        if options.form == "benchmark":
+            student_dim = probe_features(student, context.input_shape).pooled.shape[1]
+            teacher_dim = probe_features(teacher, context.input_shape).pooled.shape[1]
+            self.embed_s = nn.Linear(student_dim, options.feat_dim)
+            self.embed_t = nn.Linear(teacher_dim, options.feat_dim)
+
+    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
+                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.options.form == "benchmark":
+            return {"cc": cc_loss(self.embed_s(student.pooled), self.embed_t(teacher.pooled))}
+        return {"cc": cc_loss(student.pooled, teacher.pooled, "paper", self.options.gamma, self.options.order)}

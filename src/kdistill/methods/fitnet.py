@@ -1,0 +1,44 @@
+"""FitNet (Romero et al. 2015, "FitNets: Hints for Thin Deep Nets"): the student's middle-stage map,
+through a conv regressor to the teacher's channels and size, regresses the teacher's map of the same
+stage (`kdistill.losses.fitnet_loss`). As in the benchmark, the regressor trains with the student in
+one stage (no separate hint pre-training)."""
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from kdistill.errors import KdistillError
+from kdistill.losses import fitnet_loss
+from kdistill.methods import METHODS
+from kdistill.methods._feature_pairs import conv_regressor, pair_name
+from kdistill.methods.base import Distiller, MethodContext, MethodOptions
+from kdistill.models.base import Features, FeatureModel, probe_features
+
+
+@dataclass
+class FitNetOptions(MethodOptions):
+    hint_stage: int = 2  # index into Features.stages (0 = stem), the benchmark's `hint_layer`
+
+
+@METHODS.register("fitnet")
+class FitNet(Distiller):
+    """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 100`."""
+
+    Options = FitNetOptions
+    default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 100.0}
+
+    def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FitNetOptions, context: MethodContext):
+        super().__init__(student, teacher, options, context)
+        student_stages = probe_features(student, context.input_shape).stages
+        teacher_stages = probe_features(teacher, context.input_shape).stages
+        stage = options.hint_stage
+        if not 0 <= stage < min(len(student_stages), len(teacher_stages)):
+            raise KdistillError(f"method fitnet, {pair_name(student, teacher)}: hint_stage {stage} is out of range; "
+                                f"use 0..{min(len(student_stages), len(teacher_stages)) - 1}")
+        self.regressor = conv_regressor(student_stages[stage].shape, teacher_stages[stage].shape, relu=True,
+                                        pair=pair_name(student, teacher))
+
+    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
+                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
+        stage = self.options.hint_stage
+        return {"fitnet": fitnet_loss(self.regressor(student.stages[stage]), teacher.stages[stage])}

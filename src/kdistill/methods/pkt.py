@@ -1,0 +1,22 @@
+"""PKT (Passalis & Tefas 2018, "Learning Deep Representations with Probabilistic Knowledge
+Transfer"): the student's cosine-kernel neighbour distributions over the batch match the teacher's
+(`kdistill.losses.pkt_loss`)."""
+
+from torch import Tensor
+
+from kdistill.losses import pkt_loss
+from kdistill.methods import METHODS
+from kdistill.methods.base import Distiller
+from kdistill.models.base import Features
+
+
+@METHODS.register("pkt")
+class PKT(Distiller):
+    """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 30000`. On the pooled features; their
+    dimensions may differ."""
+
+    default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 30000.0}
+
+    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
+                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"pkt": pkt_loss(student.pooled, teacher.pooled)}

@@ -1,0 +1,31 @@
+"""RKD (Park et al. 2019, "Relational Knowledge Distillation"): distance and angle relations among
+the batch's pooled features (`kdistill.losses.rkd_loss`)."""
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from kdistill.losses import rkd_loss
+from kdistill.methods import METHODS
+from kdistill.methods.base import Distiller, MethodOptions
+from kdistill.models.base import Features
+
+
+@dataclass
+class RKDOptions(MethodOptions):
+    distance_weight: float = 25.0
+    angle_weight: float = 50.0
+
+
+@METHODS.register("rkd")
+class RKD(Distiller):
+    """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 1` (times distance 25 and angle 50 inside
+    the term). On the pooled features; their dimensions may differ."""
+
+    Options = RKDOptions
+    default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
+
+    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
+                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
+        options = self.options
+        return {"rkd": rkd_loss(student.pooled, teacher.pooled, options.distance_weight, options.angle_weight)}
