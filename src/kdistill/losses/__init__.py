@@ -5,9 +5,10 @@ function documents its reduction, which is the one the published weights were tu
 One module per family keeps each readable; everything is importable from `kdistill.losses`.
 """
 
+from kdistill.losses import contrastive, feature, label_free, logit
 from kdistill.losses.contrastive import *  # noqa: F403
-from kdistill.losses.contrastive import __all__ as _contrastive
+from kdistill.losses.feature import *  # noqa: F403
+from kdistill.losses.label_free import *  # noqa: F403
 from kdistill.losses.logit import *  # noqa: F403
-from kdistill.losses.logit import __all__ as _logit
 
-__all__ = [*_logit, *_contrastive]
+__all__ = [*logit.__all__, *contrastive.__all__, *feature.__all__, *label_free.__all__]
