@@ -29,3 +29,12 @@ def run_kdistill(*args: str, cwd: Path | None = None) -> subprocess.CompletedPro
 @pytest.fixture
 def run_cli():
     return run_kdistill
+
+
+def mean_over_ranks(grads) -> None:
+    """What DistributedDataParallel does to gradients, in place: the mean over ranks."""
+    import torch.distributed as dist
+
+    for grad in grads:
+        dist.all_reduce(grad)
+        grad /= dist.get_world_size()

@@ -8,6 +8,8 @@ from kdistill.methods import MethodContext, build_distiller
 from kdistill.models import create_model
 from kdistill.models.base import Features
 
+from conftest import mean_over_ranks
+
 WORLD = 2
 BATCH = 8  # global; each rank holds BATCH // WORLD samples
 
@@ -39,9 +41,7 @@ def worker(rank: int, init_file: str, out_file: str):
     pooled_s, pooled_t = fixed_features()
     local = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
     loss, grads = dcd_loss_and_grads(distiller, pooled_s[local], pooled_t[local])
-    for grad in grads:  # what DistributedDataParallel does: the mean over ranks
-        dist.all_reduce(grad)
-        grad /= WORLD
+    mean_over_ranks(grads)
     if rank == 0:
         torch.save({"loss": loss, "grads": grads}, out_file)
     dist.destroy_process_group()

@@ -25,6 +25,8 @@ from kdistill.methods import MethodContext, build_distiller
 from kdistill.methods.tintem import TokenSequence, resize_token_grid, token_sequence
 from kdistill.models import create_model
 
+from conftest import mean_over_ranks
+
 CONTEXT = MethodContext((1, 28, 28), num_classes=10)
 TEN_TEMPERATURES = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10]
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -342,9 +344,7 @@ def distributed_worker(rank: int, init_file: str, out_file: str):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     half = GLOBAL_BATCH // WORLD
     loss, grads = global_term_and_head_grads(slice(rank * half, (rank + 1) * half))
-    for grad in grads:  # what DistributedDataParallel does: the mean over ranks
-        dist.all_reduce(grad)
-        grad /= WORLD
+    mean_over_ranks(grads)
     if rank == 0:
         torch.save({"loss": loss, "grads": grads}, out_file)
     dist.destroy_process_group()

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdistill.losses import kd_loss
-from kdistill.models.base import Features, FeatureModel
+from kdistill.models.base import Features, FeatureModel, probe_features
 
 
 @dataclass
@@ -57,6 +57,11 @@ def embedding_source(features: Features, which: str | int) -> Tensor:
     if which == "pooled":
         return features.pooled
     return features.stages[int(which)].mean(dim=(2, 3))
+
+
+def embedding_width(model: FeatureModel, context: "MethodContext", which: str | int) -> int:
+    """D of `embedding_source(model's features, which)`, read off one probe batch."""
+    return embedding_source(probe_features(model, context.input_shape), which).shape[1]
 
 
 class Distiller(nn.Module):

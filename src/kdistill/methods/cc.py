@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from kdistill.errors import KdistillError
 from kdistill.losses import cc_loss
 from kdistill.methods import METHODS
-from kdistill.methods.base import Distiller, MethodContext, MethodOptions
-from kdistill.models.base import Features, FeatureModel, probe_features
+from kdistill.methods.base import Distiller, MethodContext, MethodOptions, embedding_width
+from kdistill.models.base import Features, FeatureModel
 
 
 @dataclass
@@ -39,8 +39,8 @@ class CC(Distiller):
         if options.form not in ("benchmark", "paper"):
             raise KdistillError(f"method cc: form '{options.form}' is unknown; use form=benchmark or form=paper")
         if options.form == "benchmark":
-            student_dim = probe_features(student, context.input_shape).pooled.shape[1]
-            teacher_dim = probe_features(teacher, context.input_shape).pooled.shape[1]
+            student_dim = embedding_width(student, context, "pooled")
+            teacher_dim = embedding_width(teacher, context, "pooled")
             self.embed_s = nn.Linear(student_dim, options.feat_dim)
             self.embed_t = nn.Linear(teacher_dim, options.feat_dim)
 

@@ -12,8 +12,8 @@ from kdistill.distributed import all_gather_detached, is_distributed
 from kdistill.errors import KdistillError
 from kdistill.losses import crd_loss
 from kdistill.methods import METHODS
-from kdistill.methods.base import Distiller, MethodContext, MethodOptions, embedding_source
-from kdistill.models.base import Features, FeatureModel, probe_features
+from kdistill.methods.base import Distiller, MethodContext, MethodOptions, embedding_source, embedding_width
+from kdistill.models.base import Features, FeatureModel
 
 
 @dataclass
@@ -94,10 +94,8 @@ class CRD(Distiller):
             raise KdistillError("method crd needs the training labels by sample index: use a labelled data set")
         if options.negatives not in ("exact", "any"):
             raise KdistillError(f"method crd: negatives '{options.negatives}' is unknown; use exact or any")
-        student_dim = embedding_source(probe_features(student, context.input_shape), options.student_feature).shape[1]
-        teacher_dim = embedding_source(probe_features(teacher, context.input_shape), options.teacher_feature).shape[1]
-        self.embed_s = nn.Linear(student_dim, options.feat_dim)
-        self.embed_t = nn.Linear(teacher_dim, options.feat_dim)
+        self.embed_s = nn.Linear(embedding_width(student, context, options.student_feature), options.feat_dim)
+        self.embed_t = nn.Linear(embedding_width(teacher, context, options.teacher_feature), options.feat_dim)
         self.sampler = NegativeSampler(context.train_labels, exact=options.negatives == "exact")
         num_data = self.sampler.num_data
         bound = 1.0 / math.sqrt(options.feat_dim / 3)  # the reference's uniform initialisation

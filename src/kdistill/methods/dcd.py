@@ -12,8 +12,8 @@ from kdistill.distributed import gather_with_grad
 from kdistill.errors import KdistillError
 from kdistill.losses import dcd_loss
 from kdistill.methods import METHODS
-from kdistill.methods.base import Distiller, MethodContext, MethodOptions, embedding_source
-from kdistill.models.base import Features, FeatureModel, probe_features
+from kdistill.methods.base import Distiller, MethodContext, MethodOptions, embedding_source, embedding_width
+from kdistill.models.base import Features, FeatureModel
 
 
 @dataclass
@@ -49,10 +49,8 @@ class DCD(Distiller):
         super().__init__(student, teacher, options, context)
         if options.form not in ("softmax", "sigmoid"):
             raise KdistillError(f"method dcd: form '{options.form}' is unknown; use form=softmax or form=sigmoid")
-        student_dim = embedding_source(probe_features(student, context.input_shape), options.student_feature).shape[1]
-        teacher_dim = embedding_source(probe_features(teacher, context.input_shape), options.teacher_feature).shape[1]
-        self.embed_s = nn.Linear(student_dim, options.proj_dim)
-        self.embed_t = nn.Linear(teacher_dim, options.proj_dim)
+        self.embed_s = nn.Linear(embedding_width(student, context, options.student_feature), options.proj_dim)
+        self.embed_t = nn.Linear(embedding_width(teacher, context, options.teacher_feature), options.proj_dim)
         # Both scalars are trained with the student and get the same weight decay (as in the paper's code).
         self.log_scale = nn.Parameter(torch.tensor(options.log_scale_init), requires_grad=options.learn_scale)
         self.bias = nn.Parameter(torch.tensor(0.0))
