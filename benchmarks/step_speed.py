@@ -25,7 +25,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="wrn_40_2")
     parser.add_argument("--student", default="resnet8x4")
-    parser.add_argument("--methods", nargs="+", default=["vanilla", "kd", "dcd", "dcd+kd", "crd", "crd+kd"])
+    parser.add_argument("--methods", nargs="+", default=["vanilla", "kd", "dcd", "dcd+kd", "crd", "crd+kd", "crld"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-classes", type=int, default=100)
     parser.add_argument("--train-size", type=int, default=50000, help="data set size (CRD's memory banks)")
@@ -53,6 +53,8 @@ def measure(method: str, args: argparse.Namespace, device: torch.device) -> dict
     batch = {"image": torch.randn(args.batch_size, 3, 32, 32, device=device),
              "label": torch.randint(0, args.num_classes, (args.batch_size,), device=device),
              "index": torch.randint(0, args.train_size, (args.batch_size,), device=device)}
+    if distiller.needs_strong_view:
+        batch["image_strong"] = torch.randn_like(batch["image"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for step in range(args.warmup + args.steps):
