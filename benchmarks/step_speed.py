@@ -63,7 +63,7 @@ def measure(method: str, args: argparse.Namespace, device: torch.device) -> dict
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
         output = distiller(batch)
-        loss = sum(distiller.loss_weight(name) * value for name, value in output.losses.items())
+        loss = output.total
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -77,7 +77,7 @@ def test_bank_update_and_normalisation_constant():
     batch = {"image": torch.randn(4, 1, 28, 28), "label": torch.tensor([0, 1, 2, 3]), "index": torch.tensor([0, 1, 2, 3])}
     distiller.train()
     output = distiller(batch)
-    assert set(output.losses) == {"ce", "crd"} and distiller.loss_weight("crd") == 0.8
+    assert set(output.terms) == {"ce", "crd"} and distiller.loss_weight("crd") == 0.8
     untouched = torch.ones(40, dtype=torch.bool)
     untouched[:4] = False
     assert torch.equal(distiller.bank_s[untouched], before[untouched])
@@ -106,7 +106,7 @@ def test_crd_lowers_its_loss_on_a_fixed_batch():
     losses = []
     for _ in range(20):
         torch.manual_seed(2)  # the same negatives every step: a fixed problem
-        loss = distiller(batch).losses["crd"]
+        loss = distiller(batch).terms["crd"]
         losses.append(loss.item())
         optimizer.zero_grad()
         loss.backward()

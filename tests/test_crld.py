@@ -122,7 +122,7 @@ def two_view_batch(n: int = 8) -> dict[str, torch.Tensor]:
 
 def weighted_total(distiller: Distiller, output: DistillOutput) -> torch.Tensor:
     """What the Trainer optimises."""
-    return sum(distiller.loss_weight(name) * value for name, value in output.losses.items())
+    return output.total
 
 
 def test_trainer_total_is_the_spec_loss_of_both_views_with_the_options():
@@ -131,7 +131,7 @@ def test_trainer_total_is_the_spec_loss_of_both_views_with_the_options():
     distiller = make("crld", **options).eval()  # eval: the views' logits below are recomputed alike
     batch = two_view_batch()
     output = distiller(batch)
-    assert set(output.losses) == {"ce", "crld"} and torch.equal(output.logits, distiller.student(batch["image"]))
+    assert set(output.terms) == {"ce", "crld"} and torch.equal(output.logits, distiller.student(batch["image"]))
     with torch.no_grad():
         logits = [model(batch[view]) for model in (distiller.student, distiller.teacher)
                   for view in ("image", "image_strong")]
@@ -148,7 +148,7 @@ def test_table_defaults_and_the_kd_suffix():
     assert (options.within_view_weight, options.cross_view_weight, distiller.loss_weight("ce")) == (2.0, 0.5, 1.0)
     assert distiller.loss_weight("crld") == 1.0 and type(distiller).needs_strong_view
     with_kd = make("crld+kd")
-    assert set(with_kd(two_view_batch()).losses) == {"ce", "kd", "crld"} and with_kd.loss_weight("kd") == 1.0
+    assert set(with_kd(two_view_batch()).terms) == {"ce", "kd", "crld"} and with_kd.loss_weight("kd") == 1.0
 
 
 def test_teacher_gets_no_gradient_and_stays_in_eval_mode():
@@ -173,23 +173,23 @@ def test_crld_plus_dcd_adds_the_dcd_term_of_the_weak_view():
     assert combined.options.within_view_weight == 2.0 and combined.loss_weight("dcd") == 1.0
     batch = two_view_batch()
     output = combined(batch)
-    assert set(output.losses) == {"ce", "crld", "dcd"} and "dcd_contrastive" in output.extras
+    assert set(output.terms) == {"ce", "crld", "dcd"} and "dcd_contrastive" in output.extras
     plain_dcd = make("dcd", proj_dim=16).eval()
     plain_dcd.load_trainable_state_dict(combined.trainable_state_dict())
-    torch.testing.assert_close(output.losses["dcd"], plain_dcd(batch).losses["dcd"])
-    on_strong_view = plain_dcd({**batch, "image": batch["image_strong"]}).losses["dcd"]
-    assert not torch.allclose(output.losses["dcd"], on_strong_view)
+    torch.testing.assert_close(output.terms["dcd"], plain_dcd(batch).terms["dcd"])
+    on_strong_view = plain_dcd({**batch, "image": batch["image_strong"]}).terms["dcd"]
+    assert not torch.allclose(output.terms["dcd"], on_strong_view)
     plain_crld = make("crld").eval()
-    torch.testing.assert_close(output.losses["crld"], plain_crld(batch).losses["crld"])
+    torch.testing.assert_close(output.terms["crld"], plain_crld(batch).terms["crld"])
 
 
-def test_a_method_that_replaces_forward_cannot_take_the_regulariser():
-    class OwnForward(Distiller):
-        def forward(self, batch):
+def test_a_method_that_replaces_distill_cannot_take_the_regulariser():
+    class OwnDistill(Distiller):
+        def distill(self, batch):
             raise AssertionError
 
-    with pytest.raises(KdistillError, match="replaces Distiller.forward"):
-        with_cross_view(OwnForward)
+    with pytest.raises(KdistillError, match="replaces Distiller.distill"):
+        with_cross_view(OwnDistill)
 
 
 @pytest.mark.parametrize("name", ["crld", "crld+dcd"])

@@ -81,8 +81,8 @@ def a_batch(n=6):
 def test_method_gradients_reach_student_projections_and_scale_not_teacher():
     distiller = make_dcd()
     output = distiller(a_batch())
-    assert set(output.losses) == {"ce", "dcd"}
-    output.losses["dcd"].backward()
+    assert set(output.terms) == {"ce", "dcd"}
+    output.terms["dcd"].backward()
     for module in (distiller.embed_s, distiller.embed_t, distiller.student):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
     assert distiller.log_scale.grad.abs() > 0
@@ -109,7 +109,7 @@ def test_fixed_scale_and_table_weights_and_alias():
     assert (plain.loss_weight("ce"), plain.loss_weight("kd"), plain.loss_weight("dcd")) == (1.0, 0.0, 1.0)
     student, teacher = create_model("resnet8", 10, 1), create_model("resnet8", 10, 1)
     with_kd = build_distiller({"name": "dcd+kd"}, student, teacher, CONTEXT)
-    assert set(with_kd(a_batch()).losses) == {"ce", "kd", "dcd"} and with_kd.loss_weight("kd") == 1.0
+    assert set(with_kd(a_batch()).terms) == {"ce", "kd", "dcd"} and with_kd.loss_weight("kd") == 1.0
     alias = build_distiller({"name": "icd"}, student, teacher, CONTEXT)
     assert type(alias).__name__ == "DCD"
 
@@ -120,7 +120,7 @@ def test_dcd_lowers_its_loss_on_a_fixed_batch():
     optimizer = torch.optim.Adam([p for p in distiller.parameters() if p.requires_grad], lr=0.003)
     losses = []
     for _ in range(20):
-        loss = distiller(batch).losses["dcd"]
+        loss = distiller(batch).terms["dcd"]
         losses.append(loss.item())
         optimizer.zero_grad()
         loss.backward()

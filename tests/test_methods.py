@@ -29,11 +29,11 @@ def test_kd_method_terms_and_table_weights():
     distiller = build_distiller({"name": "kd"}, student, teacher, INPUT)
     data = batch()
     output = distiller(data)
-    assert set(output.losses) == {"ce", "kd"}
+    assert set(output.terms) == {"ce", "kd"}
     assert (distiller.loss_weight("ce"), distiller.loss_weight("kd")) == (0.1, 0.9)
     with torch.no_grad():
         expected = kd_loss(student(data["image"]), teacher(data["image"]), 4.0)
-    torch.testing.assert_close(output.losses["kd"], expected)
+    torch.testing.assert_close(output.terms["kd"], expected)
 
 
 def test_weights_and_temperature_are_options():
@@ -49,7 +49,7 @@ def test_teacher_is_frozen_and_stays_in_eval_mode():
     assert not distiller.teacher.training and distiller.student.training
     assert not any(p.requires_grad for p in distiller.teacher.parameters())
     output = distiller(batch())
-    sum(output.losses.values()).backward()
+    sum(output.terms.values()).backward()
     assert all(p.grad is None for p in distiller.teacher.parameters())
     assert any(p.grad is not None for p in distiller.student.parameters())
     assert not any(k.startswith("teacher.") for k in distiller.trainable_state_dict())
@@ -59,12 +59,16 @@ def test_vanilla_ignores_the_teacher():
     student, teacher = make_pair()
     distiller = build_distiller({"name": "vanilla"}, student, teacher, INPUT)
     assert distiller.teacher is None
-    assert set(distiller(batch()).losses) == {"ce"}
+    assert set(distiller(batch()).terms) == {"ce"}
 
 
-def test_plus_kd_suffix_is_refused_where_kd_is_already_there():
-    with pytest.raises(KdistillError, match="already"):
-        method_class("kd+kd")
+def test_plus_kd_variants_are_registered_exactly_for_the_methods_that_offer_them():
+    offered = {name for name in list_methods() if name.endswith("+kd")}
+    assert {"dcd+kd", "icd+kd", "crd+kd", "crld+kd", "fitnet+kd"} <= offered
+    assert not {"kd+kd", "vanilla+kd", "tintem+kd", "proteus+kd"} & offered
+    assert method_class("crd+kd").default_weights == {**method_class("crd").default_weights, "w_kd": 1.0}
+    with pytest.raises(KdistillError, match="unknown method 'tintem\\+kd'"):
+        method_class("tintem+kd")
 
 
 def test_unknown_method_and_option_errors_name_the_fix():

@@ -242,7 +242,7 @@ def one_step(distiller, batch):
     before = {name: p.detach().clone() for name, p in distiller.named_parameters()}
     optimizer = torch.optim.AdamW(distiller.train_parameters(), lr=1e-3)
     output = distiller.train()(batch)
-    loss = sum(distiller.loss_weight(name) * value for name, value in output.losses.items())
+    loss = output.total
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -259,7 +259,7 @@ def test_one_label_free_step_on_a_zoo_cnn_pair(method, own_parts):
     distiller = make_distiller(method)
     before, output = one_step(distiller, LabelGuard(image=images(), index=torch.arange(4)))
     assert output.logits.shape == (4, 10)  # the CNN student's own logits
-    assert set(output.losses) == {method}
+    assert set(output.terms) == {method}
     assert all(changed(distiller, before, prefix) for prefix in ["student.", *own_parts])
     assert not changed(distiller, before, "teacher.")
 
@@ -310,6 +310,8 @@ def test_label_free_methods_refuse_ce_and_kd(method):
     with pytest.raises(KdistillError, match="label-free"):
         make_distiller(method, w_ce=1.0)
     with pytest.raises(KdistillError, match="label-free"):
+        make_distiller(method, w_kd=1.0)
+    with pytest.raises(KdistillError, match=f"unknown method '{method}\\+kd'"):  # not offered at all
         make_distiller(f"{method}+kd")
 
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import QUICK_RUN, kdistill_command
 from kdistill.engine import load_config, train_run
-from kdistill.engine.checkpoint import atomic_save
+from kdistill.models.checkpoint import atomic_save
 from kdistill.errors import KdistillError
 from kdistill.models import create_model, load_checkpoint
 

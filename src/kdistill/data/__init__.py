@@ -10,11 +10,13 @@ from kdistill.data.augment import (
     keyed_uniform,
     resized_crop_params,
 )
+from kdistill.data.batch import Batch
 from kdistill.data.loaders import DatasetInfo, Loader, Loaders, build_loaders, list_datasets
 from kdistill.data.sources import DATASETS
 
 __all__ = [
     "DATASETS",
+    "Batch",
     "DatasetInfo",
     "Loader",
     "Loaders",

@@ -1,6 +1,5 @@
 """One call from a configuration to a finished run folder."""
 
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -8,6 +7,7 @@ from omegaconf import DictConfig
 from kdistill.distributed import barrier, is_main_process
 from kdistill.engine.setup import build_run
 from kdistill.engine.trainer import Trainer, prepare_out_dir
+from kdistill.run_folder import RunFolder
 
 
 def train_run(cfg: DictConfig) -> dict[str, Any]:
@@ -15,10 +15,10 @@ def train_run(cfg: DictConfig) -> dict[str, Any]:
 
     Under torchrun every process calls this; `data.batch_size` is per process and only rank 0
     writes the run folder."""
-    out = Path(cfg.out)
+    run = RunFolder(cfg.out)
     parts = build_run(cfg)  # joins the torchrun process group, if any
     if is_main_process():
-        prepare_out_dir(out, cfg.resume)
+        prepare_out_dir(run, cfg.resume)
     barrier()
     cfg.optim.lr = parts.lr  # the saved config records the learning rate actually used
-    return Trainer(cfg, parts.distiller, parts.loaders, parts.device, parts.lr, out).fit()
+    return Trainer(cfg, parts.distiller, parts.loaders, parts.device, parts.lr, run).fit()

@@ -14,8 +14,10 @@ from kdistill.data import Loaders, build_loaders
 from kdistill.distributed import init_from_environment, rank, world_size
 from kdistill.errors import KdistillError
 from kdistill.methods import Distiller, MethodContext, build_distiller, method_class
-from kdistill.models import classifier_name, create_model, is_small_lr_model, load_checkpoint
+from kdistill.models import create_model, is_small_lr_model
+from kdistill.models.checkpoint import load_checkpoint, load_state_into, read_state_dict, stored_classes
 from kdistill.models.base import FeatureModel
+from kdistill.run_folder import RunFolder
 
 TABLE_LR = 0.05
 SMALL_MODEL_LR = 0.01  # MobileNetV2 / ShuffleNet students in the tables
@@ -67,29 +69,10 @@ def default_lr(cfg: DictConfig) -> float:
 
 def teacher_weights_path(path: str, which: str = "last") -> Path:
     """A weight file, or a run folder (its last-epoch weights by default, as the tables' teachers are)."""
-    resolved = Path(path)
-    if resolved.is_dir():
-        resolved = resolved / f"student_{which}.pth"
+    resolved = RunFolder(path).weights_path(which) if Path(path).is_dir() else Path(path)
     if not resolved.is_file():
         raise KdistillError(f"checkpoint '{resolved}' not found: give a .pth file or a finished run folder")
     return resolved
-
-
-def classifier_classes(checkpoint: Path, model: FeatureModel) -> int | None:
-    """Class count stored in a checkpoint, read off the weight of the model's classifier."""
-    head = classifier_name(model)
-    if head is None:
-        return None
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception:  # unreadable: load_checkpoint reports it with the user-facing message
-        return None
-    state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else {}
-    key = f"{head}.weight"
-    for name, value in state.items():
-        if name.removeprefix("module.").removeprefix("model.") == key.removeprefix("model."):
-            return int(value.shape[0])
-    return None
 
 
 def load_trained_model(name: str, checkpoint: str, num_classes: int, in_chans: int, data_name: str,
@@ -99,11 +82,12 @@ def load_trained_model(name: str, checkpoint: str, num_classes: int, in_chans: i
     `needs_head=False` (label-free methods) accepts a backbone-only file and skips that check."""
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, **(options or {}))
     path = teacher_weights_path(checkpoint, which)
-    stored_classes = classifier_classes(path, model) if needs_head else None
-    if stored_classes is not None and stored_classes != num_classes:
-        raise KdistillError(f"checkpoint '{path}' has {stored_classes} classes but data set "
+    state_dict = read_state_dict(path)
+    classes = stored_classes(state_dict, model) if needs_head else None
+    if classes is not None and classes != num_classes:
+        raise KdistillError(f"checkpoint '{path}' has {classes} classes but data set "
                             f"'{data_name}' has {num_classes}: use a model trained on this data set")
-    load_checkpoint(model, path, allow_missing_head=not needs_head)
+    load_state_into(model, state_dict, path, allow_missing_head=not needs_head)
     return model
 
 

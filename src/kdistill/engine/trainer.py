@@ -1,14 +1,13 @@
 """The one training loop, for teachers and for every distillation method.
 
-The Trainer knows nothing of a method: it weights and sums the named loss terms a Distiller
-returns, logs each one, and handles optimisation, evaluation, checkpoints and resume.
+The Trainer knows nothing of a method: it calls `backward` on the total a Distiller returns,
+logs each named term, and handles optimisation, evaluation, checkpoints and resume. The run
+folder's files are read and written through `kdistill.run_folder.RunFolder`.
 """
 
-import json
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,30 +16,27 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from kdistill.data import Loaders
-from kdistill.distributed import average_gradients, barrier, broadcast_buffers, is_distributed, is_main_process
-from kdistill.engine.checkpoint import atomic_save, save_model_weights
+from kdistill.distributed import barrier, broadcast_buffers, is_distributed, is_main_process
 from kdistill.engine.schedule import build_optimizer, build_scheduler
 from kdistill.errors import KdistillError
 from kdistill.eval.accuracy import evaluate
 from kdistill.methods import Distiller
-
-RESUME_FILE = "checkpoint.pt"
-RESULTS_FILE = "results.json"
-METRICS_FILE = "metrics.jsonl"
+from kdistill.run_folder import RunFolder
 
 
-def prepare_out_dir(out: Path, resume: bool) -> None:
+def prepare_out_dir(run: RunFolder, resume: bool) -> None:
     """Create the run folder; refuse to overwrite a run that is there unless resuming it."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
+        run.path.mkdir(parents=True, exist_ok=True)
+        probe = run.path / ".write_test"
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise KdistillError(f"output folder '{out}' cannot be written ({error.strerror}): choose another out=<folder>") from None
-    if not resume and ((out / RESUME_FILE).exists() or (out / RESULTS_FILE).exists()):
-        raise KdistillError(f"output folder '{out}' already holds a run: pass resume=true to continue it, "
+        raise KdistillError(f"output folder '{run.path}' cannot be written ({error.strerror}): choose another out=<folder>") from None
+    if not resume and (run.has_resume_state() or run.is_finished()):
+        raise KdistillError(f"output folder '{run.path}' already holds a run: pass resume=true to continue it, "
                             "or choose another out=<folder>")
+    run.remove_temporary_files()  # left by a save that a kill interrupted
 
 
 @dataclass
@@ -55,12 +51,12 @@ class Phase:
 
 class Trainer:
     def __init__(self, cfg: DictConfig, distiller: Distiller, loaders: Loaders, device: torch.device,
-                 lr: float, out: Path):
+                 lr: float, run: RunFolder):
         self.cfg = cfg
         self.distiller = distiller
         self.loaders = loaders
         self.device = device
-        self.out = out
+        self.run = run
         self.steps_per_epoch = len(loaders.train) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(loaders.train))
         if self.steps_per_epoch == 0:
             raise KdistillError(f"the training set has fewer samples than one batch ({cfg.data.batch_size}): "
@@ -98,12 +94,13 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
             return None
-        return SummaryWriter(str(self.out / "tensorboard"))
+        return SummaryWriter(str(self.run.tensorboard_dir))
 
     # ---- checkpoint / resume -------------------------------------------------------------
-    def _state(self, global_epoch: int) -> dict[str, Any]:
+    def _state(self, global_epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
         return {
             "epoch": global_epoch,
+            "metrics": metrics,  # this epoch's log line, restored if a kill lost it after the save
             "method": self.distiller.trainable_state_dict(),
             "phases": {phase.name: {"optimizer": phase.optimizer.state_dict(), "scheduler": phase.scheduler.state_dict()}
                        for phase in self.phases},
@@ -114,10 +111,10 @@ class Trainer:
         }
 
     def resume(self) -> None:
-        path = self.out / RESUME_FILE
-        if not path.exists():
+        loaded = self.run.load_resume_state(self.device)
+        if loaded is None:
             return
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state, _ = loaded
         self.distiller.load_trainable_state_dict(state["method"])
         for phase in self.phases:
             phase.optimizer.load_state_dict(state["phases"][phase.name]["optimizer"])
@@ -129,29 +126,21 @@ class Trainer:
         if state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
         self.start_epoch = state["epoch"] + 1
-        # Drop log lines of an epoch that ran after this checkpoint (killed before its save).
-        metrics_path = self.out / METRICS_FILE
-        if metrics_path.exists() and self.is_main:
-            kept = [line for line in metrics_path.read_text().splitlines()
-                    if json.loads(line)["global_epoch"] <= self.start_epoch]
-            metrics_path.write_text("".join(line + "\n" for line in kept))
+        if self.is_main:
+            # The log holds exactly the epochs this state covers: later lines (killed before
+            # their save) go, and the state's own epoch line comes back if a kill lost it.
+            self.run.trim_metrics(self.start_epoch)
+            if not any(entry.get("global_epoch") == self.start_epoch for entry in self.run.read_metrics()):
+                self.run.append_metrics(state["metrics"])
 
     # ---- the loop ------------------------------------------------------------------------
-    def _step_terms(self, phase: Phase, batch: dict[str, torch.Tensor]):
-        """(student logits or None, weighted total, terms to log) of one batch in `phase`."""
-        if phase.name == "init":
-            terms = {name: value.float() for name, value in self.distiller.init_terms(batch).items()}
-            return None, sum(terms.values()), terms
-        output = self.model(batch)
-        terms = {name: value.float() for name, value in output.losses.items()}
-        loss = sum(self.distiller.loss_weight(name) * value for name, value in terms.items())
-        return output.logits, loss, {**terms, **output.extras}
-
     def train_epoch(self, phase: Phase, epoch: int, global_epoch: int) -> dict[str, float]:
+        self.distiller.set_phase(phase.name)
         if phase.name == "init":
             self.distiller.init_mode()
         else:
             self.distiller.train()
+            self.distiller.on_epoch_start(epoch + 1, phase.epochs)
         loader = self.loaders.train
         loader.set_epoch(global_epoch)
         sums: dict[str, torch.Tensor] = {}
@@ -166,11 +155,10 @@ class Trainer:
                 batch = {key: value.contiguous(memory_format=torch.channels_last) if key.startswith("image") else value
                          for key, value in batch.items()}
             with torch.autocast(self.device.type, enabled=self.amp):
-                logits, loss, logged = self._step_terms(phase, batch)
+                output = self.model(batch)
+            logits, loss, logged = output.logits, output.total, {**output.terms, **output.extras}
             phase.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            if phase.name == "init":  # outside the DDP wrapper: average its gradients by hand
-                average_gradients([p for group in phase.optimizer.param_groups for p in group["params"]])
             self.scaler.step(phase.optimizer)
             self.scaler.update()
             phase.scheduler.step()
@@ -198,7 +186,7 @@ class Trainer:
         if self.cfg.resume:
             self.resume()
         if self.is_main:
-            OmegaConf.save(self.cfg, self.out / "config.yaml")
+            self.run.write_config(OmegaConf.to_yaml(self.cfg))
         student = self.distiller.student
         run_start = time.perf_counter()
         global_epoch = 0
@@ -223,17 +211,17 @@ class Trainer:
             self.best = {"top1": metrics["test/top1"], "top5": metrics["test/top5"], "epoch": epoch + 1}
         if not self.is_main:
             return
-        self._log(metrics)
         if phase.name == "train":
             accuracy = metrics.get("test/top1")
             if improved:
-                save_model_weights(student, self.out / "student_best.pth", epoch=epoch + 1, accuracy=accuracy)
-            save_model_weights(student, self.out / "student_last.pth", epoch=epoch + 1, accuracy=accuracy)
-        atomic_save(self._state(global_epoch), self.out / RESUME_FILE)
+                self.run.save_weights(student, "best", epoch=epoch + 1, accuracy=accuracy)
+            self.run.save_weights(student, "last", epoch=epoch + 1, accuracy=accuracy)
+        # The resume state first, then the log line: a kill between them loses no epoch (resume restores the line).
+        self.run.save_resume_state(self._state(global_epoch, metrics))
+        self._log(metrics)
 
     def _log(self, metrics: dict[str, Any]) -> None:
-        with open(self.out / METRICS_FILE, "a") as file:
-            file.write(json.dumps(metrics) + "\n")
+        self.run.append_metrics(metrics)
         if self.writer is not None:
             for name, value in metrics.items():
                 if name not in ("phase", "epoch", "global_epoch"):
@@ -245,7 +233,7 @@ class Trainer:
 
     def _finish(self, wall_time: float) -> dict[str, Any]:
         barrier()  # rank 0's last epoch is on disk before anyone reads it
-        history = [json.loads(line) for line in (self.out / METRICS_FILE).read_text().splitlines()]
+        history = self.run.read_metrics()
         trained = [entry for entry in history if entry["phase"] == "train"]
         last = trained[-1]
         results = {
@@ -258,7 +246,7 @@ class Trainer:
             "student_params": sum(p.numel() for p in self.distiller.student.parameters()),
         }
         if self.is_main:
-            (self.out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+            self.run.write_results(results)
         if self.writer is not None:
             self.writer.close()
         return results

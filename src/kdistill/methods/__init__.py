@@ -1,4 +1,4 @@
-"""Distillation methods, registered by name. Adding a method touches one file in this folder."""
+"""Distillation methods, registered by name (`registry`). Adding a method touches one file in this folder."""
 
 import importlib
 import pkgutil
@@ -8,36 +8,22 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from kdistill.errors import KdistillError
-from kdistill.methods.base import DistillOutput, Distiller, InitPhase, MethodContext, MethodOptions
+from kdistill.methods.base import DistillOutput, Distiller, InitPhase, MethodContext, MethodOptions, Terms
+from kdistill.methods.registry import METHODS, list_methods, method_class, register_method
 from kdistill.models.base import FeatureModel
-from kdistill.registry import Registry
 
-METHODS: Registry[type[Distiller]] = Registry("method")
-
-KD_SUFFIX = "+kd"
+_NOT_METHOD_MODULES = {"base", "registry"}
 
 
 def _import_method_modules() -> None:
     for module in pkgutil.iter_modules(__path__):
-        if module.name != "base":
+        if module.name not in _NOT_METHOD_MODULES and not module.name.startswith("_"):
             importlib.import_module(f"{__name__}.{module.name}")
 
 
-def method_class(name: str) -> type[Distiller]:
-    """The class registered as `name`; `X+kd` is method X with the KD term on (w_kd = 1 by default)."""
-    if name.endswith(KD_SUFFIX) and name not in METHODS:
-        base = METHODS.get(name[: -len(KD_SUFFIX)])
-        if not base.needs_teacher or base.default_weights["w_kd"]:
-            raise KdistillError(f"method '{name}': '{base.__name__}' already has no separate KD term to add; use '{name[:-3]}'")
-        return type(f"{base.__name__}PlusKD", (base,), {"default_weights": {**base.default_weights, "w_kd": 1.0}})
-    return METHODS.get(name)
-
-
-def list_methods() -> list[str]:
-    return METHODS.names()
-
-
-def parse_method_options(cls: type[Distiller], name: str, values: dict[str, Any]) -> MethodOptions:
+def parse_method_options(name: str, values: dict[str, Any]) -> MethodOptions:
+    """The Options of method `name` from a config's method section (without its "name")."""
+    cls = method_class(name)
     schema = OmegaConf.structured(cls.Options)
     try:
         return OmegaConf.to_object(OmegaConf.merge(schema, values))
@@ -56,10 +42,11 @@ def build_distiller(method: dict[str, Any], student: FeatureModel, teacher: Feat
     cls = method_class(name)
     if cls.needs_teacher and teacher is None:
         raise KdistillError(f"method '{name}' needs a teacher: set teacher=<model> and teacher_checkpoint=<file>")
-    options = parse_method_options(cls, name, values)
+    options = parse_method_options(name, values)
     return cls(student, teacher if cls.needs_teacher else None, options, context)
 
 
 _import_method_modules()
 
-__all__ = ["METHODS", "Distiller", "DistillOutput", "InitPhase", "MethodContext", "MethodOptions", "build_distiller", "list_methods", "method_class"]
+__all__ = ["METHODS", "Distiller", "DistillOutput", "InitPhase", "MethodContext", "MethodOptions", "Terms",
+           "build_distiller", "list_methods", "method_class", "parse_method_options", "register_method"]

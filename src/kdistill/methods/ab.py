@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from kdistill.losses import ab_loss
-from kdistill.methods import METHODS
+from kdistill.data import Batch
+from kdistill.methods.registry import register_method
 from kdistill.methods._feature_pairs import (
     InitStageOptions,
     conv_regressor,
@@ -22,7 +23,7 @@ from kdistill.methods._feature_pairs import (
     pair_name,
     stage_pairs,
 )
-from kdistill.methods.base import Distiller, InitPhase, MethodContext
+from kdistill.methods.base import Distiller, InitPhase, MethodContext, Terms
 from kdistill.models.base import Features, FeatureModel, probe_features
 
 
@@ -32,7 +33,7 @@ class ABOptions(InitStageOptions):
     term_in_distillation: bool = False
 
 
-@METHODS.register("ab")
+@register_method("ab")
 class AB(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 1` (used only with `term_in_distillation`).
 
@@ -41,6 +42,7 @@ class AB(Distiller):
     already agree, else a conv + BN to the teacher's shape.
     """
 
+    offers_kd_variant = True
     Options = ABOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
     needs_preact = True
@@ -69,6 +71,5 @@ class AB(Distiller):
         x = batch["image"]
         return {"ab": self.ab_term(self.student.extract(x, preact=True), self.teacher_features(x, preact=True))}
 
-    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
-                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {"ab": self.ab_term(student, teacher)} if self.options.term_in_distillation else {}
+    def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
+        return Terms({"ab": self.ab_term(student, teacher)} if self.options.term_in_distillation else {})

@@ -3,12 +3,12 @@ attention maps match the teacher's at every intermediate stage (`kdistill.losses
 
 from dataclasses import dataclass
 
-from torch import Tensor
 
 from kdistill.losses import at_loss
-from kdistill.methods import METHODS
+from kdistill.data import Batch
+from kdistill.methods.registry import register_method
 from kdistill.methods._feature_pairs import intermediate_maps, stage_pairs
-from kdistill.methods.base import Distiller, MethodOptions
+from kdistill.methods.base import Distiller, MethodOptions, Terms
 from kdistill.models.base import Features
 
 
@@ -17,7 +17,7 @@ class ATOptions(MethodOptions):
     p: float = 2.0  # power of the activations in the attention map
 
 
-@METHODS.register("at")
+@register_method("at")
 class AT(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 1000`.
 
@@ -25,10 +25,10 @@ class AT(Distiller):
     deeper stages are left out); the larger map of a pair is pooled to the smaller size.
     """
 
+    offers_kd_variant = True
     Options = ATOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1000.0}
 
-    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
-                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
+    def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
         pairs = stage_pairs(intermediate_maps(student), intermediate_maps(teacher))
-        return {"at": sum(at_loss(s, t, self.options.p) for s, t in pairs)}
+        return Terms({"at": sum(at_loss(s, t, self.options.p) for s, t in pairs)})

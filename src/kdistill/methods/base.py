@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdistill.data.batch import Batch
+from kdistill.errors import KdistillError
 from kdistill.losses import kd_loss
 from kdistill.models.base import Features, FeatureModel, probe_features
 
@@ -26,9 +28,21 @@ class MethodOptions:
 
 
 @dataclass
+class Terms:
+    """Named loss terms of a batch (unweighted) and values logged beside them (not optimised)."""
+
+    losses: dict[str, Tensor]
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
 class DistillOutput:
+    """What a Distiller returns for a batch: the Trainer only calls `backward` on `total`."""
+
     logits: Tensor | None  # the student's logits on the batch's main view (None: a headless student)
-    losses: dict[str, Tensor] = field(default_factory=dict)  # unweighted named terms
+    terms: dict[str, Tensor]  # unweighted named terms (fp32)
+    weights: dict[str, float]  # the weight of each term
+    total: Tensor  # sum of weight * term: the loss that is optimised
     extras: dict[str, Tensor] = field(default_factory=dict)  # logged, not optimised (e.g. a learned scale)
 
 
@@ -65,18 +79,23 @@ def embedding_width(model: FeatureModel, context: "MethodContext", which: str | 
 
 
 class Distiller(nn.Module):
-    """Base of every method. `forward(batch)` returns the student's logits and named loss terms.
+    """Base of every method. `forward(batch)` returns the student's logits, the named loss terms,
+    their weights and the weighted total (`DistillOutput`).
 
-    Terms named "ce" are weighted by `w_ce`, "kd" by `w_kd`, every other term by `w_method`.
-    The teacher is frozen: always in eval mode, without gradient, outside the optimizer.
+    Terms named "ce" are weighted by `w_ce`, "kd" by `w_kd`, a term in `fixed_term_weights` by
+    its fixed weight, every other term by `w_method`. The teacher is frozen: always in eval
+    mode, without gradient, outside the optimizer. In a method's initialisation phase (`phase ==
+    "init"`) the same `forward` returns the phase's terms, each weighted 1.
     """
 
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     default_weights: ClassVar[dict[str, float]] = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
+    fixed_term_weights: ClassVar[dict[str, float]] = {}  # terms that carry their own weights
     needs_teacher: ClassVar[bool] = True
     needs_preact: ClassVar[bool] = False  # take stage maps before their final ReLU (e.g. AB)
     needs_strong_view: ClassVar[bool] = False  # batches also carry "image_strong" (e.g. CRLD)
     uses_teacher_logits: ClassVar[bool] = True  # False: a backbone-only teacher file will do (label-free)
+    offers_kd_variant: ClassVar[bool] = False  # register "<name>+kd": this method with Hinton's KD term on
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, options: MethodOptions,
                  context: MethodContext):
@@ -91,6 +110,8 @@ class Distiller(nn.Module):
             teacher.requires_grad_(False)
             teacher.eval()
         self.teacher = teacher
+        self.phase = "train"
+        self.epoch, self.epochs = 1, 1  # where training stands (`on_epoch_start`)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -99,11 +120,22 @@ class Distiller(nn.Module):
         return self
 
     def loss_weight(self, term: str) -> float:
+        if term in self.fixed_term_weights:
+            return self.fixed_term_weights[term]
         if term == "ce":
             return self.weights["w_ce"]
         if term == "kd":
             return self.weights["w_kd"]
         return self.weights["w_method"]
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Called by the Trainer before each distillation epoch (`epoch` counted from 1, also
+        after a resume), so a method can schedule its terms (e.g. a warm-up) by epoch."""
+        self.epoch, self.epochs = epoch, epochs
+
+    def set_phase(self, phase: str) -> None:
+        """"init" (the method's initialisation phase) or "train" (distillation): what `forward` computes."""
+        self.phase = phase
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Everything a checkpoint must hold: the student and the method's parts, not the teacher."""
@@ -113,7 +145,8 @@ class Distiller(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("teacher.")]
         if missing or unexpected:
-            raise RuntimeError(f"method state does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise KdistillError(f"the saved state does not fit this run's student and method (missing {missing[:3]}, "
+                                f"unexpected {unexpected[:3]}): resume with the configuration the run was started with")
 
     @torch.no_grad()
     def teacher_features(self, x: Tensor, preact: bool = False) -> Features:
@@ -128,10 +161,9 @@ class Distiller(nn.Module):
             terms["kd"] = kd_loss(student.logits, teacher.logits, self.options.temperature)
         return terms
 
-    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
-                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The method's own loss terms; feature methods override only this (and may add to `extras`)."""
-        return {}
+    def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
+        """The method's own loss terms; feature methods override only this."""
+        return Terms({})
 
     def train_parameters(self) -> list[nn.Parameter]:
         """What the distillation optimizer trains: the student and the method's parts, never the teacher."""
@@ -141,20 +173,37 @@ class Distiller(nn.Module):
         """The method's initialisation phase, run by the Trainer before distillation; None = none."""
         return None
 
-    def init_terms(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Loss terms of the initialisation phase; the Trainer sums them unweighted."""
+    def init_terms(self, batch: Batch) -> dict[str, Tensor]:
+        """Loss terms of the initialisation phase, each weighted 1."""
         raise NotImplementedError(f"{type(self).__name__} has no initialisation phase")
 
     def init_mode(self) -> None:
         """Train/eval modes during the initialisation phase (default: as in distillation)."""
         self.train()
 
-    def forward(self, batch: dict[str, Tensor]) -> DistillOutput:
+    def output(self, logits: Tensor | None, terms: Terms, weights: dict[str, float] | None = None) -> DistillOutput:
+        """The DistillOutput of `terms`: each in fp32, its weight (`loss_weight` unless given) and the total."""
+        losses = {name: value.float() for name, value in terms.losses.items()}
+        weights = {name: self.loss_weight(name) for name in losses} if weights is None else weights
+        total = sum((weights[name] * value for name, value in losses.items()), torch.zeros((), device=_device_of(self)))
+        return DistillOutput(logits, losses, weights, total, terms.extras)
+
+    def distill(self, batch: Batch) -> DistillOutput:
+        """One distillation step's output. Feature methods override `method_terms` only;
+        methods with their own views or inputs (CRLD, label-free) override this."""
         x = batch["image"]
         student = self.student.extract(x, preact=self.needs_preact)
         teacher = self.teacher_features(x, preact=self.needs_preact) if self.teacher is not None else None
         losses = self.supervised_terms(student, teacher, batch["label"])
-        extras: dict[str, Tensor] = {}
-        if teacher is not None:
-            losses.update(self.method_terms(student, teacher, batch, extras))
-        return DistillOutput(student.logits, losses, extras)
+        own = self.method_terms(student, teacher, batch) if teacher is not None else Terms({})
+        return self.output(student.logits, Terms({**losses, **own.losses}, own.extras))
+
+    def forward(self, batch: Batch) -> DistillOutput:
+        if self.phase == "init":
+            terms = self.init_terms(batch)
+            return self.output(None, Terms(terms), weights=dict.fromkeys(terms, 1.0))
+        return self.distill(batch)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device

@@ -10,12 +10,13 @@ of the L2-normalised pooled features themselves, with no embeddings to train; th
 
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import nn
 
 from kdistill.errors import KdistillError
 from kdistill.losses import cc_loss
-from kdistill.methods import METHODS
-from kdistill.methods.base import Distiller, MethodContext, MethodOptions, embedding_width
+from kdistill.data import Batch
+from kdistill.methods.registry import register_method
+from kdistill.methods.base import Distiller, MethodContext, MethodOptions, Terms, embedding_width
 from kdistill.models.base import Features, FeatureModel
 
 
@@ -27,10 +28,11 @@ class CCOptions(MethodOptions):
     order: int = 2  # Taylor order of the paper form
 
 
-@METHODS.register("cc")
+@register_method("cc")
 class CC(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 0.02`."""
 
+    offers_kd_variant = True
     Options = CCOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 0.02}
 
@@ -44,8 +46,7 @@ class CC(Distiller):
             self.embed_s = nn.Linear(student_dim, options.feat_dim)
             self.embed_t = nn.Linear(teacher_dim, options.feat_dim)
 
-    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
-                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
+    def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
         if self.options.form == "benchmark":
-            return {"cc": cc_loss(self.embed_s(student.pooled), self.embed_t(teacher.pooled))}
-        return {"cc": cc_loss(student.pooled, teacher.pooled, "paper", self.options.gamma, self.options.order)}
+            return Terms({"cc": cc_loss(self.embed_s(student.pooled), self.embed_t(teacher.pooled))})
+        return Terms({"cc": cc_loss(student.pooled, teacher.pooled, "paper", self.options.gamma, self.options.order)})

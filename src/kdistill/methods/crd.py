@@ -11,8 +11,9 @@ from torch import Tensor, nn
 from kdistill.distributed import all_gather_detached, is_distributed
 from kdistill.errors import KdistillError
 from kdistill.losses import crd_loss
-from kdistill.methods import METHODS
-from kdistill.methods.base import Distiller, MethodContext, MethodOptions, embedding_source, embedding_width
+from kdistill.data import Batch
+from kdistill.methods.registry import register_method
+from kdistill.methods.base import Distiller, MethodContext, MethodOptions, Terms, embedding_source, embedding_width
 from kdistill.models.base import Features, FeatureModel
 
 
@@ -76,7 +77,7 @@ class NegativeSampler(nn.Module):
         return self.order[picked]
 
 
-@METHODS.register("crd")
+@register_method("crd")
 class CRD(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0` (`crd`) or 1 (`crd+kd`), `w_method = 0.8`.
 
@@ -85,6 +86,7 @@ class CRD(Distiller):
     torch.distributed so the banks stay identical). Negatives are drawn on the device.
     """
 
+    offers_kd_variant = True
     Options = CRDOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 0.8}
 
@@ -117,8 +119,7 @@ class CRD(Distiller):
             rows = F.normalize(bank[index] * momentum + z.to(bank.dtype) * (1 - momentum), dim=1)
             setattr(self, name, bank.index_copy(0, index, rows))
 
-    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
-                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
+    def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
         index = batch["index"]
         z_s = F.normalize(self.embed_s(embedding_source(student, self.options.student_feature)), dim=1)
         z_t = F.normalize(self.embed_t(embedding_source(teacher, self.options.teacher_feature)), dim=1)
@@ -129,5 +130,5 @@ class CRD(Distiller):
             self.norm_s.copy_(parts["norm_s"])
             self.norm_t.copy_(parts["norm_t"])
         self.update_banks(index, z_s.detach(), z_t.detach())
-        return {"crd": parts["total"]}
+        return Terms({"crd": parts["total"]})
 

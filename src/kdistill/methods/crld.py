@@ -6,17 +6,17 @@ The cross-view regulariser composes with other methods: `with_cross_view(Method)
 with CRLD added. Its forward runs both views, returns CRLD's terms and then `Method`'s own
 `method_terms` on the weak view's student and teacher features. `crld+dcd` is registered that
 way; another combination is one line, e.g. `METHODS.register("crld+crd")(with_cross_view(CRD))`.
-Methods that replace `Distiller.forward` itself cannot be combined (an error says so).
+Methods that replace `Distiller.distill` itself cannot be combined (an error says so).
 """
 
 from dataclasses import dataclass, make_dataclass
 
-from torch import Tensor
 
 from kdistill.errors import KdistillError
 from kdistill.losses import crld_loss
-from kdistill.methods import METHODS
-from kdistill.methods.base import Distiller, DistillOutput, MethodOptions
+from kdistill.methods.registry import register_method
+from kdistill.data import Batch
+from kdistill.methods.base import Distiller, DistillOutput, MethodOptions, Terms
 from kdistill.methods.dcd import DCD
 
 CROSS_VIEW_TERM = "crld"
@@ -31,14 +31,14 @@ class CRLDOptions(MethodOptions):
     cross_view_weight: float = 0.5
 
 
-@METHODS.register("crld")
+@register_method("crld")
 class CRLD(Distiller):
     """CRLD. Loss = `w_ce * (CE(weak) + CE(strong)) + within_view_weight * L_wv +
     cross_view_weight * L_cv` with the paper's weights 1.0 / 2.0 / 0.5, T = 4, thresholds 0.9 / 0.2.
 
     Terms: "ce" is the sum of both views' CE, weighted by `w_ce` as every CE term; "crld" is
-    `within_view_weight * L_wv + cross_view_weight * L_cv`, weighted by 1 (`loss_weight`), so
-    the Trainer's weighted sum is the paper's loss. `w_method` weights only the terms of a method
+    `within_view_weight * L_wv + cross_view_weight * L_cv`, weighted by 1 (`fixed_term_weights`),
+    so the weighted total is the paper's loss. `w_method` weights only the terms of a method
     combined with CRLD (the DCD term of `crld+dcd`); `w_kd` > 0 (`crld+kd`) adds Hinton's KD on
     the weak view. The unweighted L_wv, L_cv and the fractions of samples each mask keeps are
     logged. The returned logits are the student's on the weak view; at test time the student
@@ -53,11 +53,11 @@ class CRLD(Distiller):
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
     needs_strong_view = True
 
-    def loss_weight(self, term: str) -> float:
-        # The regulariser carries its own weights, so w_method is free for a combined method.
-        return 1.0 if term == CROSS_VIEW_TERM else super().loss_weight(term)
+    # The regulariser carries its own weights, so w_method is free for a combined method.
+    fixed_term_weights = {CROSS_VIEW_TERM: 1.0}
+    offers_kd_variant = True
 
-    def forward(self, batch: dict[str, Tensor]) -> DistillOutput:
+    def distill(self, batch: Batch) -> DistillOutput:
         if "image_strong" not in batch:
             raise KdistillError(f"method '{type(self).__name__}' needs batches with a strong view ('image_strong'): "
                                 "build the loaders with data.strong_view=true")
@@ -77,15 +77,15 @@ class CRLD(Distiller):
             "crld_weak_kept": parts["weak_mask"].float().mean(),
             "crld_strong_kept": parts["strong_mask"].float().mean(),
         }
-        losses.update(self.method_terms(student, teacher, batch, extras))
-        return DistillOutput(student.logits, losses, extras)
+        own = self.method_terms(student, teacher, batch)
+        return self.output(student.logits, Terms({**losses, **own.losses}, {**extras, **own.extras}))
 
 
 def with_cross_view(method: type[Distiller]) -> type[Distiller]:
     """`method` with CRLD's cross-view regulariser added: its options are both sets, its table
     weights are `method`'s, its own terms are computed on the weak view's features."""
-    if method.forward is not Distiller.forward:
-        raise KdistillError(f"'{method.__name__}' replaces Distiller.forward, so CRLD cannot be added to it")
+    if method.distill is not Distiller.distill:
+        raise KdistillError(f"'{method.__name__}' replaces Distiller.distill, so CRLD cannot be added to it")
     options = make_dataclass(f"CRLD{method.Options.__name__}", [], bases=(CRLDOptions, method.Options))
     return type(f"CRLDPlus{method.__name__}", (CRLD, method), {
         "Options": options,
@@ -94,4 +94,4 @@ def with_cross_view(method: type[Distiller]) -> type[Distiller]:
     })
 
 
-METHODS.register("crld+dcd", "crld+icd")(with_cross_view(DCD))
+register_method("crld+dcd", "crld+icd")(with_cross_view(DCD))

@@ -6,13 +6,14 @@ embeddings with a learnable scale (and bias), plus a KL consistency term (`kdist
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from kdistill.distributed import gather_with_grad
 from kdistill.errors import KdistillError
 from kdistill.losses import dcd_loss
-from kdistill.methods import METHODS
-from kdistill.methods.base import Distiller, MethodContext, MethodOptions, embedding_source, embedding_width
+from kdistill.data import Batch
+from kdistill.methods.registry import register_method
+from kdistill.methods.base import Distiller, MethodContext, MethodOptions, Terms, embedding_source, embedding_width
 from kdistill.models.base import Features, FeatureModel
 
 
@@ -33,7 +34,7 @@ class DCDOptions(MethodOptions):
     gather_negatives: bool = True  # under torch.distributed, contrast against the global batch
 
 
-@METHODS.register("dcd", "icd")
+@register_method("dcd", "icd")
 class DCD(Distiller):
     """Table weights: `w_ce = 1`, `w_method = 1`, `w_kd = 0` (`dcd`) or 1 (`dcd+kd`, T = 4).
 
@@ -42,6 +43,7 @@ class DCD(Distiller):
     from every rank so the task is the single-device one (`gather_negatives`).
     """
 
+    offers_kd_variant = True
     Options = DCDOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
 
@@ -55,8 +57,7 @@ class DCD(Distiller):
         self.log_scale = nn.Parameter(torch.tensor(options.log_scale_init), requires_grad=options.learn_scale)
         self.bias = nn.Parameter(torch.tensor(0.0))
 
-    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
-                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
+    def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
         z_s = self.embed_s(embedding_source(student, self.options.student_feature))
         z_t = self.embed_t(embedding_source(teacher, self.options.teacher_feature))
         if self.options.gather_negatives:
@@ -64,6 +65,5 @@ class DCD(Distiller):
         fixed_scale = None if self.options.learn_scale else 1.0 / self.options.fixed_temperature
         parts = dcd_loss(z_s, z_t, self.log_scale, self.bias, self.options.consistency_weight,
                          self.options.max_scale, self.options.form, scale=fixed_scale)
-        extras["dcd_contrastive"] = parts["contrastive"].detach()
-        extras["dcd_consistency"] = parts["consistency"].detach()
-        return {"dcd": parts["total"]}
+        return Terms({"dcd": parts["total"]}, extras={"dcd_contrastive": parts["contrastive"].detach(),
+                                                     "dcd_consistency": parts["consistency"].detach()})

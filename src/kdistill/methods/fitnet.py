@@ -5,13 +5,13 @@ one stage (no separate hint pre-training)."""
 
 from dataclasses import dataclass
 
-from torch import Tensor
 
 from kdistill.errors import KdistillError
 from kdistill.losses import fitnet_loss
-from kdistill.methods import METHODS
+from kdistill.data import Batch
+from kdistill.methods.registry import register_method
 from kdistill.methods._feature_pairs import conv_regressor, pair_name
-from kdistill.methods.base import Distiller, MethodContext, MethodOptions
+from kdistill.methods.base import Distiller, MethodContext, MethodOptions, Terms
 from kdistill.models.base import Features, FeatureModel, probe_features
 
 
@@ -20,10 +20,11 @@ class FitNetOptions(MethodOptions):
     hint_stage: int = 2  # index into Features.stages (0 = stem), the benchmark's `hint_layer`
 
 
-@METHODS.register("fitnet")
+@register_method("fitnet")
 class FitNet(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 100`."""
 
+    offers_kd_variant = True
     Options = FitNetOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 100.0}
 
@@ -38,7 +39,6 @@ class FitNet(Distiller):
         self.regressor = conv_regressor(student_stages[stage].shape, teacher_stages[stage].shape, relu=True,
                                         pair=pair_name(student, teacher))
 
-    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
-                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
+    def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
         stage = self.options.hint_stage
-        return {"fitnet": fitnet_loss(self.regressor(student.stages[stage]), teacher.stages[stage])}
+        return Terms({"fitnet": fitnet_loss(self.regressor(student.stages[stage]), teacher.stages[stage])})

@@ -14,9 +14,10 @@ from torch import Tensor
 
 from kdistill.errors import KdistillError
 from kdistill.losses import fsp_loss
-from kdistill.methods import METHODS
+from kdistill.data import Batch
+from kdistill.methods.registry import register_method
 from kdistill.methods._feature_pairs import InitStageOptions, pair_name
-from kdistill.methods.base import Distiller, InitPhase, MethodContext
+from kdistill.methods.base import Distiller, InitPhase, MethodContext, Terms
 from kdistill.models.base import Features, FeatureModel, probe_features
 
 
@@ -25,7 +26,7 @@ class FSPOptions(InitStageOptions):
     term_in_distillation: bool = False
 
 
-@METHODS.register("fsp")
+@register_method("fsp")
 class FSP(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 50` (used only with `term_in_distillation`).
 
@@ -34,6 +35,7 @@ class FSP(Distiller):
     (e.g. resnet110 -> resnet32), not across architectures.
     """
 
+    offers_kd_variant = True
     Options = FSPOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 50.0}
 
@@ -54,6 +56,5 @@ class FSP(Distiller):
         x = batch["image"]
         return {"fsp": fsp_loss(self.student.extract(x).stages, self.teacher_features(x).stages)}
 
-    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
-                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {"fsp": fsp_loss(student.stages, teacher.stages)} if self.options.term_in_distillation else {}
+    def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
+        return Terms({"fsp": fsp_loss(student.stages, teacher.stages)} if self.options.term_in_distillation else {})

@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from kdistill.errors import KdistillError
 from kdistill.losses import ft_loss
-from kdistill.methods import METHODS
+from kdistill.data import Batch
+from kdistill.methods.registry import register_method
 from kdistill.methods._feature_pairs import InitStageOptions
-from kdistill.methods.base import Distiller, InitPhase, MethodContext
+from kdistill.methods.base import Distiller, InitPhase, MethodContext, Terms
 from kdistill.models.base import Features, FeatureModel, probe_features
 from kdistill.models.resnet import CifarResNet
 from kdistill.models.wrn import WideResNet
@@ -58,11 +59,12 @@ class Paraphraser(nn.Module):
                                    batch_norm=False)
 
 
-@METHODS.register("ft")
+@register_method("ft")
 class FT(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 200`. On the last stage's maps (the
     benchmark's `feat[-2]`); the larger factor is pooled to the smaller size."""
 
+    offers_kd_variant = True
     Options = FTOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 200.0}
 
@@ -89,8 +91,7 @@ class FT(Distiller):
         reconstruction = self.paraphraser.decoder(self.paraphraser.encoder(target))
         return {"ft_reconstruction": F.mse_loss(reconstruction.float(), target.float())}
 
-    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
-                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
+    def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
         with torch.no_grad():
             teacher_factor = self.paraphraser.encoder(teacher.stages[-1])
-        return {"ft": ft_loss(self.translator(student.stages[-1]), teacher_factor, self.options.form)}
+        return Terms({"ft": ft_loss(self.translator(student.stages[-1]), teacher_factor, self.options.form)})

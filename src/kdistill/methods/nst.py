@@ -2,16 +2,16 @@
 squared MMD with a polynomial kernel between the student's and the teacher's normalised channel
 maps at every intermediate stage (`kdistill.losses.nst_loss`)."""
 
-from torch import Tensor
 
 from kdistill.losses import nst_loss
-from kdistill.methods import METHODS
+from kdistill.data import Batch
+from kdistill.methods.registry import register_method
 from kdistill.methods._feature_pairs import intermediate_maps, stage_pairs
-from kdistill.methods.base import Distiller
+from kdistill.methods.base import Distiller, Terms
 from kdistill.models.base import Features
 
 
-@METHODS.register("nst")
+@register_method("nst")
 class NST(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 50`.
 
@@ -19,9 +19,9 @@ class NST(Distiller):
     deeper stages are left out); the larger map of a pair is pooled to the smaller size.
     """
 
+    offers_kd_variant = True
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 50.0}
 
-    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
-                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
+    def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
         pairs = stage_pairs(intermediate_maps(student), intermediate_maps(teacher))
-        return {"nst": sum(nst_loss(s, t) for s, t in pairs)}
+        return Terms({"nst": sum(nst_loss(s, t) for s, t in pairs)})

@@ -13,13 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.losses import proteus_loss
-from kdistill.methods import METHODS
-from kdistill.methods.base import DistillOutput, MethodContext, MethodOptions
+from kdistill.methods.registry import register_method
+from kdistill.data import Batch
+from kdistill.methods.base import DistillOutput, MethodContext, MethodOptions, Terms
 from kdistill.methods.tintem import LabelFreeDistiller, token_width
 from kdistill.models.base import FeatureModel
 
 
-@METHODS.register("proteus")
+@register_method("proteus")
 class Proteus(LabelFreeDistiller):
     """Optimises `MSE(CLS) + MSE(patch tokens)` (`kdistill.losses.proteus_loss`; `w_method` = 1).
 
@@ -40,7 +41,7 @@ class Proteus(LabelFreeDistiller):
         mapped = torch.cat([self.token_head(student.tokens[:, :1]), self.feature_head(student.tokens[:, 1:])], dim=1)
         return proteus_loss(mapped, teacher_tokens), student.logits
 
-    def forward(self, batch: dict[str, Tensor]) -> DistillOutput:
+    def distill(self, batch: Batch) -> DistillOutput:
         parts, logits = self.loss_parts(batch["image"])
         extras = {f"proteus_{name}": parts[name].detach() for name in ("token", "feature")}
-        return DistillOutput(logits, {"proteus": parts["total"]}, extras)
+        return self.output(logits, Terms({"proteus": parts["total"]}, extras))

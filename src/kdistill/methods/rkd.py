@@ -3,11 +3,11 @@ the batch's pooled features (`kdistill.losses.rkd_loss`)."""
 
 from dataclasses import dataclass
 
-from torch import Tensor
 
 from kdistill.losses import rkd_loss
-from kdistill.methods import METHODS
-from kdistill.methods.base import Distiller, MethodOptions
+from kdistill.data import Batch
+from kdistill.methods.registry import register_method
+from kdistill.methods.base import Distiller, MethodOptions, Terms
 from kdistill.models.base import Features
 
 
@@ -17,15 +17,15 @@ class RKDOptions(MethodOptions):
     angle_weight: float = 50.0
 
 
-@METHODS.register("rkd")
+@register_method("rkd")
 class RKD(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 1` (times distance 25 and angle 50 inside
     the term). On the pooled features; their dimensions may differ."""
 
+    offers_kd_variant = True
     Options = RKDOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
 
-    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
-                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
+    def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
         options = self.options
-        return {"rkd": rkd_loss(student.pooled, teacher.pooled, options.distance_weight, options.angle_weight)}
+        return Terms({"rkd": rkd_loss(student.pooled, teacher.pooled, options.distance_weight, options.angle_weight)})

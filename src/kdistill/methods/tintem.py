@@ -17,8 +17,9 @@ from torch import Tensor, nn
 from kdistill.distributed import gather_with_grad
 from kdistill.errors import KdistillError
 from kdistill.losses import TINTEM_TEMPERATURES, tintem_loss
-from kdistill.methods import METHODS
-from kdistill.methods.base import Distiller, DistillOutput, MethodContext, MethodOptions
+from kdistill.methods.registry import register_method
+from kdistill.data import Batch
+from kdistill.methods.base import Distiller, DistillOutput, MethodContext, MethodOptions, Terms
 from kdistill.models.adapters import TimmModel
 from kdistill.models.base import FeatureModel, probe_features
 
@@ -113,7 +114,7 @@ class TinTeMOptions(MethodOptions):
     gather_global: bool = True
 
 
-@METHODS.register("tintem")
+@register_method("tintem")
 class TinTeM(LabelFreeDistiller):
     """Optimises `L_local + L_global + L_fea + L_tok` (`kdistill.losses.tintem_loss`; `w_method` = 1).
 
@@ -145,7 +146,7 @@ class TinTeM(LabelFreeDistiller):
                             batch_teacher_cls=teacher_cls, batch_mapped_cls=mapped_cls)
         return parts, student.logits
 
-    def forward(self, batch: dict[str, Tensor]) -> DistillOutput:
+    def distill(self, batch: Batch) -> DistillOutput:
         parts, logits = self.loss_parts(batch["image"])
         extras = {f"tintem_{name}": parts[name].detach() for name in ("local", "global", "feature", "token")}
-        return DistillOutput(logits, {"tintem": parts["total"]}, extras)
+        return self.output(logits, Terms({"tintem": parts["total"]}, extras))

@@ -1,9 +1,9 @@
 """Vanilla training: cross-entropy on the labels only (teachers and the tables' baseline students)."""
 
-from kdistill.methods import METHODS
+from kdistill.methods.registry import register_method
 from kdistill.methods.base import Distiller
 
 
-@METHODS.register("vanilla")
+@register_method("vanilla")
 class Vanilla(Distiller):
     needs_teacher = False

@@ -7,13 +7,14 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from kdistill.losses import vid_loss
 from kdistill.losses.feature import pool_to_common_size
-from kdistill.methods import METHODS
+from kdistill.data import Batch
+from kdistill.methods.registry import register_method
 from kdistill.methods._feature_pairs import intermediate_maps, stage_pairs
-from kdistill.methods.base import Distiller, MethodContext, MethodOptions
+from kdistill.methods.base import Distiller, MethodContext, MethodOptions, Terms
 from kdistill.models.base import Features, FeatureModel, probe_features
 
 
@@ -32,7 +33,7 @@ def _regressor(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-@METHODS.register("vid")
+@register_method("vid")
 class VID(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 1`.
 
@@ -41,6 +42,7 @@ class VID(Distiller):
     the regressor. The regressors and variances train with the student.
     """
 
+    offers_kd_variant = True
     Options = VIDOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
 
@@ -53,11 +55,10 @@ class VID(Distiller):
         raw_init = math.log(math.expm1(options.init_variance - options.eps))
         self.raw_variances = nn.ParameterList(nn.Parameter(torch.full((t.shape[1],), raw_init)) for _, t in pairs)
 
-    def method_terms(self, student: Features, teacher: Features, batch: dict[str, Tensor],
-                     extras: dict[str, Tensor]) -> dict[str, Tensor]:
+    def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
         terms = []
         pairs = stage_pairs(intermediate_maps(student), intermediate_maps(teacher))
         for (s, t), regressor, raw_variance in zip(pairs, self.regressors, self.raw_variances):
             s, t = pool_to_common_size(s, t)
             terms.append(vid_loss(regressor(s), t, raw_variance, self.options.eps))
-        return {"vid": sum(terms)}
+        return Terms({"vid": sum(terms)})

@@ -1,0 +1,12 @@
+"""What a loader yields and every method, the Trainer and the evaluations read."""
+
+from typing import NotRequired, TypedDict
+
+from torch import Tensor
+
+
+class Batch(TypedDict):
+    image: Tensor  # [B, C, H, W] float, normalised: the main (weak) view
+    index: Tensor  # [B] int64: each sample's index in its split (keys augmentation, memory banks, caches)
+    label: NotRequired[Tensor]  # [B] int64; absent for unlabelled data
+    image_strong: NotRequired[Tensor]  # [B, C, H, W]: the strong view, when the method asks for one

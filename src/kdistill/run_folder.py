@@ -1,0 +1,218 @@
+"""A run folder: its layout and every read and write of its files. No other module spells a file name.
+
+    config.yaml            the resolved configuration the run trains with
+    metrics.jsonl          one JSON line per finished epoch (appended whole, fsynced)
+    results.json           the summary, written when the run finishes
+    student_last.pth       the student's weights after the last epoch (public teacher format)
+    student_best.pth       ... at the epoch of best test top-1
+    checkpoint.pt          the newest resume state; checkpoint.prev.pt the one before it
+    config_changes.jsonl   what a forced resume changed in the configuration
+    tensorboard/           TensorBoard event files
+    <eval>_<which>.<ext>   evaluation reports (`eval_output`)
+
+Every file is written to a temporary file and renamed into place, so a kill at any instant
+leaves either the old or the new file, never a torn one; metrics lines are appended whole and a
+reader skips a torn last line (what a full disk can leave).
+"""
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kdistill.errors import KdistillError
+from kdistill.models.checkpoint import atomic_save, read_torch_file, save_model_weights
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+RESUME_FILE = "checkpoint.pt"
+PREVIOUS_RESUME_FILE = "checkpoint.prev.pt"
+CONFIG_CHANGES_FILE = "config_changes.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+WEIGHTS = ("last", "best")
+_TEMP_SUFFIX = ".tmp"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, fsync, rename into place."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class RunFolder:
+    """The files of one run, by role."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder('{self.path}')"
+
+    # ---- paths ----------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / RESULTS_FILE
+
+    @property
+    def resume_path(self) -> Path:
+        return self.path / RESUME_FILE
+
+    @property
+    def previous_resume_path(self) -> Path:
+        return self.path / PREVIOUS_RESUME_FILE
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / TENSORBOARD_DIR
+
+    def weights_path(self, which: str = "last") -> Path:
+        if which not in WEIGHTS:
+            raise KdistillError(f"unknown weights '{which}': use which=last or which=best")
+        return self.path / f"student_{which}.pth"
+
+    def eval_output(self, name: str, which: str, suffix: str) -> Path:
+        """Where an evaluation of this run's `which` weights writes its report."""
+        return self.path / f"{name}_{which}{suffix}"
+
+    # ---- what is there --------------------------------------------------------------------
+    def is_run(self) -> bool:
+        """A folder a run has written to (its configuration is saved before the first epoch)."""
+        return self.config_path.is_file()
+
+    def is_finished(self) -> bool:
+        return self.results_path.is_file()
+
+    def has_resume_state(self) -> bool:
+        return self.resume_path.is_file() or self.previous_resume_path.is_file()
+
+    def holds_run(self) -> bool:
+        return self.is_run() or self.is_finished() or self.has_resume_state()
+
+    @staticmethod
+    def find(paths: list[str | Path]) -> list["RunFolder"]:
+        """Finished run folders: each path is one, or a folder searched for them (sorted)."""
+        found: list[RunFolder] = []
+        for given in paths:
+            path = Path(given)
+            if RunFolder(path).is_finished():
+                found.append(RunFolder(path))
+            elif path.is_dir():
+                found.extend(RunFolder(result.parent) for result in sorted(path.rglob(RESULTS_FILE))
+                             if RunFolder(result.parent).is_run())
+        return found
+
+    # ---- config ---------------------------------------------------------------------------
+    def write_config(self, text: str) -> None:
+        atomic_write_text(self.config_path, text)
+
+    def record_config_change(self, change: dict[str, Any]) -> None:
+        with open(self.path / CONFIG_CHANGES_FILE, "a") as file:
+            file.write(json.dumps(change) + "\n")
+
+    # ---- metrics --------------------------------------------------------------------------
+    def append_metrics(self, entry: dict[str, Any]) -> None:
+        """Append one epoch's line whole and fsync it, so it is on disk with its checkpoint."""
+        with open(self.metrics_path, "a") as file:
+            file.write(json.dumps(entry) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every whole line of metrics.jsonl; a torn line (a kill or a full disk mid-write) is skipped with a warning."""
+        if not self.metrics_path.is_file():
+            return []
+        entries, torn = [], 0
+        for line in self.metrics_path.read_text(errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                torn += 1
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+            else:
+                torn += 1
+        if torn:
+            print(f"warning: skipped {torn} torn line(s) in {self.metrics_path}", file=sys.stderr)
+        return entries
+
+    def trim_metrics(self, last_global_epoch: int) -> None:
+        """Keep the lines of epochs up to `last_global_epoch` (those a resume state covers), by
+        writing a new file and renaming it into place: a kill during the trim loses nothing."""
+        if not self.metrics_path.is_file():
+            return
+        kept = [entry for entry in self.read_metrics() if entry.get("global_epoch", 0) <= last_global_epoch]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(entry) + "\n" for entry in kept))
+
+    # ---- results --------------------------------------------------------------------------
+    def write_results(self, results: dict[str, Any]) -> None:
+        atomic_write_text(self.results_path, json.dumps(results, indent=2) + "\n")
+
+    def read_results(self) -> dict[str, Any]:
+        try:
+            results = json.loads(self.results_path.read_text())
+        except FileNotFoundError:
+            raise KdistillError(f"'{self.path}' holds no {RESULTS_FILE}: the run has not finished") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            results = None
+        if not isinstance(results, dict):
+            raise KdistillError(f"{self.results_path} is not a kdistill results file: delete it or re-run the training")
+        return results
+
+    # ---- weights and resume state ---------------------------------------------------------
+    def save_weights(self, model, which: str, **info: Any) -> None:
+        save_model_weights(model, self.weights_path(which), **info)
+
+    def save_resume_state(self, state: dict[str, Any]) -> None:
+        """Keep the previous state as a fallback, then write the new one (each step atomic)."""
+        if self.resume_path.is_file():
+            os.replace(self.resume_path, self.previous_resume_path)
+        atomic_save(state, self.resume_path)
+
+    def load_resume_state(self, map_location) -> tuple[dict[str, Any], Path] | None:
+        """The newest readable resume state and its file; falls back to the previous one (saying
+        so in one line); None when the folder has none. KdistillError if none is readable."""
+        candidates = [path for path in (self.resume_path, self.previous_resume_path) if path.is_file()]
+        if not candidates:
+            return None
+        errors = []
+        for path in candidates:
+            try:
+                state = read_torch_file(path, map_location)
+            except KdistillError as error:
+                errors.append(str(error))
+                continue
+            if path != candidates[0]:
+                print(f"warning: {candidates[0].name} is unreadable; resuming from {path.name}", file=sys.stderr)
+            return state, path
+        raise KdistillError(f"no readable resume state in '{self.path}' ({errors[0]}): "
+                            f"delete {RESUME_FILE} and {PREVIOUS_RESUME_FILE} to start over, or choose another out=")
+
+    def remove_temporary_files(self) -> int:
+        """Delete the temporary files a killed save left behind; returns how many."""
+        removed = 0
+        for path in self.path.glob(f".*{_TEMP_SUFFIX}"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
