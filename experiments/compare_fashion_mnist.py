@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 
 from kdistill.engine import load_config, train_run
-from kdistill.engine.trainer import RESULTS_FILE
+from kdistill.run_folder import RunFolder
 
 DEFAULT_METHODS = ["vanilla", "kd", "dcd", "dcd+kd", "crd", "crd+kd", "crld"]
 
@@ -35,8 +35,8 @@ def parse_args() -> argparse.Namespace:
 
 def finished_or_train(overrides: list[str], out: Path) -> dict:
     """Reuse a finished run folder, so an interrupted comparison continues where it stopped."""
-    if (out / RESULTS_FILE).exists():
-        return json.loads((out / RESULTS_FILE).read_text())
+    if RunFolder(out).is_finished():
+        return RunFolder(out).read_results()
     return train_run(load_config(None, [*overrides, f"out={out}", "resume=true"]))
 
 

@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 from kdistill.engine import load_config, train_run
-from kdistill.engine.trainer import RESULTS_FILE
+from kdistill.run_folder import RunFolder
 
 TEACHER = "resnet14"
 STUDENT = "resnet8"
@@ -20,8 +20,8 @@ def run_demo(out: Path, overrides: list[str] = ()) -> list[dict]:
     """Train (or reuse) the teacher, then the students; `overrides` apply to every run."""
     common = COMMON + list(overrides)
     teacher_dir = out / "teacher"
-    if (teacher_dir / RESULTS_FILE).exists():
-        teacher = json.loads((teacher_dir / RESULTS_FILE).read_text())
+    if RunFolder(teacher_dir).is_finished():
+        teacher = RunFolder(teacher_dir).read_results()
         teacher["reused"] = True
         print(f"reusing the demo teacher in {teacher_dir}")
     else:

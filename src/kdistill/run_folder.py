@@ -116,8 +116,7 @@ class RunFolder:
             if RunFolder(path).is_finished():
                 found.append(RunFolder(path))
             elif path.is_dir():
-                found.extend(RunFolder(result.parent) for result in sorted(path.rglob(RESULTS_FILE))
-                             if RunFolder(result.parent).is_run())
+                found.extend(RunFolder(result.parent) for result in sorted(path.rglob(RESULTS_FILE)))
         return found
 
     # ---- config ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from kdistill.engine.setup import (
 from kdistill.errors import KdistillError
 from kdistill.methods import method_class
 from kdistill.models.base import FeatureModel
+from kdistill.run_folder import CONFIG_FILE, RunFolder
 
 
 @dataclass
@@ -44,16 +45,17 @@ class Target:
     def output_path(self, name: str, suffix: str) -> Path:
         """Where an evaluation's file goes: inside the run folder, or beside the weight file."""
         if self.path.is_dir():
-            return self.path / f"{name}_{self.which}{suffix}"
+            return RunFolder(self.path).eval_output(name, self.which, suffix)
         return self.path.with_name(f"{self.path.name}.{name}{suffix}")
 
 
 def resolve_target(target: str, overrides: list[str], which: str = "last") -> Target:
     path = Path(target)
     if path.is_dir():
-        if not (path / "config.yaml").is_file():
-            raise KdistillError(f"'{target}' is not a run folder (no config.yaml): give a run folder or a .pth file")
-        cfg = load_config(str(path / "config.yaml"), overrides)
+        run = RunFolder(path)
+        if not run.is_run():
+            raise KdistillError(f"'{target}' is not a run folder (no {CONFIG_FILE}): give a run folder or a .pth file")
+        cfg = load_config(str(run.config_path), overrides)
     elif path.is_file():
         cfg = load_config(None, overrides)
     else:

@@ -5,10 +5,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kdistill.engine.trainer import METRICS_FILE
 from kdistill.errors import KdistillError
 from kdistill.report.curves import plot_training_curves
 from kdistill.report.table import build_tables, find_runs, format_markdown, load_result, table_json, write_csv
+from kdistill.run_folder import RunFolder
 
 
 def curve_names(runs: list[Path]) -> list[str]:
@@ -31,7 +31,7 @@ def build_report(paths: list[str], out: Path) -> dict[str, Any]:
     write_csv(tables, out / "table.csv")
     curves = []
     for run, name in zip(runs, curve_names(runs)):
-        if (run / METRICS_FILE).is_file():  # hand-made result folders may have no history
+        if RunFolder(run).metrics_path.is_file():  # hand-made result folders may have no history
             png = out / "curves" / f"{name}.png"
             plot_training_curves(run, png)
             curves.append(str(png))

@@ -1,11 +1,10 @@
 """Training curves of a run from its metrics.jsonl: the loss terms and the accuracies per epoch."""
 
-import json
 from pathlib import Path
 
 from matplotlib.figure import Figure  # the object API renders with Agg: no display, no global state
 
-from kdistill.engine.trainer import METRICS_FILE
+from kdistill.run_folder import RunFolder
 
 ACCURACY_KEYS = ("train/top1", "test/top1", "val/top1")
 
@@ -13,7 +12,7 @@ ACCURACY_KEYS = ("train/top1", "test/top1", "val/top1")
 def plot_training_curves(run: Path, png: Path) -> None:
     """Two panels against the epoch (counted over all phases): every logged train/<term> (the
     weighted total `train/loss` among them) on a log scale when all are positive, and top-1."""
-    history = [json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines() if line.strip()]
+    history = RunFolder(run).read_metrics()
     epochs = [entry["global_epoch"] for entry in history]
     terms = sorted({key for entry in history for key in entry if key.startswith("train/") and key not in ACCURACY_KEYS})
     figure = Figure(figsize=(11, 4), layout="constrained")

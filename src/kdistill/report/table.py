@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdistill.engine.trainer import RESULTS_FILE
 from kdistill.errors import KdistillError
+from kdistill.run_folder import RESULTS_FILE, RunFolder
 
 VARIANTS = {"last": "top1_last", "best": "top1_best"}  # variant -> key in results.json
 VARIANT_TITLES = {"last": "last epoch", "best": "best epoch"}
@@ -32,7 +32,7 @@ class RunResult:
 
 
 def load_result(run: Path) -> RunResult:
-    path = run / RESULTS_FILE
+    path = RunFolder(run).results_path
     try:
         results = json.loads(path.read_text())
         return RunResult(run, results["method"], results["student"], results.get("teacher"), results["dataset"],
@@ -47,10 +47,10 @@ def find_runs(paths: list[str]) -> list[Path]:
     runs: list[Path] = []
     for given in paths:
         path = Path(given)
-        if (path / RESULTS_FILE).is_file():
+        if RunFolder(path).is_finished():
             found = [path]
         elif path.is_dir():
-            found = sorted(result.parent for result in path.rglob(RESULTS_FILE))
+            found = [folder.path for folder in RunFolder.find([path])]
         else:
             raise KdistillError(f"'{given}' is not a folder: give run folders or folders that hold them")
         if not found:
