@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from kdistill.losses import dcd_loss
 from kdistill.methods import MethodContext, build_distiller

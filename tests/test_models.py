@@ -218,13 +218,30 @@ def test_timm_vit_adapter_and_tokens():
     assert shapes(features.stages) == [[2, 192, 8, 8]] * 2  # one map per block, 8x8 patches
     assert list(features.pooled.shape) == [2, 192]
     assert list(features.logits.shape) == [2, 10]
-    assert list(tokens.shape) == [2, 1 + 64, 192]
-    torch.testing.assert_close(tokens[:, 0], features.pooled)  # class token first
+    assert list(tokens.tokens.shape) == [2, 1 + 64, 192] and tokens.grid == (8, 8) and tokens.logits is None
+    torch.testing.assert_close(tokens.tokens[:, 0], features.pooled)  # class token first
 
 
-def test_tokens_needs_a_vit():
-    with pytest.raises(KdistillError, match="class token"):
-        create_model("timm:resnet18").tokens(torch.randn(1, 3, 32, 32))
+@pytest.mark.parametrize("name", ["resnet8", "timm:resnet18", "tv:resnet18", "MobileNetV2"])
+def test_cnn_tokens_are_the_pooled_feature_then_the_last_map_positions(name):
+    model = create_model(name, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        features, tokens = model.extract(x), model.tokens(x)
+    last_map = features.stages[-1]
+    channels, height, width = last_map.shape[1:]
+    assert tokens.grid == (height, width) and tokens.tokens.shape == (2, 1 + height * width, channels)
+    torch.testing.assert_close(tokens.tokens[:, 1:], last_map.flatten(2).transpose(1, 2))
+    # MobileNetV2's pooled feature follows a further conv, so its CLS token is the map's mean.
+    cls = last_map.mean(dim=(2, 3)) if features.pooled.shape[1] != channels else features.pooled
+    torch.testing.assert_close(tokens.tokens[:, 0], cls)
+    torch.testing.assert_close(tokens.logits, features.logits)
+
+
+def test_timm_head_runs_once_so_dropout_draws_one_mask():
+    model = create_model("timm:resnet18", num_classes=10, drop_rate=0.5).train()
+    features = model.extract(torch.randn(4, 3, 32, 32))
+    torch.testing.assert_close(features.logits, model.model.get_classifier()(features.pooled))
 
 
 def test_torchvision_adapter():

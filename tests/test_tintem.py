@@ -22,7 +22,8 @@ from kdistill.losses import (
     vmf_sne_loss,
 )
 from kdistill.methods import MethodContext, build_distiller
-from kdistill.methods.tintem import TokenSequence, resize_token_grid, token_sequence
+from kdistill.methods.label_free import resize_token_grid
+from kdistill.models.base import TokenSequence
 from kdistill.models import create_model
 
 from conftest import mean_over_ranks
@@ -268,13 +269,13 @@ def test_cnn_tokens_are_the_pooled_feature_then_the_last_map_resized_to_the_stud
     distiller = make_distiller("tintem", teacher="resnet20", student="MobileNetV2")
     x = images()
     teacher_features = distiller.teacher.extract(x)
-    teacher_tokens = token_sequence(distiller.teacher, x)
+    teacher_tokens = distiller.teacher.tokens(x)
     torch.testing.assert_close(teacher_tokens.tokens[:, 0], teacher_features.pooled)
     torch.testing.assert_close(teacher_tokens.tokens[:, 1:], teacher_features.stages[-1].flatten(2).transpose(1, 2))
     assert teacher_tokens.grid == (7, 7)
     # MobileNetV2's pooled feature (1280) is wider than its last map (160, 2x2): the map's mean is its CLS.
     student_features = distiller.student.extract(x)
-    student_tokens = token_sequence(distiller.student, x)
+    student_tokens = distiller.student.tokens(x)
     assert student_tokens.grid == (2, 2) and student_tokens.tokens.shape == (4, 5, 160)
     torch.testing.assert_close(student_tokens.tokens[:, 0], student_features.stages[-1].mean(dim=(2, 3)))
     head = distiller.head
@@ -297,8 +298,8 @@ def test_one_label_free_step_on_a_tiny_timm_vit_pair(method, own_parts):
     student, teacher = tiny_vit_pair()
     distiller = build_distiller({"name": method}, student, teacher, MethodContext((3, 32, 32), 10))
     x = images(shape=(3, 32, 32))
-    assert token_sequence(teacher, x).tokens.shape == (4, 1 + 64, 384)  # CLS, then 8x8 patches: registers dropped
-    assert token_sequence(student, x).grid == (4, 4)
+    assert teacher.tokens(x).tokens.shape == (4, 1 + 64, 384)  # CLS, then 8x8 patches: registers dropped
+    assert student.tokens(x).grid == (4, 4)
     before, output = one_step(distiller, LabelGuard(image=x))
     assert output.logits is None  # a ViT's tokens come without its logits
     assert all(changed(distiller, before, prefix) for prefix in ["student.", *own_parts])

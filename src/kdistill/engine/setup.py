@@ -15,8 +15,8 @@ from kdistill.distributed import init_from_environment, rank, world_size
 from kdistill.errors import KdistillError
 from kdistill.methods import Distiller, MethodContext, build_distiller, method_class
 from kdistill.models import create_model, is_small_lr_model
-from kdistill.models.checkpoint import load_checkpoint, load_state_into, read_state_dict, stored_classes
 from kdistill.models.base import FeatureModel
+from kdistill.models.checkpoint import load_checkpoint, load_state_into, read_state_dict, stored_classes
 from kdistill.run_folder import RunFolder
 
 TABLE_LR = 0.05

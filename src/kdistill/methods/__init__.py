@@ -2,15 +2,16 @@
 
 import importlib
 import pkgutil
+from dataclasses import replace
 from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from kdistill.errors import KdistillError
-from kdistill.methods.base import DistillOutput, Distiller, InitPhase, MethodContext, MethodOptions, Terms
+from kdistill.methods.base import Distiller, DistillOutput, InitPhase, MethodContext, MethodOptions, Terms
 from kdistill.methods.registry import METHODS, list_methods, method_class, register_method
-from kdistill.models.base import FeatureModel
+from kdistill.models.base import FeatureModel, probe_shapes
 
 _NOT_METHOD_MODULES = {"base", "registry"}
 
@@ -43,7 +44,10 @@ def build_distiller(method: dict[str, Any], student: FeatureModel, teacher: Feat
     if cls.needs_teacher and teacher is None:
         raise KdistillError(f"method '{name}' needs a teacher: set teacher=<model> and teacher_checkpoint=<file>")
     options = parse_method_options(name, values)
-    return cls(student, teacher if cls.needs_teacher else None, options, context)
+    teacher = teacher if cls.needs_teacher else None
+    context = replace(context, student_shapes=probe_shapes(student, context.input_shape),
+                      teacher_shapes=None if teacher is None else probe_shapes(teacher, context.input_shape))
+    return cls(student, teacher, options, context)
 
 
 _import_method_modules()

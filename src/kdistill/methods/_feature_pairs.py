@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from kdistill.errors import KdistillError
 from kdistill.methods.base import MethodOptions
-from kdistill.models.base import Features, FeatureModel
+from kdistill.models.base import FeatureModel, Features
 
 
 @dataclass

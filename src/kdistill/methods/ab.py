@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from kdistill.losses import ab_loss
 from kdistill.data import Batch
-from kdistill.methods.registry import register_method
+from kdistill.losses import ab_loss
 from kdistill.methods._feature_pairs import (
     InitStageOptions,
     conv_regressor,
@@ -24,7 +23,8 @@ from kdistill.methods._feature_pairs import (
     stage_pairs,
 )
 from kdistill.methods.base import Distiller, InitPhase, MethodContext, Terms
-from kdistill.models.base import Features, FeatureModel, probe_features
+from kdistill.methods.registry import register_method
+from kdistill.models.base import FeatureModel, Features
 
 
 @dataclass
@@ -49,8 +49,8 @@ class AB(Distiller):
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel, options: ABOptions, context: MethodContext):
         super().__init__(student, teacher, options, context)
-        pairs = stage_pairs(intermediate_maps(probe_features(student, context.input_shape)),
-                            intermediate_maps(probe_features(teacher, context.input_shape)))
+        pairs = stage_pairs(intermediate_maps(context.student_shapes),
+                            intermediate_maps(context.teacher_shapes))
         self.connectors = nn.ModuleList(
             nn.Identity() if s.shape[1:] == t.shape[1:]
             else conv_regressor(s.shape, t.shape, relu=False, pair=pair_name(student, teacher))

@@ -3,12 +3,11 @@ attention maps match the teacher's at every intermediate stage (`kdistill.losses
 
 from dataclasses import dataclass
 
-
-from kdistill.losses import at_loss
 from kdistill.data import Batch
-from kdistill.methods.registry import register_method
+from kdistill.losses import at_loss
 from kdistill.methods._feature_pairs import intermediate_maps, stage_pairs
 from kdistill.methods.base import Distiller, MethodOptions, Terms
+from kdistill.methods.registry import register_method
 from kdistill.models.base import Features
 
 

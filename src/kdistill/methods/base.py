@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from kdistill.data.batch import Batch
 from kdistill.errors import KdistillError
 from kdistill.losses import kd_loss
-from kdistill.models.base import Features, FeatureModel, probe_features
+from kdistill.models.base import FeatureModel, Features
 
 
 @dataclass
@@ -64,6 +64,9 @@ class MethodContext:
     num_classes: int
     train_labels: Tensor | None = None  # labels of the training split by sample index (CPU)
     lr: float = 0.05  # the run's base learning rate (an initialisation phase may derive its own)
+    # Feature shapes of student and teacher as shape-only (meta) tensors, probed once by `build_distiller`.
+    student_shapes: Features | None = None
+    teacher_shapes: Features | None = None
 
 
 def embedding_source(features: Features, which: str | int) -> Tensor:
@@ -73,9 +76,9 @@ def embedding_source(features: Features, which: str | int) -> Tensor:
     return features.stages[int(which)].mean(dim=(2, 3))
 
 
-def embedding_width(model: FeatureModel, context: "MethodContext", which: str | int) -> int:
-    """D of `embedding_source(model's features, which)`, read off one probe batch."""
-    return embedding_source(probe_features(model, context.input_shape), which).shape[1]
+def embedding_width(shapes: Features, which: str | int) -> int:
+    """D of `embedding_source(features, which)`, read off a model's probed shapes (`MethodContext`)."""
+    return embedding_source(shapes, which).shape[1]
 
 
 class Distiller(nn.Module):

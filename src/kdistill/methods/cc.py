@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from kdistill.data import Batch
 from kdistill.errors import KdistillError
 from kdistill.losses import cc_loss
-from kdistill.data import Batch
-from kdistill.methods.registry import register_method
 from kdistill.methods.base import Distiller, MethodContext, MethodOptions, Terms, embedding_width
-from kdistill.models.base import Features, FeatureModel
+from kdistill.methods.registry import register_method
+from kdistill.models.base import FeatureModel, Features
 
 
 @dataclass
@@ -41,8 +41,8 @@ class CC(Distiller):
         if options.form not in ("benchmark", "paper"):
             raise KdistillError(f"method cc: form '{options.form}' is unknown; use form=benchmark or form=paper")
         if options.form == "benchmark":
-            student_dim = embedding_width(student, context, "pooled")
-            teacher_dim = embedding_width(teacher, context, "pooled")
+            student_dim = embedding_width(context.student_shapes, "pooled")
+            teacher_dim = embedding_width(context.teacher_shapes, "pooled")
             self.embed_s = nn.Linear(student_dim, options.feat_dim)
             self.embed_t = nn.Linear(teacher_dim, options.feat_dim)
 

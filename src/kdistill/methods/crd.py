@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdistill.data import Batch
 from kdistill.distributed import all_gather_detached, is_distributed
 from kdistill.errors import KdistillError
 from kdistill.losses import crd_loss
-from kdistill.data import Batch
-from kdistill.methods.registry import register_method
 from kdistill.methods.base import Distiller, MethodContext, MethodOptions, Terms, embedding_source, embedding_width
-from kdistill.models.base import Features, FeatureModel
+from kdistill.methods.registry import register_method
+from kdistill.models.base import FeatureModel, Features
 
 
 @dataclass
@@ -96,8 +96,8 @@ class CRD(Distiller):
             raise KdistillError("method crd needs the training labels by sample index: use a labelled data set")
         if options.negatives not in ("exact", "any"):
             raise KdistillError(f"method crd: negatives '{options.negatives}' is unknown; use exact or any")
-        self.embed_s = nn.Linear(embedding_width(student, context, options.student_feature), options.feat_dim)
-        self.embed_t = nn.Linear(embedding_width(teacher, context, options.teacher_feature), options.feat_dim)
+        self.embed_s = nn.Linear(embedding_width(context.student_shapes, options.student_feature), options.feat_dim)
+        self.embed_t = nn.Linear(embedding_width(context.teacher_shapes, options.teacher_feature), options.feat_dim)
         self.sampler = NegativeSampler(context.train_labels, exact=options.negatives == "exact")
         num_data = self.sampler.num_data
         bound = 1.0 / math.sqrt(options.feat_dim / 3)  # the reference's uniform initialisation

@@ -11,13 +11,12 @@ Methods that replace `Distiller.distill` itself cannot be combined (an error say
 
 from dataclasses import dataclass, make_dataclass
 
-
+from kdistill.data import Batch
 from kdistill.errors import KdistillError
 from kdistill.losses import crld_loss
-from kdistill.methods.registry import register_method
-from kdistill.data import Batch
 from kdistill.methods.base import Distiller, DistillOutput, MethodOptions, Terms
 from kdistill.methods.dcd import DCD
+from kdistill.methods.registry import register_method
 
 CROSS_VIEW_TERM = "crld"
 

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kdistill.data import Batch
 from kdistill.distributed import gather_with_grad
 from kdistill.errors import KdistillError
 from kdistill.losses import dcd_loss
-from kdistill.data import Batch
-from kdistill.methods.registry import register_method
 from kdistill.methods.base import Distiller, MethodContext, MethodOptions, Terms, embedding_source, embedding_width
-from kdistill.models.base import Features, FeatureModel
+from kdistill.methods.registry import register_method
+from kdistill.models.base import FeatureModel, Features
 
 
 @dataclass
@@ -51,8 +51,8 @@ class DCD(Distiller):
         super().__init__(student, teacher, options, context)
         if options.form not in ("softmax", "sigmoid"):
             raise KdistillError(f"method dcd: form '{options.form}' is unknown; use form=softmax or form=sigmoid")
-        self.embed_s = nn.Linear(embedding_width(student, context, options.student_feature), options.proj_dim)
-        self.embed_t = nn.Linear(embedding_width(teacher, context, options.teacher_feature), options.proj_dim)
+        self.embed_s = nn.Linear(embedding_width(context.student_shapes, options.student_feature), options.proj_dim)
+        self.embed_t = nn.Linear(embedding_width(context.teacher_shapes, options.teacher_feature), options.proj_dim)
         # Both scalars are trained with the student and get the same weight decay (as in the paper's code).
         self.log_scale = nn.Parameter(torch.tensor(options.log_scale_init), requires_grad=options.learn_scale)
         self.bias = nn.Parameter(torch.tensor(0.0))

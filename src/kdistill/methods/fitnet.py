@@ -5,14 +5,13 @@ one stage (no separate hint pre-training)."""
 
 from dataclasses import dataclass
 
-
+from kdistill.data import Batch
 from kdistill.errors import KdistillError
 from kdistill.losses import fitnet_loss
-from kdistill.data import Batch
-from kdistill.methods.registry import register_method
 from kdistill.methods._feature_pairs import conv_regressor, pair_name
 from kdistill.methods.base import Distiller, MethodContext, MethodOptions, Terms
-from kdistill.models.base import Features, FeatureModel, probe_features
+from kdistill.methods.registry import register_method
+from kdistill.models.base import FeatureModel, Features
 
 
 @dataclass
@@ -30,8 +29,8 @@ class FitNet(Distiller):
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FitNetOptions, context: MethodContext):
         super().__init__(student, teacher, options, context)
-        student_stages = probe_features(student, context.input_shape).stages
-        teacher_stages = probe_features(teacher, context.input_shape).stages
+        student_stages = context.student_shapes.stages
+        teacher_stages = context.teacher_shapes.stages
         stage = options.hint_stage
         if not 0 <= stage < min(len(student_stages), len(teacher_stages)):
             raise KdistillError(f"method fitnet, {pair_name(student, teacher)}: hint_stage {stage} is out of range; "

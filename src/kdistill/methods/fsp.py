@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from kdistill.data import Batch
 from kdistill.errors import KdistillError
 from kdistill.losses import fsp_loss
-from kdistill.data import Batch
-from kdistill.methods.registry import register_method
 from kdistill.methods._feature_pairs import InitStageOptions, pair_name
 from kdistill.methods.base import Distiller, InitPhase, MethodContext, Terms
-from kdistill.models.base import Features, FeatureModel, probe_features
+from kdistill.methods.registry import register_method
+from kdistill.models.base import FeatureModel, Features
 
 
 @dataclass
@@ -41,8 +41,8 @@ class FSP(Distiller):
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FSPOptions, context: MethodContext):
         super().__init__(student, teacher, options, context)
-        student_channels = [s.shape[1] for s in probe_features(student, context.input_shape).stages]
-        teacher_channels = [t.shape[1] for t in probe_features(teacher, context.input_shape).stages]
+        student_channels = [s.shape[1] for s in context.student_shapes.stages]
+        teacher_channels = [t.shape[1] for t in context.teacher_shapes.stages]
         if student_channels != teacher_channels:
             raise KdistillError(f"method fsp cannot distil {pair_name(student, teacher)}: it needs the same stage "
                                 f"channel counts, teacher has {teacher_channels}, student {student_channels}; "

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdistill.data import Batch
 from kdistill.errors import KdistillError
 from kdistill.losses import ft_loss
-from kdistill.data import Batch
-from kdistill.methods.registry import register_method
 from kdistill.methods._feature_pairs import InitStageOptions
 from kdistill.methods.base import Distiller, InitPhase, MethodContext, Terms
-from kdistill.models.base import Features, FeatureModel, probe_features
+from kdistill.methods.registry import register_method
+from kdistill.models.base import FeatureModel, Features
 from kdistill.models.resnet import CifarResNet
 from kdistill.models.wrn import WideResNet
 
@@ -72,8 +72,8 @@ class FT(Distiller):
         super().__init__(student, teacher, options, context)
         if options.form not in ("benchmark", "paper"):
             raise KdistillError(f"method ft: form '{options.form}' is unknown; use form=benchmark or form=paper")
-        student_channels = probe_features(student, context.input_shape).stages[-1].shape[1]
-        teacher_channels = probe_features(teacher, context.input_shape).stages[-1].shape[1]
+        student_channels = context.student_shapes.stages[-1].shape[1]
+        teacher_channels = context.teacher_shapes.stages[-1].shape[1]
         factor_channels = int(teacher_channels * options.rate)
         self.paraphraser = Paraphraser(teacher_channels, factor_channels)
         self.translator = _conv_stack([student_channels, student_channels, factor_channels, factor_channels],

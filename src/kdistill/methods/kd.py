@@ -1,7 +1,7 @@
 """Hinton et al. 2015, "Distilling the Knowledge in a Neural Network": match softened teacher logits."""
 
-from kdistill.methods.registry import register_method
 from kdistill.methods.base import Distiller
+from kdistill.methods.registry import register_method
 
 
 @register_method("kd")

@@ -3,11 +3,11 @@ squared MMD with a polynomial kernel between the student's and the teacher's nor
 maps at every intermediate stage (`kdistill.losses.nst_loss`)."""
 
 
-from kdistill.losses import nst_loss
 from kdistill.data import Batch
-from kdistill.methods.registry import register_method
+from kdistill.losses import nst_loss
 from kdistill.methods._feature_pairs import intermediate_maps, stage_pairs
 from kdistill.methods.base import Distiller, Terms
+from kdistill.methods.registry import register_method
 from kdistill.models.base import Features
 
 

@@ -3,10 +3,10 @@ Transfer"): the student's cosine-kernel neighbour distributions over the batch m
 (`kdistill.losses.pkt_loss`)."""
 
 
-from kdistill.losses import pkt_loss
 from kdistill.data import Batch
-from kdistill.methods.registry import register_method
+from kdistill.losses import pkt_loss
 from kdistill.methods.base import Distiller, Terms
+from kdistill.methods.registry import register_method
 from kdistill.models.base import Features
 
 

@@ -2,7 +2,7 @@
 of the TinTeM paper: the student's features are mapped to the teacher's space and regressed onto the
 teacher's features with mean squared error.
 
-Features: the token sequences of `kdistill.methods.tintem.token_sequence` (timm ViTs: the
+Features: the token sequences of `FeatureModel.tokens` (timm ViTs: the
 final-normed CLS and patch tokens; CNNs: the pooled feature and the last stage map's positions).
 As in Proteus, two maps, each LayerNorm(d_s) then Linear(d_s -> d_t): `token_head` on the CLS token
 (its token level) and `feature_head` on the patch tokens (its feature level). Proteus' third,
@@ -12,11 +12,11 @@ patch level regresses the tokens of masked patches and needs masked inputs; it i
 import torch
 from torch import Tensor, nn
 
-from kdistill.losses import proteus_loss
-from kdistill.methods.registry import register_method
 from kdistill.data import Batch
+from kdistill.losses import proteus_loss
 from kdistill.methods.base import DistillOutput, MethodContext, MethodOptions, Terms
-from kdistill.methods.tintem import LabelFreeDistiller, token_width
+from kdistill.methods.label_free import LabelFreeDistiller, token_width
+from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel
 
 
@@ -30,8 +30,8 @@ class Proteus(LabelFreeDistiller):
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel, options: MethodOptions, context: MethodContext):
         super().__init__(student, teacher, options, context)
-        teacher_dim = token_width(teacher, context.input_shape)
-        student_dim = token_width(student, context.input_shape)
+        teacher_dim = token_width(context.teacher_shapes)
+        student_dim = token_width(context.student_shapes)
         self.token_head = nn.Sequential(nn.LayerNorm(student_dim), nn.Linear(student_dim, teacher_dim))
         self.feature_head = nn.Sequential(nn.LayerNorm(student_dim), nn.Linear(student_dim, teacher_dim))
 

@@ -3,11 +3,10 @@ the batch's pooled features (`kdistill.losses.rkd_loss`)."""
 
 from dataclasses import dataclass
 
-
-from kdistill.losses import rkd_loss
 from kdistill.data import Batch
-from kdistill.methods.registry import register_method
+from kdistill.losses import rkd_loss
 from kdistill.methods.base import Distiller, MethodOptions, Terms
+from kdistill.methods.registry import register_method
 from kdistill.models.base import Features
 
 

@@ -2,10 +2,10 @@
 similarity matrix of its last stage map matches the teacher's (`kdistill.losses.sp_loss`)."""
 
 
-from kdistill.losses import sp_loss
 from kdistill.data import Batch
-from kdistill.methods.registry import register_method
+from kdistill.losses import sp_loss
 from kdistill.methods.base import Distiller, Terms
+from kdistill.methods.registry import register_method
 from kdistill.models.base import Features
 
 

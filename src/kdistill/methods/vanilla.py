@@ -1,7 +1,7 @@
 """Vanilla training: cross-entropy on the labels only (teachers and the tables' baseline students)."""
 
-from kdistill.methods.registry import register_method
 from kdistill.methods.base import Distiller
+from kdistill.methods.registry import register_method
 
 
 @register_method("vanilla")

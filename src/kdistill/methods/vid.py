@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kdistill.data import Batch
 from kdistill.losses import vid_loss
 from kdistill.losses.feature import pool_to_common_size
-from kdistill.data import Batch
-from kdistill.methods.registry import register_method
 from kdistill.methods._feature_pairs import intermediate_maps, stage_pairs
 from kdistill.methods.base import Distiller, MethodContext, MethodOptions, Terms
-from kdistill.models.base import Features, FeatureModel, probe_features
+from kdistill.methods.registry import register_method
+from kdistill.models.base import FeatureModel, Features
 
 
 @dataclass
@@ -48,8 +48,8 @@ class VID(Distiller):
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel, options: VIDOptions, context: MethodContext):
         super().__init__(student, teacher, options, context)
-        pairs = stage_pairs(intermediate_maps(probe_features(student, context.input_shape)),
-                            intermediate_maps(probe_features(teacher, context.input_shape)))
+        pairs = stage_pairs(intermediate_maps(context.student_shapes),
+                            intermediate_maps(context.teacher_shapes))
         self.regressors = nn.ModuleList(_regressor(s.shape[1], t.shape[1]) for s, t in pairs)
         # softplus(raw) + eps = init_variance at the start.
         raw_init = math.log(math.expm1(options.init_variance - options.eps))

@@ -7,9 +7,9 @@
 from kdistill.errors import KdistillError
 from kdistill.models import resnet, resnetv2, vgg, wrn  # noqa: F401 (importing registers the zoo)
 from kdistill.models._common import MODELS
-from kdistill.models.checkpoint import classifier_name, load_checkpoint
 from kdistill.models.adapters import TimmModel, TorchvisionModel
 from kdistill.models.base import FeatureModel, Features
+from kdistill.models.checkpoint import classifier_name, load_checkpoint
 from kdistill.models.mobilenetv2 import MobileNetV2
 from kdistill.models.shufflenetv1 import ShuffleV1
 from kdistill.models.shufflenetv2 import ShuffleV2

@@ -20,6 +20,7 @@ Neither library exposes maps before the final ReLU of a stage, so `preact=True` 
 `preact = stages`.
 """
 
+import math
 from collections.abc import Callable, Iterable
 from functools import partial
 
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.errors import KdistillError, closest_names
-from kdistill.models.base import FeatureModel, Features
+from kdistill.models.base import FeatureModel, Features, TokenSequence
 
 # torchvision classifiers whose trunk layout the stage rule above handles.
 TV_FAMILIES = (
@@ -81,21 +82,30 @@ class TimmModel(FeatureModel):
 
     def extract(self, x: Tensor, preact: bool = False) -> Features:
         final, stages = self.model.forward_intermediates(x)
-        # The head runs twice (cheap: pooling, norm, linear) so both outputs are exactly timm's.
+        # The classifier runs once, on the pooled feature (timm's forward_head = pre-logits, then
+        # the classifier), so head dropout draws one mask for both outputs.
         pooled = self.model.forward_head(final, pre_logits=True)
-        logits = self.model.forward_head(final)
+        logits = self.model.get_classifier()(pooled)
         return Features(logits, stages, pooled, list(stages) if preact else None)
 
-    def tokens(self, x: Tensor) -> Tensor:
-        """The final-normed token sequence [B, 1 + N, D] of a ViT: class token, then patch tokens."""
+    def tokens(self, x: Tensor) -> TokenSequence:
+        """A ViT's final-normed tokens, class token first, register tokens dropped (its logits are
+        not computed); other timm models: the CNN default of `FeatureModel.tokens`."""
         if getattr(self.model, "cls_token", None) is None:
-            raise KdistillError(
-                f"tokens() needs a vision transformer with a class token, not {type(self.model).__name__}: "
-                f"pick a timm ViT"
-            )
+            return super().tokens(x)
         tokens = self.model.forward_features(x)
         # Register tokens (if any) sit between the class token and the patch tokens.
-        return torch.cat([tokens[:, :1], tokens[:, self.model.num_prefix_tokens :]], dim=1)
+        tokens = torch.cat([tokens[:, :1], tokens[:, self.model.num_prefix_tokens :]], dim=1)
+        return TokenSequence(tokens, _vit_grid(tokens.shape[1] - 1, x.shape[-2], x.shape[-1]), None)
+
+
+def _vit_grid(num_patches: int, image_height: int, image_width: int) -> tuple[int, int]:
+    """The patch grid of a ViT: `num_patches` tokens in the image's aspect ratio."""
+    height = round(math.sqrt(num_patches * image_height / image_width))
+    if height == 0 or num_patches % height:
+        raise KdistillError(f"{num_patches} patch tokens do not tile a {image_height}x{image_width} image: "
+                            "use a ViT whose patches tile the input")
+    return height, num_patches // height
 
 
 def _replace_first_conv(model: nn.Module, in_chans: int) -> None:

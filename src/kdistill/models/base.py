@@ -24,13 +24,35 @@ class Features:
     preact: list[Tensor] | None = None
 
 
+@dataclass
+class TokenSequence:
+    """A model's features as one token sequence (what label-free methods compare)."""
+
+    tokens: Tensor  # [B, 1 + N, D]: a CLS token, then N position tokens in row-major grid order
+    grid: tuple[int, int]  # (height, width) of the position tokens
+    logits: Tensor | None  # the model's logits when reading the tokens computed them, else None
+
+
 class FeatureModel(nn.Module):
-    """Base of every model: `forward(x)` gives logits, `extract(x)` gives `Features`."""
+    """Base of every model: `forward(x)` gives logits, `extract(x)` gives `Features`, `tokens(x)`
+    a `TokenSequence`."""
 
     num_classes: int
 
     def extract(self, x: Tensor, preact: bool = False) -> Features:
         raise NotImplementedError
+
+    def tokens(self, x: Tensor) -> TokenSequence:
+        """The pooled feature as the CLS token, then the positions of the last stage map (a ViT
+        adapter gives its own tokens instead). Where the pooled feature's width differs from the
+        map's channels (e.g. MobileNetV2 and ShuffleNetV2, whose pooled feature comes after a
+        further layer), the map averaged over its positions is the CLS token, so every token has
+        the map's width (the last stage's channels)."""
+        features = self.extract(x)
+        last_map = features.stages[-1]
+        cls = features.pooled if features.pooled.shape[1] == last_map.shape[1] else last_map.mean(dim=(2, 3))
+        positions = last_map.flatten(2).transpose(1, 2)
+        return TokenSequence(torch.cat([cls[:, None], positions], dim=1), tuple(last_map.shape[-2:]), features.logits)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.extract(x).logits
@@ -45,3 +67,14 @@ def probe_features(model: FeatureModel, input_shape: tuple[int, int, int]) -> Fe
     features = model.extract(torch.zeros(2, *input_shape, device=param.device, dtype=param.dtype))
     model.train(was_training)
     return features
+
+
+def probe_shapes(model: FeatureModel, input_shape: tuple[int, int, int]) -> Features:
+    """`probe_features` as shape-only (meta) tensors: what a method reads to size its parts,
+    probed once per model (`build_distiller`) and kept without holding memory."""
+    features = probe_features(model, input_shape)
+
+    def meta(tensor: Tensor) -> Tensor:
+        return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+
+    return Features(meta(features.logits), [meta(stage) for stage in features.stages], meta(features.pooled))
