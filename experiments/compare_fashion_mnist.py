@@ -11,15 +11,18 @@ tuned to this data). Writes every run folder, `results.json` (all runs) and `tab
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
+from kdistill.cli import parse_with_overrides
 from kdistill.engine import load_config, train_run
 from kdistill.run_folder import RunFolder
 
 DEFAULT_METHODS = ["vanilla", "kd", "dcd", "dcd+kd", "crd", "crd+kd", "crld"]
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/compare_fmnist")
     parser.add_argument("--data", default="embedded", help="embedded (10k/2k subset) or fashion-mnist (full)")
@@ -29,8 +32,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
-    parser.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. device=cuda)")
-    return parser.parse_args()
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="applied to every run (e.g. device=cuda), anywhere on the line")
+    return parse_with_overrides(parser, argv)
 
 
 def finished_or_train(overrides: list[str], out: Path) -> dict:

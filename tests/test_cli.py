@@ -3,17 +3,9 @@ import json
 import pytest
 import torch
 
-from conftest import QUICK_RUN
+from helpers import QUICK_RUN, assert_user_error
+from kdistill.cli import EVAL_COMMANDS, parse_command_line
 from kdistill.models import create_model
-
-
-def assert_user_error(result, *fragments: str) -> None:
-    """Exit code 2 and one clear line, never a traceback."""
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +19,91 @@ def trained_run(tmp_path_factory):
 
 
 def test_list_names_models_methods_and_datasets(run_cli):
+    from kdistill.data import list_datasets
+    from kdistill.methods import list_methods
+    from kdistill.models import list_models
+
     result = run_cli("list")
     assert result.returncode == 0
-    assert "resnet32x4" in result.stdout and "kd" in result.stdout and "embedded" in result.stdout
+    listed = dict(line.split(": ", 1) for line in result.stdout.splitlines()[:3])
+    assert {title: names.split(", ") for title, names in listed.items()} == {
+        "models": list_models(), "methods": list_methods(), "datasets": list_datasets()}
+    methods = listed["methods"].split(", ")
+    assert {"kd", "dcd+kd", "crd+kd", "tintem"} <= set(methods) and "tintem+kd" not in methods
+
+
+# ---- key=value overrides stand anywhere on a command's line
+
+LIST_VALUES = {"--corruptions": ("jpeg", "jpeg"), "--severities": ("3", 3), "--k": ("5", 5)}
+
+
+@pytest.mark.parametrize("command, option", [(command, option) for command in EVAL_COMMANDS
+                                             for option in command.options if option.nargs == "+"],
+                         ids=lambda value: getattr(value, "name", None) or getattr(value, "flag", None))
+def test_an_override_after_a_list_option_is_no_list_value(command, option):
+    token, value = LIST_VALUES[option.flag]
+    args = parse_command_line([command.name, "runs/kd", option.flag, token, "progress=false", token, "device=cpu"])
+    assert getattr(args, option.parameter) == [value, value]
+    assert args.overrides == ["progress=false", "device=cpu"]
+
+
+def test_overrides_anywhere_on_every_command():
+    examples = {
+        ("faithfulness", "runs/kd", "--severities", "3", "progress=false"): {"severities": [3]},
+        ("robustness", "runs/kd", "--corruptions", "gaussian_noise", "contrast", "progress=false"):
+            {"corruptions": ["gaussian_noise", "contrast"]},
+        ("correlate", "A", "B", "C", "--out", "f.png", "progress=false"): {"targets": ["A", "B", "C"], "out": "f.png"},
+        ("correlate", "A", "progress=false", "B", "--out", "x=1.png"): {"targets": ["A", "B"], "out": "x=1.png"},
+        ("knn", "progress=false", "runs/kd", "--which", "best"): {"target": "runs/kd", "which": "best"},
+        ("probe", "runs/kd", "--max-iter", "5", "progress=false"): {"max_iter": 5},
+        ("train", "--config", "r.yaml", "progress=false", "--resume"): {"config": "r.yaml", "resume": True},
+        ("demo", "progress=false", "--quiet"): {"quiet": True},
+    }
+    for argv, expected in examples.items():
+        args = parse_command_line(list(argv))
+        assert args.overrides == ["progress=false"], argv
+        assert {key: getattr(args, key) for key in expected} == expected, argv
+    for command in EVAL_COMMANDS:
+        assert parse_command_line([command.name, "progress=false", "runs/kd", "seed=1"]).overrides == [
+            "progress=false", "seed=1"]
+
+
+def test_a_run_folder_named_like_a_path_is_not_an_override():
+    assert parse_command_line(["eval", "runs/lr=0.1", "seed=1"]).target == "runs/lr=0.1"
+
+
+def test_commands_without_config_refuse_overrides(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_command_line(["report", "runs", "progress=false"])
+    assert exit_info.value.code == 2 and "takes no key=value" in capsys.readouterr().err
+
+
+def test_help_shows_the_defaults_of_the_evaluation_modules(capsys):
+    from kdistill.eval.knn import KS, TEMPERATURE
+    from kdistill.eval.probe import MAX_ITER, WEIGHT_DECAY
+    from kdistill.eval.robustness import CORRUPTIONS, SEVERITIES
+
+    expected = {"knn": [" ".join(map(str, KS)), str(TEMPERATURE)], "probe": [str(WEIGHT_DECAY), str(MAX_ITER)],
+                "robustness": [" ".join(CORRUPTIONS), " ".join(map(str, SEVERITIES))]}
+    for name, defaults in expected.items():
+        with pytest.raises(SystemExit):
+            parse_command_line([name, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        for default in defaults:
+            assert f"(default: {default})" in text, (name, default)
+
+
+def test_the_experiment_script_takes_overrides_after_its_lists():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "experiments" / "compare_fashion_mnist.py"
+    spec = importlib.util.spec_from_file_location("compare_fashion_mnist", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = script.parse_args(["--methods", "kd", "dcd", "device=cpu", "--seeds", "0", "1", "progress=false"])
+    assert args.methods == ["kd", "dcd"] and args.seeds == [0, 1]
+    assert args.overrides == ["device=cpu", "progress=false"]
 
 
 def test_train_and_distill_through_the_entry_point(run_cli, trained_run, tmp_path):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import QUICK_RUN
+from helpers import QUICK_RUN
 from kdistill.engine import load_config, train_run
 from kdistill.errors import KdistillError
 from kdistill.losses import crld_loss

@@ -8,7 +8,7 @@ from kdistill.methods import MethodContext, build_distiller
 from kdistill.models import create_model
 from kdistill.models.base import Features
 
-from conftest import mean_over_ranks
+from helpers import mean_over_ranks
 
 WORLD = 2
 BATCH = 8  # global; each rank holds BATCH // WORLD samples

@@ -4,12 +4,12 @@ import itertools
 import math
 
 import matplotlib.colors
-import matplotlib.image
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import assert_nonblank_png
 from kdistill.config import DataConfig
 from kdistill.data import DATASETS
 from kdistill.errors import KdistillError
@@ -59,13 +59,6 @@ def test_class_correlation_is_pearsons():
     expected = np.corrcoef(logits.numpy().T)
     np.testing.assert_allclose(class_correlation(logits).numpy(), expected, atol=1e-6)
     assert float(correlation_difference(logits, torch.randn(200, 6, generator=generator(1))).mean()) > 0.05
-
-
-def assert_nonblank_png(path) -> None:
-    image = matplotlib.image.imread(path)  # fails on a file that is not a valid PNG
-    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
-    colours = np.unique(image[..., :3].reshape(-1, 3).round(3), axis=0)
-    assert len(colours) > 20 and image[..., :3].std() > 0.05
 
 
 def test_correlation_heat_map_is_a_png_with_content(tmp_path):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import assert_nonblank_png
 from kdistill.errors import KdistillError
 from kdistill.report import build_report, relative_improvement
-from test_eval import assert_nonblank_png
 
 
 def write_run(folder: Path, method: str, student: str, teacher: str | None, top1_last: float,

@@ -26,7 +26,7 @@ from kdistill.methods.label_free import resize_token_grid
 from kdistill.models.base import TokenSequence
 from kdistill.models import create_model
 
-from conftest import mean_over_ranks
+from helpers import mean_over_ranks
 
 CONTEXT = MethodContext((1, 28, 28), num_classes=10)
 TEN_TEMPERATURES = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10]

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from conftest import QUICK_RUN
+from helpers import QUICK_RUN
 
 
 def test_two_process_distillation_writes_one_run_with_whole_split_metrics(tmp_path, run_cli):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK_RUN, kdistill_command
+from helpers import QUICK_RUN, kdistill_command
 from kdistill.engine import load_config, train_run
 from kdistill.models.checkpoint import atomic_save
 from kdistill.errors import KdistillError

@@ -1,7 +1,12 @@
 """The `kdistill` command. Every option is a config key: `--config FILE` plus `key=value` overrides."""
 
 import argparse
+import importlib
+import inspect
+import re
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from kdistill.errors import KdistillError
@@ -15,10 +20,54 @@ keys: see kdistill.config.RunConfig (student, teacher, teacher_checkpoint, metho
 data.name, data.root, epochs, optim.lr, schedule.name, device, amp, out, resume, seed, ...)"""
 
 
+# A config override: a dotted key, '=', a value. A path such as runs/lr=0.1 is not one (its "key"
+# holds a '/'); give a folder named like a key as ./name=value.
+OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*=")
+
+
+def is_override(token: str) -> bool:
+    return OVERRIDE.match(token) is not None
+
+
+def split_overrides(parser: argparse.ArgumentParser, tokens: list[str]) -> tuple[list[str], list[str]]:
+    """(the tokens for `parser`, the key=value overrides among them, in order).
+
+    A key=value token is an override wherever it stands, also after a list option (`--severities 3
+    progress=false`): it is never a list's value. Only the value of an option that takes exactly
+    one (`--out x=1.png`) is left to the option."""
+    # argparse has no public list of its options; nargs None is an option taking one value.
+    single_value = {flag for action in parser._actions if action.nargs is None for flag in action.option_strings}
+    kept, overrides = [], []
+    value_expected = False
+    for token in tokens:
+        if not value_expected and is_override(token):
+            overrides.append(token)
+            continue
+        kept.append(token)
+        value_expected = not value_expected and token in single_value
+    return kept, overrides
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, tokens: list[str]) -> argparse.Namespace:
+    """Parse `tokens` with the key=value overrides taken out first; they go to `overrides`."""
+    kept, overrides = split_overrides(parser, tokens)
+    args = parser.parse_args(kept)
+    if not hasattr(args, "overrides"):
+        if overrides:
+            parser.error(f"unrecognized arguments: {' '.join(overrides)} (this command takes no key=value)")
+        return args
+    args.overrides = [*args.overrides, *overrides]  # a stray token without '=' fails in load_config, named
+    return args
+
+
+def _add_overrides(parser: argparse.ArgumentParser, help_text: str = "config overrides, anywhere on the line") -> None:
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=help_text)
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe; key=value overrides apply on top")
     parser.add_argument("--resume", action="store_true", help="continue the run in out= from its last checkpoint")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    _add_overrides(parser)
 
 
 def _run_config(args: argparse.Namespace, extra: list[str] = ()):
@@ -52,73 +101,120 @@ def _print_results(results: dict) -> None:
           f"time {results['train_time_s']:.0f}s")
 
 
-def command_eval(args: argparse.Namespace) -> None:
-    from kdistill.eval.run import evaluate_target
+# ---- the evaluation commands: one table -------------------------------------------------------
 
-    report = evaluate_target(args.target, args.overrides, which=args.which)
-    print(f"{report['model']} on {report['dataset']} ({report['split']}): top-1 {report['top1']:.2f}, "
-          f"top-5 {report['top5']:.2f}  -> {report['written_to']}")
+@dataclass(frozen=True)
+class Option:
+    """An option that sets the runner's keyword argument `parameter`; when it is not given the
+    runner's own default applies, and `--help` shows that default."""
+
+    flag: str
+    parameter: str
+    help: str
+    type: Callable[[str], object] = str
+    nargs: str | None = None
+    choices: tuple[str, ...] | None = None
 
 
-def _print_report(text: str, report: dict) -> None:
-    print(text)
+@dataclass(frozen=True)
+class EvalCommand:
+    """`kdistill <name> TARGET [options] [key=value ...]` runs `module.runner(target, overrides,
+    **options)` and prints `module.formatter(report)`."""
+
+    name: str
+    help: str
+    module: str
+    runner: str
+    formatter: str
+    options: tuple[Option, ...] = ()
+    second_data: str | None = None  # the prefix of a second data set's keys (probe.*, ood.*, knn.*)
+    many_targets: bool = False  # the runner takes a list of targets
+
+    def function(self, name: str) -> Callable:
+        return getattr(importlib.import_module(self.module), name)
+
+    def default(self, parameter: str):
+        return inspect.signature(self.function(self.runner)).parameters[parameter].default
+
+
+WHICH = Option("--which", "which", "which weights of a run folder", choices=("last", "best"))
+CORRUPTION_OPTIONS = (
+    Option("--corruptions", "corruptions", "corruptions to apply", nargs="+"),
+    Option("--severities", "severities", "severities of 1..5", type=int, nargs="+"),
+)
+
+EVAL_COMMANDS = (
+    EvalCommand("eval", "top-1/top-5 of a run folder or a weight file", "kdistill.eval.run", "evaluate_target",
+                "format_eval"),
+    EvalCommand("probe", "linear probe of frozen features on another data set (transfer)", "kdistill.eval.probe",
+                "run_probe", "format_probe",
+                (Option("--weight-decay", "weight_decay", "L2 weight of the linear classifier", float),
+                 Option("--max-iter", "max_iter", "L-BFGS iterations", int)), second_data="probe"),
+    EvalCommand("correlate", "teacher/student inter-class correlation difference, heat map",
+                "kdistill.eval.correlation", "run_correlate", "format_correlate",
+                (Option("--out", "out", "PNG path (default: beside a single run, else ./correlation.png)"),),
+                many_targets=True),
+    EvalCommand("faithfulness", "agreement, KL, CKA of a student with its teacher", "kdistill.eval.faithfulness",
+                "run_faithfulness", "format_faithfulness", CORRUPTION_OPTIONS),
+    EvalCommand("ood", "OOD detection (AUROC, FPR95): max-softmax, energy, 1-NN feature similarity",
+                "kdistill.eval.ood", "run_ood", "format_ood", second_data="ood"),
+    EvalCommand("robustness", "accuracy under CIFAR-C-style corruptions", "kdistill.eval.robustness",
+                "run_robustness", "format_robustness", CORRUPTION_OPTIONS),
+    EvalCommand("knn", "weighted kNN accuracy on frozen features", "kdistill.eval.knn", "run_knn", "format_knn",
+                (Option("--k", "ks", "neighbour counts", int, "+"),
+                 Option("--temperature", "temperature", "T of the exp(similarity / T) vote weights", float)),
+                second_data="knn"),
+)
+
+TARGET_HELP = ("a run folder, or a .pth file (then give student=<model> and data.name=...; "
+               "teacher= and teacher_checkpoint= where a teacher takes part)")
+OVERRIDES_HELP = ("config overrides, anywhere on the line (student=, teacher=, teacher_checkpoint=, data.*, "
+                  "device=, progress=false)")
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends an option's default, read from its runner when the help is shown (so building the
+    parser imports no evaluation module)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        source = getattr(action, "default_from", None)
+        if source is None:
+            return action.help
+        command, parameter = source
+        default = command.default(parameter)
+        return action.help if default is None else f"{action.help} (default: {_shown(default)})"
+
+
+def _add_eval_command(commands, command: EvalCommand) -> None:
+    parser = commands.add_parser(command.name, help=command.help, formatter_class=_HelpFormatter)
+    if command.many_targets:
+        parser.add_argument("targets", nargs="+", metavar="target", help=TARGET_HELP + " (one heat-map panel each)")
+    else:
+        parser.add_argument("target", help=TARGET_HELP)
+    for option in (WHICH, *command.options):
+        action = parser.add_argument(option.flag, dest=option.parameter, type=option.type, nargs=option.nargs,
+                                     choices=option.choices, default=argparse.SUPPRESS, help=option.help,
+                                     metavar=None if option.choices else option.flag.lstrip("-").upper())
+        action.default_from = (command, option.parameter)
+    overrides_help = OVERRIDES_HELP
+    if command.second_data:
+        prefix = command.second_data
+        overrides_help += f"; {prefix}.name=, {prefix}.root=, ... (the keys of data.*) set the {prefix} data"
+    _add_overrides(parser, overrides_help)
+    parser.set_defaults(handler=lambda args: run_eval_command(command, args))
+
+
+def run_eval_command(command: EvalCommand, args: argparse.Namespace) -> None:
+    options = {option.parameter: getattr(args, option.parameter) for option in (WHICH, *command.options)
+               if hasattr(args, option.parameter)}
+    target = args.targets if command.many_targets else args.target
+    report = command.function(command.runner)(target, args.overrides, **options)
+    print(command.function(command.formatter)(report))
     print(f"-> {report['written_to']}")
-
-
-def _given(**options) -> dict:
-    """The options set on the command line; the others keep the evaluation's own defaults."""
-    return {name: value for name, value in options.items() if value is not None}
-
-
-def command_probe(args: argparse.Namespace) -> None:
-    from kdistill.eval.probe import format_probe, run_probe
-
-    report = run_probe(args.target, args.overrides, args.which,
-                       **_given(weight_decay=args.weight_decay, max_iter=args.max_iter))
-    _print_report(format_probe(report), report)
-
-
-def _targets_and_overrides(items: list[str]) -> tuple[list[str], list[str]]:
-    """Split positional items into targets (existing paths, or anything without '=') and key=value."""
-    overrides = [item for item in items if "=" in item and not Path(item).exists()]
-    return [item for item in items if item not in overrides], overrides
-
-
-def command_correlate(args: argparse.Namespace) -> None:
-    from kdistill.eval.correlation import format_correlate, run_correlate
-
-    targets, overrides = _targets_and_overrides(args.items)
-    report = run_correlate(targets, overrides, args.which, args.out)
-    _print_report(format_correlate(report), report)
-
-
-def command_faithfulness(args: argparse.Namespace) -> None:
-    from kdistill.eval.faithfulness import format_faithfulness, run_faithfulness
-
-    report = run_faithfulness(args.target, args.overrides, args.which, args.corruptions, args.severities)
-    _print_report(format_faithfulness(report), report)
-
-
-def command_ood(args: argparse.Namespace) -> None:
-    from kdistill.eval.ood import format_ood, run_ood
-
-    report = run_ood(args.target, args.overrides, args.which)
-    _print_report(format_ood(report), report)
-
-
-def command_robustness(args: argparse.Namespace) -> None:
-    from kdistill.eval.robustness import format_robustness, run_robustness
-
-    report = run_robustness(args.target, args.overrides, args.which, args.corruptions, args.severities)
-    _print_report(format_robustness(report), report)
-
-
-def command_knn(args: argparse.Namespace) -> None:
-    from kdistill.eval.knn import format_knn, run_knn
-
-    report = run_knn(args.target, args.overrides, args.which,
-                     **_given(ks=tuple(args.k) if args.k else None, temperature=args.temperature))
-    _print_report(format_knn(report), report)
 
 
 def command_report(args: argparse.Namespace) -> None:
@@ -127,7 +223,6 @@ def command_report(args: argparse.Namespace) -> None:
     report = build_report(args.runs, Path(args.out))
     print(report["markdown"])
     print(f"-> {', '.join(report['files'])} and {len(report['curves'])} training-curve plots in {args.out}/curves")
-
 
 def command_list(args: argparse.Namespace) -> None:
     from kdistill.data import list_datasets
@@ -145,63 +240,8 @@ def command_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), args.overrides + (["progress=false"] if args.quiet else []))
 
 
-TARGET_HELP = ("a run folder, or a .pth file (then give student=<model> and data.name=...; "
-               "teacher= and teacher_checkpoint= where a teacher takes part)")
-OVERRIDES_HELP = "config overrides (student=, teacher=, teacher_checkpoint=, data.*, device=, progress=false)"
-
-
-def _add_which(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--which", choices=["last", "best"], default="last", help="which weights of a run folder")
-
-
-def _add_eval_parser(commands, name: str, help_text: str, handler, second_data: str | None = None):
-    """A command on one target; `second_data` names the prefix of a second data set's keys."""
-    parser = commands.add_parser(name, help=help_text)
-    parser.add_argument("target", help=TARGET_HELP)
-    _add_which(parser)
-    overrides_help = OVERRIDES_HELP
-    if second_data:
-        overrides_help += f"; {second_data}.name=, {second_data}.root=, ... (the keys of data.*) set the {second_data} data"
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
-    parser.set_defaults(handler=handler)
-    return parser
-
-
-def _add_corruption_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--corruptions", nargs="+", metavar="NAME",
-                        help="gaussian_noise shot_noise gaussian_blur contrast brightness jpeg pixelate (default: all)")
-    parser.add_argument("--severities", nargs="+", type=int, metavar="N", help="of 1..5 (default: all)")
-
-
-def _add_eval_parsers(commands) -> None:
-    probe = _add_eval_parser(commands, "probe", "linear probe of frozen features on another data set (transfer)",
-                             command_probe, second_data="probe")
-    probe.add_argument("--weight-decay", type=float, help="L2 weight of the linear classifier (default 5e-4)")
-    probe.add_argument("--max-iter", type=int, help="L-BFGS iterations (default 100)")
-    correlate = commands.add_parser("correlate", help="teacher/student inter-class correlation difference, heat map")
-    correlate.add_argument("items", nargs="+", metavar="RUN_OR_key=value",
-                           help="run folders or .pth files (one heat-map panel each), then config overrides")
-    _add_which(correlate)
-    correlate.add_argument("--out", help="PNG path (default: beside a single run, else ./correlation.png)")
-    correlate.set_defaults(handler=command_correlate)
-    faithfulness = _add_eval_parser(commands, "faithfulness", "agreement, KL, CKA of a student with its teacher",
-                                    command_faithfulness)
-    _add_corruption_arguments(faithfulness)
-    _add_eval_parser(commands, "ood", "OOD detection (AUROC, FPR95): max-softmax, energy, 1-NN feature similarity",
-                     command_ood, second_data="ood")
-    robustness = _add_eval_parser(commands, "robustness", "accuracy under CIFAR-C-style corruptions",
-                                  command_robustness)
-    _add_corruption_arguments(robustness)
-    knn = _add_eval_parser(commands, "knn", "weighted kNN accuracy on frozen features", command_knn)
-    knn.add_argument("--k", nargs="+", type=int, help="neighbour counts (default 10 200)")
-    knn.add_argument("--temperature", type=float, help="T of the exp(similarity / T) vote weights (default 0.07)")
-    report = commands.add_parser("report", help="paper-style table (Markdown, CSV) and training curves from runs")
-    report.add_argument("runs", nargs="+", help="run folders, or folders that hold them")
-    report.add_argument("--out", default="report", help="folder of table.md, table.csv, report.json, curves/")
-    report.set_defaults(handler=command_report)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser and each command's own parser, by name."""
     parser = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation for image classifiers.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -211,20 +251,36 @@ def build_parser() -> argparse.ArgumentParser:
     distill = commands.add_parser("distill", help="train a student from a frozen teacher with a method")
     _add_run_arguments(distill)
     distill.set_defaults(handler=command_distill)
-    _add_eval_parser(commands, "eval", "top-1/top-5 of a run folder or a weight file", command_eval)
-    _add_eval_parsers(commands)
+    for command in EVAL_COMMANDS:
+        _add_eval_command(commands, command)
+    report = commands.add_parser("report", help="paper-style table (Markdown, CSV) and training curves from runs")
+    report.add_argument("runs", nargs="+", help="run folders, or folders that hold them")
+    report.add_argument("--out", default="report", help="folder of table.md, table.csv, report.json, curves/")
+    report.set_defaults(handler=command_report)
     listing = commands.add_parser("list", help="the models, methods and data sets")
     listing.set_defaults(handler=command_list)
-    demo = commands.add_parser("demo", help="offline demo on the embedded data: a teacher, then vanilla, KD and DCD+KD students")
+    demo = commands.add_parser("demo", help="offline demo on the embedded data: a teacher, then vanilla, KD, DCD "
+                                            "and DCD+KD students")
     demo.add_argument("--out", default="runs/demo", help="folder of the demo's runs and table")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    demo.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every demo run (e.g. device=cuda)")
+    _add_overrides(demo, "applied to every demo run (e.g. device=cuda), anywhere on the line")
     demo.set_defaults(handler=command_demo)
-    return parser
+    return parser, commands.choices
 
+
+def parse_command_line(argv: list[str]) -> argparse.Namespace:
+    """Parse a command line; key=value overrides may stand anywhere after the command's name."""
+    parser, command_parsers = build_parser()
+    position = next((index for index, token in enumerate(argv) if not token.startswith("-")), None)
+    if position is None or argv[position] not in command_parsers:
+        return parser.parse_args(argv)  # argparse's own message for a missing or unknown command
+    name = argv[position]
+    args = parse_with_overrides(command_parsers[name], argv[position + 1:])
+    args.command = name
+    return args
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(list(sys.argv[1:] if argv is None else argv))
     try:
         args.handler(args)
     except KdistillError as error:

@@ -35,10 +35,10 @@ def linear_cka(first: Tensor, second: Tensor) -> float:
     return float(cross / (torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)))
 
 
-def run_faithfulness(target: str, overrides: list[str], which: str = "last", corruptions: list[str] | None = None,
-                     severities: list[int] | None = None) -> dict[str, Any]:
+def run_faithfulness(target: str, overrides: list[str], which: str = "last",
+                     corruptions: tuple[str, ...] = tuple(CORRUPTIONS), severities: tuple[int, ...] = SEVERITIES) -> dict[str, Any]:
     """Student against teacher on the test split, clean and under each corruption."""
-    names, severities = list(corruptions or CORRUPTIONS), list(severities or SEVERITIES)
+    names, severities = list(corruptions), list(severities)
     check_corruptions(names, severities)
     resolved = resolve_target(target, overrides, which)
     evaluation = load_evaluation(resolved, teacher="required")

@@ -157,11 +157,11 @@ def outputs_under_corruptions(evaluation: Evaluation, names: list[str],
                                                   evaluation.cfg.progress, evaluation.amp)
 
 
-def run_robustness(target: str, overrides: list[str], which: str = "last", corruptions: list[str] | None = None,
-                   severities: list[int] | None = None) -> dict[str, Any]:
+def run_robustness(target: str, overrides: list[str], which: str = "last",
+                   corruptions: tuple[str, ...] = tuple(CORRUPTIONS), severities: tuple[int, ...] = SEVERITIES) -> dict[str, Any]:
     """Top-1 of the model (and its teacher, when the run has one) on the clean and the corrupted
     test split; the mean corruption accuracy averages all corruptions and severities."""
-    names, severities = list(corruptions or CORRUPTIONS), list(severities or SEVERITIES)
+    names, severities = list(corruptions), list(severities)
     check_corruptions(names, severities)
     resolved = resolve_target(target, overrides, which)
     evaluation = load_evaluation(resolved)

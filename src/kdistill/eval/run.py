@@ -14,3 +14,8 @@ def evaluate_target(target: str, overrides: list[str], which: str = "last") -> d
     report = {"model": student.name, "dataset": resolved.cfg.data.name, "split": "test", "weights": str(resolved.path),
               **evaluate(student.model, evaluation.loaders.test)}
     return write_report(report, resolved.output_path("eval", ".json"))
+
+
+def format_eval(report: dict[str, Any]) -> str:
+    return (f"{report['model']} on {report['dataset']} ({report['split']}): top-1 {report['top1']:.2f}, "
+            f"top-5 {report['top5']:.2f}")

@@ -1,0 +1,49 @@
+"""What several test files share: a quick run's overrides, the real entry point, assertions."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+
+# A run small enough for a test: tiny model, a few steps per epoch, no progress bars.
+QUICK_RUN = ["student=resnet8", "data.name=embedded", "data.batch_size=32", "steps_per_epoch=4",
+             "progress=false", "tensorboard=false", "device=cpu"]
+
+
+def kdistill_command() -> list[str]:
+    """The installed console script when there is one, else the module entry point."""
+    script = Path(sys.executable).with_name("kdistill")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kdistill"]
+
+
+def run_kdistill(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real `kdistill` entry point with `args`, capturing its output."""
+    return subprocess.run(kdistill_command() + list(args), capture_output=True, text=True, cwd=cwd, timeout=600,
+                          check=False)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit code 2 and one clear line, never a traceback."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def assert_nonblank_png(path) -> None:
+    image = matplotlib.image.imread(path)  # fails on a file that is not a valid PNG
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    colours = np.unique(image[..., :3].reshape(-1, 3).round(3), axis=0)
+    assert len(colours) > 20 and image[..., :3].std() > 0.05
+
+
+def mean_over_ranks(grads) -> None:
+    """What DistributedDataParallel does to gradients, in place: the mean over ranks."""
+    import torch.distributed as dist
+
+    for grad in grads:
+        dist.all_reduce(grad)
+        grad /= dist.get_world_size()
