@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from kdistill.models import is_small_lr_model
+from kdistill.methods import method_class
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -17,26 +17,32 @@ CIFAR100_PAIRS = [
     ("wrn_40_2", "ShuffleV1"),
 ]
 
-# Method sections of the recipes: the table weights are each method's defaults; they are written
-# out so a recipe shows what it runs.
+# The tables train these students at learning rate 0.01 instead of 0.05.
+SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
+# FT's paraphraser trains at 0.01 under the benchmark's CIFAR ResNet and WRN students (the run's rate otherwise).
+FT_SMALL_INIT_LR_STUDENTS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+                             "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2")
+
+
+def method_section(name: str, **options) -> dict:
+    """A recipe's method section: the method's table weights, read from its class so there is one
+    copy, written out so a recipe shows what it runs; then its options."""
+    return {"name": name, **method_class(name).default_weights, **options}
+
+
 CIFAR100_METHODS = {
-    "vanilla": {"name": "vanilla", "w_ce": 1.0},
-    "kd": {"name": "kd", "w_ce": 0.1, "w_kd": 0.9, "temperature": 4.0},
-    "dcd": {"name": "dcd", "w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0},
-    "dcd+kd": {"name": "dcd+kd", "w_ce": 1.0, "w_kd": 1.0, "w_method": 1.0, "temperature": 4.0},
-    "crd": {"name": "crd", "w_ce": 1.0, "w_kd": 0.0, "w_method": 0.8},
-    "crd+kd": {"name": "crd+kd", "w_ce": 1.0, "w_kd": 1.0, "w_method": 0.8, "temperature": 4.0},
-    "crld": {"name": "crld", "w_ce": 1.0, "temperature": 4.0, "weak_threshold": 0.9, "strong_threshold": 0.2,
-             "within_view_weight": 2.0, "cross_view_weight": 0.5},
+    "vanilla": method_section("vanilla"),
+    "kd": method_section("kd", temperature=4.0),
+    "dcd": method_section("dcd"),
+    "dcd+kd": method_section("dcd+kd", temperature=4.0),
+    "crd": method_section("crd"),
+    "crd+kd": method_section("crd+kd", temperature=4.0),
+    "crld": method_section("crld", temperature=4.0, weak_threshold=0.9, strong_threshold=0.2,
+                           within_view_weight=2.0, cross_view_weight=0.5),
 }
-# The tables' other baselines, at their table weights; AB, FT and FSP open with their initialisation stage.
-CIFAR100_BASELINE_WEIGHTS = {"fitnet": 100.0, "at": 1000.0, "sp": 3000.0, "cc": 0.02, "vid": 1.0, "rkd": 1.0,
-                             "pkt": 30000.0, "ab": 1.0, "ft": 200.0, "fsp": 50.0, "nst": 50.0}
-CIFAR100_METHODS.update({
-    name: {"name": name, "w_ce": 1.0, "w_kd": 0.0, "w_method": weight,
-           **({"init_epochs": 30} if name in ("ab", "ft", "fsp") else {})}
-    for name, weight in CIFAR100_BASELINE_WEIGHTS.items()
-})
+# The tables' other baselines at their table weights; AB, FT and FSP open with their initialisation stage.
+CIFAR100_METHODS.update({name: method_section(name, **({"init_epochs": 30} if name in ("ab", "ft", "fsp") else {}))
+                         for name in ("fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst")})
 # FSP needs equal channel counts stage by stage, so the tables run it on these pairs only.
 CIFAR100_METHOD_PAIRS = {"fsp": [("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
                                  ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8")]}
@@ -59,8 +65,9 @@ def cifar100_recipes() -> dict[Path, dict]:
         }
     for method, section in CIFAR100_METHODS.items():
         for teacher, student in CIFAR100_METHOD_PAIRS.get(method, CIFAR100_PAIRS):
-            recipe = {"student": student, "method": section, "data": CIFAR100_DATA,
-                      "optim": {"lr": 0.01 if is_small_lr_model(student) else 0.05}, **TABLE_SCHEDULE,
+            small_init = method == "ft" and student in FT_SMALL_INIT_LR_STUDENTS
+            recipe = {"student": student, "method": {**section, "init_lr": 0.01} if small_init else section, "data": CIFAR100_DATA,
+                      "optim": {"lr": 0.01 if student in SMALL_LR_STUDENTS else 0.05}, **TABLE_SCHEDULE,
                       "out": f"runs/cifar100/{method}/{teacher}_{student}"}
             if method != "vanilla":
                 recipe = {"teacher": teacher, "teacher_checkpoint": teacher_file(teacher), **recipe}
@@ -73,6 +80,7 @@ def cifar100_recipes() -> dict[Path, dict]:
 # tv:/timm: model of that name) or pass teacher_checkpoint=<file>; data.root holds train/ and val/.
 IMAGENET_PAIRS = [("tv:resnet34", "tv:resnet18"), ("tv:resnet50", "timm:mobilenetv1_100")]
 IMAGENET_METHODS = {"crld": {**CIFAR100_METHODS["crld"], "w_ce": 2.0, "temperature": 1.0}}
+IMAGENET_NOTES = {"crld": "w_ce 2 and T 1: CRLD's ImageNet setting (its paper and code)"}
 IMAGENET_DATA = {"name": "imagefolder", "root": "./data/imagenet", "batch_size": 512}
 IMAGENET_TRAINING = {"optim": {"lr": 0.2, "weight_decay": 1e-4}, "epochs": 100,
                      "schedule": {"name": "step", "milestones": [30, 60, 90], "gamma": 0.1}}
@@ -88,6 +96,7 @@ def imagenet_recipes() -> dict[Path, dict]:
                 "teacher": teacher, "teacher_checkpoint": IMAGENET_TEACHER_FILE.format(teacher=teacher.split(":")[-1]),
                 "student": student, "method": section, "data": IMAGENET_DATA, **IMAGENET_TRAINING,
                 "out": f"runs/imagenet/{method}/{pair}",
+                **({"note": IMAGENET_NOTES[method]} if method in IMAGENET_NOTES else {}),
             }
     return recipes
 
@@ -114,7 +123,7 @@ def label_free_recipes() -> dict[Path, dict]:
             "teacher": "timm:vit_small_patch14_dinov2", "teacher_options": {"dynamic_img_size": True},
             "teacher_checkpoint": LABEL_FREE_VIT_TEACHER_FILE,
             "student": "timm:vit_tiny_patch16_224", "student_options": {"patch_size": 14, "dynamic_img_size": True},
-            "method": {"name": method, "w_method": 1.0},
+            "method": method_section(method),
             "data": {"name": "imagefolder", "root": "./data/imagenet", "batch_size": 256},
             "optim": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.05}, "epochs": 300,
             "schedule": {"name": "cosine", "warmup_epochs": 5}, "amp": True,
@@ -122,7 +131,7 @@ def label_free_recipes() -> dict[Path, dict]:
         }
         recipes[Path("embedded") / method / "resnet20_resnet8.yaml"] = {
             "teacher": "resnet20", "teacher_checkpoint": "runs/embedded/teachers/resnet20",
-            "student": "resnet8", "method": {"name": method, "w_method": 1.0}, **EMBEDDED_TRAINING,
+            "student": "resnet8", "method": method_section(method), **EMBEDDED_TRAINING,
             "out": f"runs/embedded/{method}/resnet20_resnet8",
         }
     return recipes

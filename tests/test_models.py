@@ -6,7 +6,6 @@ import torch
 from kdistill.errors import KdistillError
 from kdistill.models import (
     create_model,
-    is_small_lr_model,
     list_models,
     load_checkpoint,
 )
@@ -115,11 +114,6 @@ def test_wrn_preact_does_not_touch_bn_statistics():
     torch.testing.assert_close(with_preact.extract(x, preact=True).logits, plain.extract(x).logits)
     for name, buffer in plain.state_dict().items():
         torch.testing.assert_close(with_preact.state_dict()[name], buffer, msg=name)
-
-
-def test_small_lr_models():
-    assert all(is_small_lr_model(name) for name in ["MobileNetV2", "mobilenetv2", "ShuffleV1", "shufflev2"])
-    assert not any(is_small_lr_model(name) for name in ["resnet8x4", "ResNet50", "timm:resnet18", "foo"])
 
 
 def test_zoo_models_reject_options():

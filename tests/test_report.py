@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_eval import assert_nonblank_png
 
 from helpers import assert_nonblank_png
 from kdistill.errors import KdistillError

@@ -22,7 +22,7 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = "sgd"  # sgd | adamw
-    lr: float | None = None  # None = 0.05, or 0.01 for MobileNetV2/ShuffleNet students
+    lr: float = 0.05  # the tables' rate; their recipes set 0.01 for MobileNetV2/ShuffleNet students
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
@@ -58,6 +58,7 @@ class RunConfig:
     amp: bool = False  # mixed precision (bf16/fp16 autocast on CUDA)
     channels_last: bool = False
     out: str = "runs/run"
+    note: str | None = None  # a recipe's reason for departing from its method's default weights
     resume: bool = False
     tensorboard: bool = True  # written when tensorboard is installed
     progress: bool = True

@@ -14,13 +14,10 @@ from kdistill.data import Loaders, build_loaders
 from kdistill.distributed import init_from_environment, rank, world_size
 from kdistill.errors import KdistillError
 from kdistill.methods import Distiller, MethodContext, build_distiller, method_class
-from kdistill.models import create_model, is_small_lr_model
+from kdistill.models import create_model
 from kdistill.models.base import FeatureModel
 from kdistill.models.checkpoint import load_checkpoint, load_state_into, read_state_dict, stored_classes
 from kdistill.run_folder import RunFolder
-
-TABLE_LR = 0.05
-SMALL_MODEL_LR = 0.01  # MobileNetV2 / ShuffleNet students in the tables
 
 
 def load_config(config_file: str | None = None, overrides: list[str] = ()) -> DictConfig:
@@ -62,9 +59,7 @@ def seed_everything(seed: int) -> None:
 
 
 def default_lr(cfg: DictConfig) -> float:
-    if cfg.optim.lr is not None:
-        return float(cfg.optim.lr)
-    return SMALL_MODEL_LR if is_small_lr_model(cfg.student) else TABLE_LR
+    return float(cfg.optim.lr)
 
 
 def teacher_weights_path(path: str, which: str = "last") -> Path:

@@ -5,8 +5,8 @@ student's last stage map to a factor of the same width, which matches the teache
 
 As in the benchmark, an initialisation stage (`init_epochs`, 30 by default) first trains the
 paraphraser alone to reconstruct the teacher's map (mean squared error), at a constant learning
-rate of 0.01 for CIFAR ResNet and WRN students and the run's learning rate otherwise (`init_lr`
-overrides). During distillation the paraphraser is frozen: it is evaluated without gradient, so the
+rate `init_lr` (default: the run's learning rate; the benchmark's 0.01 for CIFAR ResNet and WRN
+students is in their recipes). During distillation the paraphraser is frozen: it is evaluated without gradient, so the
 optimizer never changes it; the translator trains with the student.
 """
 
@@ -24,12 +24,6 @@ from kdistill.methods._feature_pairs import InitStageOptions
 from kdistill.methods.base import Distiller, InitPhase, MethodContext, Terms
 from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
-from kdistill.models.resnet import CifarResNet
-from kdistill.models.wrn import WideResNet
-
-# Students whose paraphraser the benchmark trains at this rate rather than the run's.
-_SMALL_INIT_LR_STUDENTS = (CifarResNet, WideResNet)
-_SMALL_INIT_LR = 0.01
 
 
 @dataclass
@@ -78,10 +72,7 @@ class FT(Distiller):
         self.paraphraser = Paraphraser(teacher_channels, factor_channels)
         self.translator = _conv_stack([student_channels, student_channels, factor_channels, factor_channels],
                                       nn.Conv2d, batch_norm=True)
-        if options.init_lr is not None:
-            self.init_lr = options.init_lr
-        else:
-            self.init_lr = _SMALL_INIT_LR if isinstance(student, _SMALL_INIT_LR_STUDENTS) else context.lr
+        self.init_lr = context.lr if options.init_lr is None else options.init_lr
 
     def init_phase(self) -> InitPhase:
         return InitPhase(self.options.init_epochs, list(self.paraphraser.parameters()), self.init_lr)

@@ -5,19 +5,22 @@
 """
 
 from kdistill.errors import KdistillError
-from kdistill.models import resnet, resnetv2, vgg, wrn  # noqa: F401 (importing registers the zoo)
+from kdistill.models import (  # noqa: F401 (importing registers the zoo)
+    mobilenetv2,
+    resnet,
+    resnetv2,
+    shufflenetv1,
+    shufflenetv2,
+    vgg,
+    wrn,
+)
 from kdistill.models._common import MODELS
 from kdistill.models.adapters import TimmModel, TorchvisionModel
 from kdistill.models.base import FeatureModel, Features
 from kdistill.models.checkpoint import classifier_name, load_checkpoint
-from kdistill.models.mobilenetv2 import MobileNetV2
-from kdistill.models.shufflenetv1 import ShuffleV1
-from kdistill.models.shufflenetv2 import ShuffleV2
 
 TIMM_PREFIX = "timm:"
 TV_PREFIX = "tv:"
-# Students the published tables train with learning rate 0.01 instead of 0.05.
-_SMALL_LR_MODELS = (MobileNetV2, ShuffleV1, ShuffleV2)
 
 
 def create_model(name: str, num_classes: int = 100, in_chans: int = 3, **options) -> FeatureModel:
@@ -44,17 +47,12 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
-def is_small_lr_model(name: str) -> bool:
-    return name in MODELS and MODELS.get(name) in _SMALL_LR_MODELS
-
-
 __all__ = [
     "MODELS",
     "FeatureModel",
     "classifier_name",
     "Features",
     "create_model",
-    "is_small_lr_model",
     "list_models",
     "load_checkpoint",
 ]
