@@ -15,11 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from kdistill.accuracy import evaluate
 from kdistill.data import Loaders
 from kdistill.distributed import barrier, broadcast_buffers, is_distributed, is_main_process
 from kdistill.engine.schedule import build_optimizer, build_scheduler
 from kdistill.errors import KdistillError
-from kdistill.eval.accuracy import evaluate
 from kdistill.methods import Distiller
 from kdistill.run_folder import RunFolder
 

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from kdistill.eval.accuracy import evaluate
+from kdistill.accuracy import evaluate
 from kdistill.eval.common import load_evaluation, resolve_target, write_report
 
 

@@ -1,4 +1,5 @@
-"""Top-k accuracy of a classifier over a loader."""
+"""Top-k accuracy of a classifier over a loader: used by the Trainer after each epoch and by `kdistill eval`
+(it sits below both, so the engine and the evaluations do not import each other)."""
 
 from collections.abc import Iterable
 
