@@ -11,8 +11,6 @@ from pathlib import Path
 
 from kdistill.errors import KdistillError
 
-EXIT_USER_ERROR = 2
-
 EPILOG = """options are config keys given as key=value, e.g.
   kdistill train student=resnet32x4 data.name=cifar100 data.root=./data/cifar100 out=runs/t
   kdistill distill --config configs/cifar100/kd/resnet32x4_resnet8x4.yaml seed=1
@@ -284,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(args)
     except KdistillError as error:
-        print(f"kdistill: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        print(f"kdistill: {error.prefix}{error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("kdistill: interrupted; the last finished epoch's checkpoint is kept (resume=true continues)", file=sys.stderr)
         return 130

@@ -53,6 +53,8 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     epochs: int = 240
     steps_per_epoch: int | None = None  # cap on steps per epoch (quick runs, smoke tests)
+    checkpoint_every_steps: int = 0  # also save a resume state every N steps within an epoch (0: at epoch ends only)
+    nonfinite: str = "stop"  # a non-finite loss: stop (exit 3, checkpoint and weights as before it) | skip the step
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # mixed precision (bf16/fp16 autocast on CUDA)

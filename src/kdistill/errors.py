@@ -7,6 +7,18 @@ from collections.abc import Iterable
 class KdistillError(Exception):
     """A problem with the user's input that the user can fix; the message names the fix."""
 
+    exit_code = 2
+    prefix = "error: "  # printed after "kdistill: "
+
+
+class RunStopped(KdistillError):
+    """Training stopped before its end (a non-finite loss, a signal); the message says what is
+    kept on disk and how to continue."""
+
+    def __init__(self, message: str, exit_code: int, prefix: str = "error: "):
+        super().__init__(message)
+        self.exit_code, self.prefix = exit_code, prefix
+
 
 def closest_names(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.4)

@@ -7,6 +7,7 @@
     student_best.pth       ... at the epoch of best test top-1
     checkpoint.pt          the newest resume state; checkpoint.prev.pt the one before it
     config_changes.jsonl   what a forced resume changed in the configuration
+    run.lock               locked by the process that trains the run (holds its pid)
     tensorboard/           TensorBoard event files
     <eval>_<which>.<ext>   evaluation reports (`eval_output`)
 
@@ -15,6 +16,7 @@ leaves either the old or the new file, never a torn one; metrics lines are appen
 reader skips a torn last line (what a full disk can leave).
 """
 
+import fcntl
 import json
 import os
 import sys
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.errors import KdistillError
-from kdistill.models.checkpoint import atomic_save, read_torch_file, save_model_weights
+from kdistill.models.checkpoint import UnreadableCheckpoint, atomic_save, read_torch_file, save_model_weights
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -31,6 +33,7 @@ RESULTS_FILE = "results.json"
 RESUME_FILE = "checkpoint.pt"
 PREVIOUS_RESUME_FILE = "checkpoint.prev.pt"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
+LOCK_FILE = "run.lock"
 TENSORBOARD_DIR = "tensorboard"
 WEIGHTS = ("last", "best")
 _TEMP_SUFFIX = ".tmp"
@@ -55,6 +58,7 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock_file = None  # open while this process holds the run's lock
 
     def __repr__(self) -> str:
         return f"RunFolder('{self.path}')"
@@ -189,24 +193,53 @@ class RunFolder:
             os.replace(self.resume_path, self.previous_resume_path)
         atomic_save(state, self.resume_path)
 
-    def load_resume_state(self, map_location) -> tuple[dict[str, Any], Path] | None:
-        """The newest readable resume state and its file; falls back to the previous one (saying
-        so in one line); None when the folder has none. KdistillError if none is readable."""
+    def load_resume_state(self, map_location) -> dict[str, Any] | None:
+        """The newest readable resume state; None when the folder has none. When the newest is
+        unreadable, the previous one is used (said in one line) and renamed into its place, so
+        the next save keeps two good states. KdistillError naming the files if none is readable."""
         candidates = [path for path in (self.resume_path, self.previous_resume_path) if path.is_file()]
         if not candidates:
             return None
-        errors = []
+        reasons = []
         for path in candidates:
             try:
                 state = read_torch_file(path, map_location)
-            except KdistillError as error:
-                errors.append(str(error))
+            except UnreadableCheckpoint as error:
+                reasons.append(f"{path.name}: {error.reason}")
                 continue
             if path != candidates[0]:
-                print(f"warning: {candidates[0].name} is unreadable; resuming from {path.name}", file=sys.stderr)
-            return state, path
-        raise KdistillError(f"no readable resume state in '{self.path}' ({errors[0]}): "
-                            f"delete {RESUME_FILE} and {PREVIOUS_RESUME_FILE} to start over, or choose another out=")
+                print(f"warning: {candidates[0].name} is unreadable ({reasons[0]}); resuming from {path.name}, "
+                      "the state saved before it", file=sys.stderr)
+                os.replace(path, self.resume_path)
+            return state
+        names = " and ".join(path.name for path in candidates)
+        raise KdistillError(f"cannot resume '{self.path}': {names} {'are' if len(candidates) > 1 else 'is'} unreadable "
+                            f"({'; '.join(reasons)}): delete {names} to train this run from the start, "
+                            "or choose another out=")
+
+    # ---- one process per run ---------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold an exclusive lock on the run until `unlock` or this process's end (the OS releases
+        it when the process dies, however it dies). KdistillError naming the holder's pid if
+        another process holds it."""
+        file = open(self.path / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "unknown"
+            file.close()
+            raise KdistillError(f"'{self.path}' is in use by another kdistill process (pid {holder}): wait for it "
+                                "to end or stop it, or choose another out=") from None
+        file.truncate(0)
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        self._lock_file = file
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the file releases the lock
+            self._lock_file = None
 
     def remove_temporary_files(self) -> int:
         """Delete the temporary files a killed save left behind; returns how many."""

@@ -80,16 +80,23 @@ class Loader:
     images (`kdistill.data.two_view`), normalised alike.
 
     `len()` is the number of batches per epoch for this rank; `labels` holds all labels of
-    the split (CPU); `set_epoch` picks the shuffle order and augmentation of the next pass.
+    the split (CPU); `set_epoch` picks the shuffle order and augmentation of the next pass and
+    may skip its first batches (a resume within an epoch): the batches that follow hold the
+    same samples and views as in a full pass, since order and augmentation are keyed.
     """
 
     def __init__(self, order: BatchOrder, labels: Tensor, normalize: Normalizer, device: torch.device):
         self.order, self.labels, self.normalize, self.device = order, labels.cpu(), normalize, device
         self.dataset_size = len(labels)
         self.epoch = 0
+        self.skip_batches = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def _epoch_batches(self) -> list[Tensor]:
+        """The index tensors of this pass's batches, after the skipped ones."""
+        return self.order.batches(self.epoch)[self.skip_batches :]
 
     def __len__(self) -> int:
         return len(self.order)
@@ -121,7 +128,7 @@ class ArrayLoader(Loader):
         self.seed, self.augment, self.hflip, self.strong_fill = seed, augment, hflip, strong_fill
 
     def _uint8_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
-        for cpu_index in self.order.batches(self.epoch):
+        for cpu_index in self._epoch_batches():
             stored = cpu_index.to(self.images.device)
             images = self.images[stored].to(self.device, non_blocking=True)
             labels = self._stored_labels[stored].to(self.device, non_blocking=True)
@@ -146,10 +153,12 @@ class StreamLoader(Loader):
 
     def _uint8_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
         # The epoch rides along with each index, so the workers need no state of their own.
-        keys = [[(i, self.epoch) for i in batch.tolist()] for batch in self.order.batches(self.epoch)]
+        # Its own generator: the DataLoader draws its workers' base seed from it, not from the
+        # global RNG a method may use (augmentation is keyed, so that seed changes nothing).
+        keys = [[(i, self.epoch) for i in batch.tolist()] for batch in self._epoch_batches()]
         loader = DataLoader(
             self.dataset, batch_sampler=keys, num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.device.type == "cuda", generator=torch.Generator(),
         )
         for images, labels, index, *strong in loader:  # a TwoViewFileDataset adds the strong view
             yield (

@@ -17,8 +17,11 @@ def train_run(cfg: DictConfig) -> dict[str, Any]:
     writes the run folder."""
     run = RunFolder(cfg.out)
     parts = build_run(cfg)  # joins the torchrun process group, if any
-    if is_main_process():
-        prepare_out_dir(run, cfg.resume)
-    barrier()
-    cfg.optim.lr = parts.lr  # the saved config records the learning rate actually used
-    return Trainer(cfg, parts.distiller, parts.loaders, parts.device, parts.lr, run).fit()
+    try:
+        if is_main_process():
+            prepare_out_dir(run, cfg.resume)  # takes the run's lock
+        barrier()
+        cfg.optim.lr = parts.lr  # the saved config records the learning rate actually used
+        return Trainer(cfg, parts.distiller, parts.loaders, parts.device, parts.lr, run).fit()
+    finally:
+        run.unlock()

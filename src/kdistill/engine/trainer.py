@@ -3,29 +3,53 @@
 The Trainer knows nothing of a method: it calls `backward` on the total a Distiller returns,
 logs each named term, and handles optimisation, evaluation, checkpoints and resume. The run
 folder's files are read and written through `kdistill.run_folder.RunFolder`.
+
+What a run survives: a kill at any instant (resume continues from the last saved state, also
+within an epoch with `checkpoint_every_steps`, with the same weights as an unbroken run);
+SIGINT/SIGTERM (the step is abandoned, saves in progress finish, and one line says what can be
+resumed); a non-finite loss (the run stops before anything computed from it is saved, or skips
+the step with `nonfinite=skip`).
 """
 
+import os
 import random
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from kdistill.accuracy import evaluate
 from kdistill.data import Loaders
-from kdistill.distributed import barrier, broadcast_buffers, is_distributed, is_main_process
+from kdistill.distributed import barrier, broadcast_buffers, is_distributed, is_main_process, sum_over_ranks
 from kdistill.engine.schedule import build_optimizer, build_scheduler
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, RunStopped
 from kdistill.methods import Distiller
 from kdistill.run_folder import RunFolder
 
+NONFINITE_MODES = ("stop", "skip")
+EXIT_NONFINITE = 3
+BAR_REFRESH_STEPS = 20  # steps between progress-bar postfix updates (each reads the sums: a host sync)
+# Reading whether a step's loss was finite is a host synchronisation. On the CPU it costs
+# nothing, so every step is checked before its optimizer step (the weights never see a
+# non-finite loss). On an asynchronous device (CUDA) a read per step would stall the queue, so
+# the flags are kept on the device and read once per window of this many steps (as often as
+# the progress bar syncs), and always before anything is saved: a non-finite step stops the
+# run before any weight or checkpoint computed after it reaches the disk. `nonfinite=skip`
+# decides before each optimizer step, so it reads every step.
+NONFINITE_CHECK_WINDOW = BAR_REFRESH_STEPS
+
 
 def prepare_out_dir(run: RunFolder, resume: bool) -> None:
-    """Create the run folder; refuse to overwrite a run that is there unless resuming it."""
+    """Create the run folder and lock it for this process; refuse to overwrite a run that is
+    there unless resuming it."""
     try:
         run.path.mkdir(parents=True, exist_ok=True)
         probe = run.path / ".write_test"
@@ -33,6 +57,7 @@ def prepare_out_dir(run: RunFolder, resume: bool) -> None:
         probe.unlink()
     except OSError as error:
         raise KdistillError(f"output folder '{run.path}' cannot be written ({error.strerror}): choose another out=<folder>") from None
+    run.lock()
     if not resume and (run.has_resume_state() or run.is_finished()):
         raise KdistillError(f"output folder '{run.path}' already holds a run: pass resume=true to continue it, "
                             "or choose another out=<folder>")
@@ -46,7 +71,97 @@ class Phase:
     name: str
     epochs: int
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+
+@dataclass
+class EpochTally:
+    """What an epoch has counted so far; sums stay on the device (no host sync per step). A
+    resume state saved within an epoch holds it, so the resumed epoch logs what an unbroken
+    one would."""
+
+    lr: float  # at the epoch's start
+    steps: int = 0  # done, skipped ones included
+    skipped: int = 0  # steps with a non-finite loss skipped (nonfinite=skip)
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    correct: Tensor | int = 0
+    seen: int = 0
+    labelled: int = 0
+    seconds: float = 0.0  # training time
+
+
+class NonFiniteWatch:
+    """Flags of the steps not yet checked: isfinite of each step's total and terms, kept on the
+    device until `first_non_finite` reads them all at once (one host sync)."""
+
+    def __init__(self):
+        self.pending: list[tuple[int, list[str], Tensor]] = []
+
+    def add(self, step: int, total: Tensor, terms: dict[str, Tensor]) -> None:
+        values = torch.stack([total.detach(), *(value.detach() for value in terms.values())])
+        self.pending.append((step, list(terms), torch.isfinite(values)))
+
+    def first_non_finite(self) -> tuple[int, list[str]] | None:
+        """(step, non-finite terms) of the first pending step whose total was non-finite on any rank."""
+        if not self.pending:
+            return None
+        pending, self.pending = self.pending, []
+        bad = sum_over_ranks(torch.cat([flags for _, _, flags in pending]).logical_not().int()).cpu().tolist()
+        offset = 0
+        for step, names, flags in pending:
+            if bad[offset]:
+                return step, [name for name, count in zip(names, bad[offset + 1 :]) if count]
+            offset += len(flags)
+        return None
+
+
+class _Signalled(BaseException):
+    """Raised in the main thread by SIGINT/SIGTERM during training: abandons the current step."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM raise `_Signalled` in the training process; a signal that
+    arrives inside `deferred()` (a save) waits for the block to finish. DataLoader workers (forked
+    children) ignore them: the training process stops them as it ends."""
+
+    HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.deferring = False
+        self.pending: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # only there can handlers be set
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.HANDLED}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self.pid:
+            return
+        if self.deferring:
+            self.pending = signum
+            return
+        raise _Signalled(signum)
+
+    @contextmanager
+    def deferred(self):
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.pending is not None:
+            raise _Signalled(self.pending)
 
 
 class Trainer:
@@ -69,11 +184,21 @@ class Trainer:
         optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, lr)
         scheduler = build_scheduler(optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs, lr)
         self.phases.append(Phase("train", cfg.epochs, optimizer, scheduler))
+        if cfg.nonfinite not in NONFINITE_MODES:
+            raise KdistillError(f"unknown nonfinite='{cfg.nonfinite}': use nonfinite=stop or nonfinite=skip")
+        if cfg.checkpoint_every_steps < 0:
+            raise KdistillError(f"checkpoint_every_steps={cfg.checkpoint_every_steps} is negative: "
+                                "use 0 (at epoch ends only) or a number of steps")
+        self.check_window = 1 if device.type == "cpu" or cfg.nonfinite == "skip" else NONFINITE_CHECK_WINDOW
         self.model = self._data_parallel(distiller, device, find_unused=init is not None)
         self.is_main = is_main_process()
         self.amp = bool(cfg.amp) and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
         self.start_epoch = 0  # counted over all phases
+        self.start_tally: dict[str, Any] | None = None  # of start_epoch, when resuming within it
+        self.last_metrics: dict[str, Any] | None = None  # the last finished epoch's log line
+        self.resumable: str | None = None  # what the newest saved resume state continues from
+        self.signals = StopSignals()
         self.best = {"top1": -1.0, "top5": -1.0, "epoch": -1}
         self.writer = self._tensorboard_writer() if cfg.tensorboard and self.is_main else None
 
@@ -97,10 +222,13 @@ class Trainer:
         return SummaryWriter(str(self.run.tensorboard_dir))
 
     # ---- checkpoint / resume -------------------------------------------------------------
-    def _state(self, global_epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    def _state(self, finished_epochs: int, tally: EpochTally | None = None) -> dict[str, Any]:
+        """A resume state after `finished_epochs` epochs (over all phases), and `tally.steps` steps
+        into the next one when a tally is given."""
         return {
-            "epoch": global_epoch,
-            "metrics": metrics,  # this epoch's log line, restored if a kill lost it after the save
+            "epoch": finished_epochs - 1,  # the last finished epoch (from 0)
+            "metrics": self.last_metrics,  # its log line, restored if a kill lost it after the save
+            "tally": None if tally is None else vars(tally),
             "method": self.distiller.trainable_state_dict(),
             "phases": {phase.name: {"optimizer": phase.optimizer.state_dict(), "scheduler": phase.scheduler.state_dict()}
                        for phase in self.phases},
@@ -110,11 +238,28 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
 
-    def resume(self) -> None:
-        loaded = self.run.load_resume_state(self.device)
-        if loaded is None:
-            return
-        state, _ = loaded
+    def _save_state(self, finished_epochs: int, tally: EpochTally | None = None) -> None:
+        self.run.save_resume_state(self._state(finished_epochs, tally))
+        self.resumable = self._position(finished_epochs, None if tally is None else tally.steps)
+
+    def _position(self, finished_epochs: int, steps: int | None) -> str:
+        """Where a state continues from, in the words of the progress bar."""
+        if steps is None:
+            return f"the end of {self._epoch_name(finished_epochs - 1)}"
+        return f"{self._epoch_name(finished_epochs)} step {steps}"
+
+    def _epoch_name(self, global_epoch: int) -> str:
+        for phase in self.phases:
+            if global_epoch < phase.epochs:
+                break
+            global_epoch -= phase.epochs
+        return f"{phase.name} epoch {global_epoch + 1}"
+
+    def resume(self) -> bool:
+        """Load the newest resume state, if any; False when the folder has none."""
+        state = self.run.load_resume_state(self.device)
+        if state is None:
+            return False
         self.distiller.load_trainable_state_dict(state["method"])
         for phase in self.phases:
             phase.optimizer.load_state_dict(state["phases"][phase.name]["optimizer"])
@@ -126,15 +271,34 @@ class Trainer:
         if state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
         self.start_epoch = state["epoch"] + 1
+        self.start_tally = state.get("tally")
+        self.last_metrics = state["metrics"]
+        self.resumable = self._position(self.start_epoch, None if self.start_tally is None else self.start_tally["steps"])
         if self.is_main:
             # The log holds exactly the epochs this state covers: later lines (killed before
-            # their save) go, and the state's own epoch line comes back if a kill lost it.
+            # their save) go, and the last finished epoch's line comes back if a kill lost it.
             self.run.trim_metrics(self.start_epoch)
-            if not any(entry.get("global_epoch") == self.start_epoch for entry in self.run.read_metrics()):
-                self.run.append_metrics(state["metrics"])
+            lost = not any(entry.get("global_epoch") == self.start_epoch for entry in self.run.read_metrics())
+            if self.last_metrics is not None and lost:
+                self.run.append_metrics(self.last_metrics)
+        return True
+
+    def _refuse_non_finite_teacher(self) -> None:
+        """A teacher whose outputs on the first batch are not finite (NaN/inf weights) would
+        turn every step's loss non-finite: refuse it before training."""
+        teacher = self.distiller.teacher
+        if teacher is None:
+            return
+        batch = next(iter(self.loaders.test))
+        with torch.autocast(self.device.type, enabled=self.amp):
+            features = self.distiller.teacher_features(batch["image"])
+        if not (torch.isfinite(features.pooled).all() and torch.isfinite(features.logits).all()):
+            raise KdistillError(f"teacher '{self.cfg.teacher}' from '{self.cfg.teacher_checkpoint}' gives non-finite "
+                                "outputs on the first batch (its weights hold NaN or inf): give a trained teacher's weights")
 
     # ---- the loop ------------------------------------------------------------------------
-    def train_epoch(self, phase: Phase, epoch: int, global_epoch: int) -> dict[str, float]:
+    def train_epoch(self, phase: Phase, epoch: int, global_epoch: int, tally: EpochTally) -> dict[str, float]:
+        """Train the rest of an epoch (`tally.steps` are done) and return its train metrics."""
         self.distiller.set_phase(phase.name)
         if phase.name == "init":
             self.distiller.init_mode()
@@ -142,13 +306,13 @@ class Trainer:
             self.distiller.train()
             self.distiller.on_epoch_start(epoch + 1, phase.epochs)
         loader = self.loaders.train
-        loader.set_epoch(global_epoch)
-        sums: dict[str, torch.Tensor] = {}
-        correct = seen = labelled = 0
-        start = time.perf_counter()
-        bar = tqdm(total=self.steps_per_epoch, desc=f"{phase.name} epoch {epoch + 1}/{phase.epochs}", leave=False,
-                   disable=not (self.cfg.progress and self.is_main), mininterval=1.0, dynamic_ncols=True)
-        for step, batch in enumerate(loader):
+        loader.set_epoch(global_epoch, skip_batches=tally.steps)
+        watch = NonFiniteWatch()
+        every = self.cfg.checkpoint_every_steps
+        started = time.perf_counter() - tally.seconds
+        bar = tqdm(total=self.steps_per_epoch, initial=tally.steps, desc=f"{phase.name} epoch {epoch + 1}/{phase.epochs}",
+                   leave=False, disable=not (self.cfg.progress and self.is_main), mininterval=1.0, dynamic_ncols=True)
+        for step, batch in enumerate(loader, start=tally.steps):
             if step == self.steps_per_epoch:
                 break
             if self.cfg.channels_last:  # every view of the batch ("image", "image_strong")
@@ -159,47 +323,97 @@ class Trainer:
             logits, loss, logged = output.logits, output.total, {**output.terms, **output.extras}
             phase.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            self.scaler.step(phase.optimizer)
-            self.scaler.update()
-            phase.scheduler.step()
-            # Sums stay on the device: no host synchronisation inside the step.
-            for name, value in {**logged, "loss": loss}.items():
-                sums[name] = sums.get(name, 0.0) + value.detach()
-            seen += batch["image"].shape[0]
-            if logits is not None and "label" in batch:
-                correct += logits.detach().argmax(1).eq(batch["label"]).sum()
-                labelled += batch["label"].numel()
+            watch.add(step, loss, output.terms)
+            last_step = step + 1 == self.steps_per_epoch
+            save_due = bool(every) and (step + 1) % every == 0 and not last_step
+            skip = False
+            if (step + 1) % self.check_window == 0 or save_due or last_step:
+                non_finite = watch.first_non_finite()
+                if non_finite is not None and self.cfg.nonfinite == "stop":
+                    raise self._non_finite_stop(phase, epoch, *non_finite)
+                skip = non_finite is not None  # in skip mode the window is this one step
+            if skip:
+                tally.skipped += 1
+            else:
+                self.scaler.step(phase.optimizer)
+                self.scaler.update()
+                # Sums stay on the device: no host synchronisation inside the step.
+                for name, value in {**logged, "loss": loss}.items():
+                    tally.sums[name] = tally.sums.get(name, 0.0) + value.detach()
+                if logits is not None and "label" in batch:
+                    tally.correct += logits.detach().argmax(1).eq(batch["label"]).sum()
+                    tally.labelled += batch["label"].numel()
+            phase.scheduler.step()  # also after a skipped step: the schedule follows the step count
+            tally.seen += batch["image"].shape[0]
+            tally.steps = step + 1
             bar.update(1)
-            if bar.n % 20 == 0 and not bar.disable:
-                bar.set_postfix({name: f"{float(value) / (step + 1):.3f}" for name, value in sums.items()}
-                                | {"img/s": f"{seen / (time.perf_counter() - start):.0f}"})
+            if bar.n % BAR_REFRESH_STEPS == 0 and not bar.disable:
+                counted = max(tally.steps - tally.skipped, 1)
+                bar.set_postfix({name: f"{float(value) / counted:.3f}" for name, value in tally.sums.items()}
+                                | {"img/s": f"{tally.seen / (time.perf_counter() - started):.0f}"})
+            if save_due and self.is_main:
+                tally.seconds = time.perf_counter() - started
+                with self.signals.deferred():
+                    self._save_state(global_epoch, tally)
         bar.close()
-        elapsed = time.perf_counter() - start
-        metrics = {f"train/{name}": float(value) / self.steps_per_epoch for name, value in sums.items()}
-        if labelled:
-            metrics["train/top1"] = 100.0 * float(correct) / labelled
-        metrics["img_per_s"] = seen / elapsed
+        elapsed = time.perf_counter() - started
+        counted = max(tally.steps - tally.skipped, 1)
+        metrics = {f"train/{name}": float(value) / counted for name, value in tally.sums.items()}
+        if tally.labelled:
+            metrics["train/top1"] = 100.0 * float(tally.correct) / tally.labelled
+        if self.cfg.nonfinite == "skip":
+            metrics["nonfinite_steps"] = tally.skipped
+        metrics["img_per_s"] = tally.seen / elapsed
         metrics["epoch_time_s"] = elapsed
         return metrics
 
-    def fit(self) -> dict[str, Any]:
-        if self.cfg.resume:
-            self.resume()
+    def _non_finite_stop(self, phase: Phase, epoch: int, step: int, terms: list[str]) -> RunStopped:
+        which = f"term {', '.join(terms)}" if terms else "the weighted sum of finite terms"
+        if self.resumable:
+            kept = f"{self.run.resume_path.name} ({self.resumable}) and the weight files are as before that step"
+        else:
+            kept = "no checkpoint was saved before it"
+        return RunStopped(f"the loss is not finite in {phase.name} epoch {epoch + 1} step {step + 1} ({which}); "
+                          f"stopped, {kept}: lower optim.lr, check the data and teacher, or set nonfinite=skip "
+                          "to skip such steps", EXIT_NONFINITE)
+
+    def _signal_stop(self, signum: int) -> RunStopped:
         if self.is_main:
-            self.run.write_config(OmegaConf.to_yaml(self.cfg))
+            self.run.remove_temporary_files()
+        if self.resumable:
+            kept = f"{self.run.resume_path.name} keeps {self.resumable}: add --resume (resume=true) to continue from there"
+        else:
+            kept = "no checkpoint was saved yet: run the command again to start over"
+        return RunStopped(f"stopped by {signal.Signals(signum).name}; {kept}", 128 + signum, prefix="")
+
+    def fit(self) -> dict[str, Any]:
+        self._refuse_non_finite_teacher()
         student = self.distiller.student
         run_start = time.perf_counter()
-        global_epoch = 0
-        for phase in self.phases:
-            for epoch in range(phase.epochs):
-                if global_epoch >= self.start_epoch:
-                    self._run_epoch(phase, epoch, global_epoch, student)
-                global_epoch += 1
-        return self._finish(time.perf_counter() - run_start)
+        with self.signals:
+            try:
+                resumed = self.cfg.resume and self.resume()
+                if self.is_main:
+                    if not resumed:
+                        self.run.trim_metrics(0)  # lines of a start killed before its first checkpoint
+                    self.run.write_config(OmegaConf.to_yaml(self.cfg))
+                global_epoch = 0
+                for phase in self.phases:
+                    for epoch in range(phase.epochs):
+                        if global_epoch >= self.start_epoch:
+                            self._run_epoch(phase, epoch, global_epoch, student)
+                        global_epoch += 1
+                return self._finish(time.perf_counter() - run_start)
+            except _Signalled as stop:
+                raise self._signal_stop(stop.signum) from None
 
     def _run_epoch(self, phase: Phase, epoch: int, global_epoch: int, student) -> None:
-        metrics = {"phase": phase.name, "epoch": epoch + 1, "global_epoch": global_epoch + 1,
-                   "lr": phase.optimizer.param_groups[0]["lr"], **self.train_epoch(phase, epoch, global_epoch)}
+        if global_epoch == self.start_epoch and self.start_tally is not None:
+            tally = EpochTally(**self.start_tally)
+        else:
+            tally = EpochTally(lr=phase.optimizer.param_groups[0]["lr"])
+        metrics = {"phase": phase.name, "epoch": epoch + 1, "global_epoch": global_epoch + 1, "lr": tally.lr,
+                   **self.train_epoch(phase, epoch, global_epoch, tally)}
         broadcast_buffers(student)
         for split in ("test", "val"):
             loader = getattr(self.loaders, split)
@@ -209,16 +423,18 @@ class Trainer:
         improved = phase.name == "train" and metrics.get("test/top1", -1.0) > self.best["top1"]
         if improved:
             self.best = {"top1": metrics["test/top1"], "top5": metrics["test/top5"], "epoch": epoch + 1}
+        self.last_metrics = metrics
         if not self.is_main:
             return
-        if phase.name == "train":
-            accuracy = metrics.get("test/top1")
-            if improved:
-                self.run.save_weights(student, "best", epoch=epoch + 1, accuracy=accuracy)
-            self.run.save_weights(student, "last", epoch=epoch + 1, accuracy=accuracy)
-        # The resume state first, then the log line: a kill between them loses no epoch (resume restores the line).
-        self.run.save_resume_state(self._state(global_epoch, metrics))
-        self._log(metrics)
+        with self.signals.deferred():
+            if phase.name == "train":
+                accuracy = metrics.get("test/top1")
+                if improved:
+                    self.run.save_weights(student, "best", epoch=epoch + 1, accuracy=accuracy)
+                self.run.save_weights(student, "last", epoch=epoch + 1, accuracy=accuracy)
+            # The resume state first, then the log line: a kill between them loses no epoch (resume restores the line).
+            self._save_state(global_epoch + 1)
+            self._log(metrics)
 
     def _log(self, metrics: dict[str, Any]) -> None:
         self.run.append_metrics(metrics)

@@ -42,6 +42,14 @@ def save_model_weights(model: nn.Module, path: Path, **info: Any) -> None:
     atomic_save({"model": state, **info}, path)
 
 
+class UnreadableCheckpoint(KdistillError):
+    """A torch file that cannot be read; `reason` says why in a few words."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"cannot read checkpoint '{path}' ({reason}): pass a file written by torch.save holding tensors only")
+        self.reason = reason
+
+
 def read_torch_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """A torch file's content, tensors and plain containers only; one-line error if unreadable."""
     path = Path(path)
@@ -53,9 +61,7 @@ def read_torch_file(path: str | Path, map_location: str | torch.device = "cpu") 
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         if "weights_only" in reason or "WeightsUnpickler" in reason:
             reason = "it holds objects other than tensors and plain containers"  # not torch's unsafe advice
-        raise KdistillError(
-            f"cannot read checkpoint '{path}' ({reason}): pass a file written by torch.save holding tensors only"
-        ) from None
+        raise UnreadableCheckpoint(path, reason) from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
