@@ -8,12 +8,17 @@ import shutil
 import signal
 import subprocess
 import time
+from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from helpers import QUICK_RUN, kdistill_command, run_kdistill
+from PIL import Image
 
-from conftest import QUICK_RUN, kdistill_command, run_kdistill
+from kdistill.config import DataConfig
+from kdistill.data import build_loaders
 from kdistill.engine import load_config, train_run
 from kdistill.errors import KdistillError, RunStopped
 from kdistill.methods.base import Distiller
@@ -345,3 +350,33 @@ def test_bad_crash_safety_options_are_one_line_errors(tmp_path):
         train(RUN, tmp_path / "a", "nonfinite=ignore")
     with pytest.raises(KdistillError, match="checkpoint_every_steps=-1 is negative"):
         train(RUN, tmp_path / "b", "checkpoint_every_steps=-1")
+
+
+def assert_skipping_keeps_the_later_batches(loader, epoch: int, skip: int, count: int) -> None:
+    loader.set_epoch(epoch)
+    full = list(islice(loader, skip + count))
+    loader.set_epoch(epoch, skip_batches=skip)
+    rest = list(islice(loader, count))
+    assert len(rest) == count
+    for expected, actual in zip(full[skip:], rest):
+        assert expected.keys() == actual.keys()
+        for key in expected:
+            assert torch.equal(expected[key], actual[key]), key
+    assert not torch.equal(full[0]["index"], rest[0]["index"])
+
+
+def test_skipping_batches_leaves_the_samples_and_views_of_the_rest(tmp_path):
+    # In memory, with the strong view (its random choices are keyed too).
+    embedded = build_loaders(DataConfig("embedded", batch_size=16, strong_view=True), torch.device("cpu"), seed=3)
+    assert_skipping_keeps_the_later_batches(embedded.train, epoch=2, skip=3, count=2)
+    # Files decoded by DataLoader workers.
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for k in range(4):
+                pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / name / f"{k}.png")
+    folder = build_loaders(DataConfig("imagefolder", str(tmp_path), batch_size=2, image_size=16, num_workers=1),
+                           torch.device("cpu"), seed=3)
+    assert_skipping_keeps_the_later_batches(folder.train, epoch=1, skip=2, count=2)

@@ -222,7 +222,7 @@ class RunFolder:
         """Hold an exclusive lock on the run until `unlock` or this process's end (the OS releases
         it when the process dies, however it dies). KdistillError naming the holder's pid if
         another process holds it."""
-        file = open(self.path / LOCK_FILE, "a+")
+        file = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 (stays open: the lock lives as long as the file)
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

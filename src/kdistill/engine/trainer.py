@@ -71,7 +71,7 @@ class Phase:
     name: str
     epochs: int
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scheduler: torch.optim.lr_scheduler.LRScheduler
 
 
 @dataclass
@@ -273,7 +273,8 @@ class Trainer:
         self.start_epoch = state["epoch"] + 1
         self.start_tally = state.get("tally")
         self.last_metrics = state["metrics"]
-        self.resumable = self._position(self.start_epoch, None if self.start_tally is None else self.start_tally["steps"])
+        steps = None if self.start_tally is None else self.start_tally["steps"]
+        self.resumable = self._position(self.start_epoch, steps)
         if self.is_main:
             # The log holds exactly the epochs this state covers: later lines (killed before
             # their save) go, and the last finished epoch's line comes back if a kill lost it.
@@ -294,7 +295,8 @@ class Trainer:
             features = self.distiller.teacher_features(batch["image"])
         if not (torch.isfinite(features.pooled).all() and torch.isfinite(features.logits).all()):
             raise KdistillError(f"teacher '{self.cfg.teacher}' from '{self.cfg.teacher_checkpoint}' gives non-finite "
-                                "outputs on the first batch (its weights hold NaN or inf): give a trained teacher's weights")
+                                "outputs on the first batch (its weights hold NaN or inf): "
+                                "give a trained teacher's weights")
 
     # ---- the loop ------------------------------------------------------------------------
     def train_epoch(self, phase: Phase, epoch: int, global_epoch: int, tally: EpochTally) -> dict[str, float]:
@@ -310,8 +312,9 @@ class Trainer:
         watch = NonFiniteWatch()
         every = self.cfg.checkpoint_every_steps
         started = time.perf_counter() - tally.seconds
-        bar = tqdm(total=self.steps_per_epoch, initial=tally.steps, desc=f"{phase.name} epoch {epoch + 1}/{phase.epochs}",
-                   leave=False, disable=not (self.cfg.progress and self.is_main), mininterval=1.0, dynamic_ncols=True)
+        bar = tqdm(total=self.steps_per_epoch, initial=tally.steps,
+                   desc=f"{phase.name} epoch {epoch + 1}/{phase.epochs}", leave=False,
+                   disable=not (self.cfg.progress and self.is_main), mininterval=1.0, dynamic_ncols=True)
         for step, batch in enumerate(loader, start=tally.steps):
             if step == self.steps_per_epoch:
                 break
@@ -381,7 +384,8 @@ class Trainer:
         if self.is_main:
             self.run.remove_temporary_files()
         if self.resumable:
-            kept = f"{self.run.resume_path.name} keeps {self.resumable}: add --resume (resume=true) to continue from there"
+            kept = (f"{self.run.resume_path.name} keeps {self.resumable}: "
+                    "add --resume (resume=true) to continue from there")
         else:
             kept = "no checkpoint was saved yet: run the command again to start over"
         return RunStopped(f"stopped by {signal.Signals(signum).name}; {kept}", 128 + signum, prefix="")

@@ -46,7 +46,8 @@ class UnreadableCheckpoint(KdistillError):
     """A torch file that cannot be read; `reason` says why in a few words."""
 
     def __init__(self, path: Path, reason: str):
-        super().__init__(f"cannot read checkpoint '{path}' ({reason}): pass a file written by torch.save holding tensors only")
+        super().__init__(f"cannot read checkpoint '{path}' ({reason}): "
+                         "pass a file written by torch.save holding tensors only")
         self.reason = reason
 
 
