@@ -1,32 +1,144 @@
 """Logit-based losses."""
 
+from functools import partial
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["crld_loss", "kd_loss", "kd_per_sample"]
+__all__ = ["crld_loss", "dkd_loss", "kd_loss", "kd_per_sample", "mlkd_loss", "standardize_logits"]
 
 
-def kd_per_sample(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
-    """`T^2 * KL(softmax(t_i/T) || softmax(s_i/T))` for every sample i: a [B] tensor (float32)."""
-    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+def standardize_logits(logits: Tensor) -> Tensor:
+    """Logit standardisation (Sun et al., CVPR 2024): each sample's logits z-scored over the
+    classes, `(z - mean) / (1e-7 + std)` with the unbiased std (torch's default), as the
+    reference's `normalize`. Softmax of the result ignores a per-sample shift and positive scale."""
+    mean = logits.mean(dim=-1, keepdim=True)
+    return (logits - mean) / (1e-7 + logits.std(dim=-1, keepdim=True))
+
+
+def _prepared(logits: Tensor, standardize: bool) -> Tensor:
+    """The logits in at least fp32 (AMP's half precision is upcast), z-scored per sample when `standardize`."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return standardize_logits(logits) if standardize else logits
+
+
+def kd_per_sample(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0,
+                  standardize: bool = False) -> Tensor:
+    """`T^2 * KL(softmax(t_i/T) || softmax(s_i/T))` for every sample i: a [B] tensor (at least float32).
+    `standardize`: both logit vectors z-scored per sample first (`standardize_logits`)."""
+    log_p_student = F.log_softmax(_prepared(student_logits, standardize) / temperature, dim=1)
+    log_p_teacher = F.log_softmax(_prepared(teacher_logits, standardize) / temperature, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(dim=1)
     return kl * temperature**2
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0,
+            standardize: bool = False) -> Tensor:
     """Hinton's KD: `T^2 * (1/B) * sum_i KL(softmax(t_i/T) || softmax(s_i/T))`.
 
     Reduction: summed over classes, averaged over the batch (`batchmean`); the `T^2` factor
-    keeps the gradient scale independent of the temperature.
+    keeps the gradient scale independent of the temperature. `standardize`: logit
+    standardisation of both sides first (the LS paper's KD).
     """
-    return kd_per_sample(student_logits, teacher_logits, temperature).mean()
+    return kd_per_sample(student_logits, teacher_logits, temperature, standardize).mean()
+
+
+def dkd_loss(logits_s: Tensor, logits_t: Tensor, labels: Tensor, alpha: float = 1.0, beta: float = 8.0,
+             temperature: float = 4.0, standardize: bool = False) -> dict[str, Tensor]:
+    """Decoupled KD (Zhao et al., CVPR 2022), the arithmetic of mdistiller's `dkd_loss`.
+
+    With `p = softmax(z / T)`: TCKD is the KL between the teacher's and the student's binary
+    distributions `(p_label, 1 - p_label)`; NCKD the KL between their distributions over the
+    non-label classes (softmax of `z / T - 1000 * onehot(label)`, as the reference computes it).
+    Reduction: each summed over the batch, times `T^2`, divided by B. Returns `tckd`, `nckd`
+    and `total = alpha * tckd + beta * nckd`. `standardize`: logit standardisation of both
+    sides first (the LS paper's DKD). The teacher's logits are detached.
+    """
+    logits_s, logits_t = _prepared(logits_s, standardize), _prepared(logits_t.detach(), standardize)
+    label_mask = F.one_hot(labels, logits_s.shape[1]).bool()
+    p_s = F.softmax(logits_s / temperature, dim=1)
+    p_t = F.softmax(logits_t / temperature, dim=1)
+    binary_s, binary_t = _target_and_rest(p_s, label_mask), _target_and_rest(p_t, label_mask)
+    # As the reference: the log of the summed probabilities (not a log-sum-exp).
+    tckd = F.kl_div(torch.log(binary_s), binary_t, reduction="sum")
+    non_target_s = F.log_softmax(logits_s / temperature - 1000.0 * label_mask, dim=1)
+    non_target_t = F.softmax(logits_t / temperature - 1000.0 * label_mask, dim=1)
+    nckd = F.kl_div(non_target_s, non_target_t, reduction="sum")
+    scale = temperature**2 / labels.shape[0]
+    tckd, nckd = tckd * scale, nckd * scale
+    return {"tckd": tckd, "nckd": nckd, "total": alpha * tckd + beta * nckd}
+
+
+def _target_and_rest(probabilities: Tensor, label_mask: Tensor) -> Tensor:
+    """[B, 2]: the label's probability and the sum of the others'."""
+    target = (probabilities * label_mask).sum(dim=1, keepdim=True)
+    rest = (probabilities * ~label_mask).sum(dim=1, keepdim=True)
+    return torch.cat([target, rest], dim=1)
+
+
+def _class_gram_gap(p_s: Tensor, p_t: Tensor) -> Tensor:
+    """MLKD's class-level term: `||P_t^T P_t - P_s^T P_s||^2 / C` (C x C Gram matrices)."""
+    return (p_t.T @ p_t - p_s.T @ p_s).pow(2).sum() / p_s.shape[1]
+
+
+def _batch_gram_gap(p_s: Tensor, p_t: Tensor) -> Tensor:
+    """MLKD's batch-level term: `||P_t P_t^T - P_s P_s^T||^2 / B` (B x B Gram matrices)."""
+    return (p_t @ p_t.T - p_s @ p_s.T).pow(2).sum() / p_s.shape[0]
+
+
+def _two_view_cross_entropy(s_weak: Tensor, s_strong: Tensor, labels: Tensor) -> Tensor:
+    """The sum of both views' batch-mean cross-entropies (CRLD's and MLKD's CE term)."""
+    return F.cross_entropy(s_weak, labels) + F.cross_entropy(s_strong, labels)
+
+
+def mlkd_loss(s_weak: Tensor, s_strong: Tensor, t_weak: Tensor, t_strong: Tensor, labels: Tensor,
+              temperatures: tuple[float, ...] = (4.0, 3.0, 5.0, 2.0, 6.0),
+              standardize: bool = False) -> dict[str, Tensor]:
+    """Multi-level logit distillation (Jin et al., CVPR 2023), the arithmetic of the authors'
+    reference, summed over `temperatures` (the reference: {T, 3, 5, 2, 6}, T = 4).
+
+    Masks, from the teacher's weak-view softmax at temperature 1: `sample_mask` = top probability
+    at or below its batch median (50th percentile, linear interpolation as numpy's); `class_mask`
+    = the class's summed probability over the batch at or below the median over classes.
+    In the reference both multiply losses already reduced to a scalar, so each acts as the
+    fraction it keeps (about one half); kdistill computes the same.
+
+    - `instance`: sum over T of `kept_samples * KD_T(s_weak, t_weak) + KD_T(s_strong, t_strong)`
+      (`kd_loss`, batch mean, times `T^2`; with `standardize`, on z-scored logits as the LS
+      paper's MLKD). The reference takes the strong view's terms at T = 2 and 6 from the weak
+      view's logits (a copy slip, see README's deviations); here every strong term is on the
+      strong view.
+    - `class_level`: sum over T of `kept_classes * _class_gram_gap` on the weak view.
+    - `batch_level`: sum over T of `kept_samples * _batch_gram_gap` on the weak view.
+    The reference also computes the two Gram terms on the strong view but leaves them out of
+    its loss; so does kdistill. Class and batch terms use the raw logits (as the reference).
+    `ce` is the sum of both views' batch-mean cross-entropies.
+    Returns `ce`, the three terms (unweighted) and the masks; the teacher's logits are detached.
+    """
+    t_weak, t_strong = _prepared(t_weak.detach(), False), _prepared(t_strong.detach(), False)
+    s_weak, s_strong = _prepared(s_weak, False), _prepared(s_strong, False)
+    confidence = F.softmax(t_weak, dim=1)
+    top = confidence.amax(dim=1)
+    sample_mask = top <= torch.quantile(top, 0.5)
+    class_confidence = confidence.sum(dim=0)
+    class_mask = class_confidence <= torch.quantile(class_confidence, 0.5)
+    kept_samples, kept_classes = sample_mask.to(s_weak.dtype).mean(), class_mask.to(s_weak.dtype).mean()
+    instance = class_level = batch_level = s_weak.new_zeros(())
+    for temperature in temperatures:
+        instance = instance + kept_samples * kd_loss(s_weak, t_weak, temperature, standardize) \
+            + kd_loss(s_strong, t_strong, temperature, standardize)
+        p_s, p_t = F.softmax(s_weak / temperature, dim=1), F.softmax(t_weak / temperature, dim=1)
+        class_level = class_level + kept_classes * _class_gram_gap(p_s, p_t)
+        batch_level = batch_level + kept_samples * _batch_gram_gap(p_s, p_t)
+    return {"ce": _two_view_cross_entropy(s_weak, s_strong, labels), "instance": instance, "class_level": class_level, "batch_level": batch_level,
+            "sample_mask": sample_mask, "class_mask": class_mask}
 
 
 def crld_loss(
     s_weak: Tensor, s_strong: Tensor, t_weak: Tensor, t_strong: Tensor, labels: Tensor,
     temperature: float = 4.0, weak_threshold: float = 0.9, strong_threshold: float = 0.2,
-    w_ce: float = 1.0, w_within: float = 2.0, w_cross: float = 0.5,
+    w_ce: float = 1.0, w_within: float = 2.0, w_cross: float = 0.5, standardize: bool = False,
 ) -> dict[str, Tensor]:
     """CRLD: CE on both views, plus KD within each view and across the views, each gated per
     sample by the teacher's confidence (its top softmax probability at temperature 1).
@@ -40,16 +152,17 @@ def crld_loss(
 
     Returns `ce`, `within_view`, `cross_view` (unweighted), `total = w_ce * ce + w_within *
     within_view + w_cross * cross_view`, and the bool masks `weak_mask`, `strong_mask` [B].
-    The teacher's logits are detached: no gradient reaches them.
+    The teacher's logits are detached: no gradient reaches them. `standardize`: the KD terms on
+    z-scored logits (logit standardisation); the masks keep reading the raw teacher's confidence,
+    which is what their thresholds are calibrated for.
     """
     t_weak, t_strong = t_weak.detach(), t_strong.detach()  # the teacher is a target, never trained
     weak_mask = F.softmax(t_weak.float(), dim=1).amax(dim=1) >= weak_threshold
     strong_mask = F.softmax(t_strong.float(), dim=1).amax(dim=1) >= strong_threshold
-    ce = F.cross_entropy(s_weak, labels) + F.cross_entropy(s_strong, labels)
-    within_view = (weak_mask * (kd_per_sample(s_weak, t_weak, temperature)
-                                + kd_per_sample(s_strong, t_strong, temperature))).mean()
-    cross_view = (strong_mask * (kd_per_sample(s_strong, t_weak, temperature)
-                                 + kd_per_sample(s_weak, t_strong, temperature))).mean()
+    ce = _two_view_cross_entropy(s_weak, s_strong, labels)
+    kd = partial(kd_per_sample, temperature=temperature, standardize=standardize)
+    within_view = (weak_mask * (kd(s_weak, t_weak) + kd(s_strong, t_strong))).mean()
+    cross_view = (strong_mask * (kd(s_strong, t_weak) + kd(s_weak, t_strong))).mean()
     return {
         "ce": ce,
         "within_view": within_view,

@@ -25,6 +25,9 @@ class MethodOptions:
     w_kd: float | None = None
     w_method: float | None = None
     temperature: float = 4.0  # of the KD term
+    # Logit standardisation (Sun et al., CVPR 2024): z-score each sample's teacher and student
+    # logits before the softmax of every logit-matching term (KD, DKD, MLKD, CRLD).
+    logit_standardize: bool = False
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Distiller(nn.Module):
     needs_strong_view: ClassVar[bool] = False  # batches also carry "image_strong" (e.g. CRLD)
     uses_teacher_logits: ClassVar[bool] = True  # False: a backbone-only teacher file will do (label-free)
     offers_kd_variant: ClassVar[bool] = False  # register "<name>+kd": this method with Hinton's KD term on
+    matches_logits: ClassVar[bool] = False  # its own terms compare teacher and student logits (KD, DKD, CRLD, ...)
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, options: MethodOptions,
                  context: MethodContext):
@@ -109,6 +113,9 @@ class Distiller(nn.Module):
             name: default if getattr(options, name) is None else float(getattr(options, name))
             for name, default in self.default_weights.items()
         }
+        if options.logit_standardize and not (self.matches_logits or self.weights["w_kd"]):
+            raise KdistillError(f"method.logit_standardize=true does nothing for '{type(self).__name__}': it has no "
+                                "logit-matching term; turn the KD term on (method.w_kd) or drop the option")
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
@@ -151,6 +158,13 @@ class Distiller(nn.Module):
             raise KdistillError(f"the saved state does not fit this run's student and method (missing {missing[:3]}, "
                                 f"unexpected {unexpected[:3]}): resume with the configuration the run was started with")
 
+    def strong_view(self, batch: Batch) -> Tensor:
+        """The batch's strong view, for methods with `needs_strong_view`; a clear error without one."""
+        if "image_strong" not in batch:
+            raise KdistillError(f"method '{type(self).__name__}' needs batches with a strong view ('image_strong'): "
+                                "build the loaders with data.strong_view=true")
+        return batch["image_strong"]
+
     @torch.no_grad()
     def teacher_features(self, x: Tensor, preact: bool = False) -> Features:
         return self.teacher.extract(x, preact=preact)
@@ -161,7 +175,8 @@ class Distiller(nn.Module):
         if self.weights["w_ce"]:
             terms["ce"] = F.cross_entropy(student.logits, labels)
         if self.weights["w_kd"] and teacher is not None:
-            terms["kd"] = kd_loss(student.logits, teacher.logits, self.options.temperature)
+            terms["kd"] = kd_loss(student.logits, teacher.logits, self.options.temperature,
+                                  self.options.logit_standardize)
         return terms
 
     def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:

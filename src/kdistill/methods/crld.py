@@ -5,7 +5,7 @@ view and across the views, gated per sample by the teacher's confidence (`kdisti
 The cross-view regulariser composes with other methods: `with_cross_view(Method)` is `Method`
 with CRLD added. Its forward runs both views, returns CRLD's terms and then `Method`'s own
 `method_terms` on the weak view's student and teacher features. `crld+dcd` is registered that
-way; another combination is one line, e.g. `METHODS.register("crld+crd")(with_cross_view(CRD))`.
+way, and `crld+dkd`; another combination is one line, e.g. `METHODS.register("crld+crd")(with_cross_view(CRD))`.
 Methods that replace `Distiller.distill` itself cannot be combined (an error says so).
 """
 
@@ -16,6 +16,7 @@ from kdistill.errors import KdistillError
 from kdistill.losses import crld_loss
 from kdistill.methods.base import Distiller, DistillOutput, MethodOptions, Terms
 from kdistill.methods.dcd import DCD
+from kdistill.methods.dkd import DKD
 from kdistill.methods.registry import register_method
 
 CROSS_VIEW_TERM = "crld"
@@ -51,21 +52,20 @@ class CRLD(Distiller):
     Options = CRLDOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
     needs_strong_view = True
+    matches_logits = True
 
     # The regulariser carries its own weights, so w_method is free for a combined method.
     fixed_term_weights = {CROSS_VIEW_TERM: 1.0}
     offers_kd_variant = True
 
     def distill(self, batch: Batch) -> DistillOutput:
-        if "image_strong" not in batch:
-            raise KdistillError(f"method '{type(self).__name__}' needs batches with a strong view ('image_strong'): "
-                                "build the loaders with data.strong_view=true")
-        weak, strong, labels = batch["image"], batch["image_strong"], batch["label"]
+        weak, strong, labels = batch["image"], self.strong_view(batch), batch["label"]
         student = self.student.extract(weak, preact=self.needs_preact)
         teacher = self.teacher_features(weak, preact=self.needs_preact)
         options = self.options
         parts = crld_loss(student.logits, self.student(strong), teacher.logits, self.teacher_features(strong).logits,
-                          labels, options.temperature, options.weak_threshold, options.strong_threshold)
+                          labels, options.temperature, options.weak_threshold, options.strong_threshold,
+                          standardize=options.logit_standardize)
         losses = self.supervised_terms(student, teacher, labels)  # KD on the weak view when w_kd > 0
         losses["ce"] = parts["ce"]  # both views
         losses[CROSS_VIEW_TERM] = (options.within_view_weight * parts["within_view"]
@@ -94,3 +94,6 @@ def with_cross_view(method: type[Distiller]) -> type[Distiller]:
 
 
 register_method("crld+dcd", "crld+icd")(with_cross_view(DCD))
+# DKD's term on the weak view, with its warm-up. (MLKD is not combined: it already distils both
+# views, and replaces Distiller.distill to do so.)
+register_method("crld+dkd")(with_cross_view(DKD))

@@ -1,11 +1,17 @@
 """Hinton et al. 2015, "Distilling the Knowledge in a Neural Network": match softened teacher logits."""
 
 from kdistill.methods.base import Distiller
-from kdistill.methods.registry import register_method
+from kdistill.methods.registry import register_method, with_logit_standardization
 
 
 @register_method("kd")
 class KD(Distiller):
-    """CE + KD with the tables' weights `w_ce = 0.1`, `w_kd = 0.9`, T = 4 (`kdistill.losses.kd_loss`)."""
+    """CE + KD with the tables' weights `w_ce = 0.1`, `w_kd = 0.9`, T = 4 (`kdistill.losses.kd_loss`).
+    `kd+ls`: with logit standardisation and the LS paper's settings (T 2, `w_kd` 9, `w_ce` 0.1)."""
 
     default_weights = {"w_ce": 0.1, "w_kd": 0.9, "w_method": 0.0}
+    matches_logits = True
+
+
+# The LS paper's KD recipe: base temperature 2, KD weight 9, CE weight 0.1.
+register_method("kd+ls")(with_logit_standardization(KD, {"w_ce": 0.1, "w_kd": 9.0}, temperature=2.0))

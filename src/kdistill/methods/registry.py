@@ -5,6 +5,8 @@ method with Hinton's KD term on (`w_kd` = 1 unless the config sets it), e.g. `dc
 """
 
 from collections.abc import Callable
+from dataclasses import fields, make_dataclass
+from typing import Any
 
 from kdistill.methods.base import Distiller
 from kdistill.registry import Registry
@@ -17,6 +19,19 @@ def with_kd_term(cls: type[Distiller]) -> type[Distiller]:
     """`cls` with the KD term weighted 1 by default."""
     return type(f"{cls.__name__}PlusKD", (cls,), {"default_weights": {**cls.default_weights, "w_kd": 1.0},
                                                   "offers_kd_variant": False, "__module__": cls.__module__})
+
+
+def with_logit_standardization(cls: type[Distiller], weights: dict[str, float], **options: Any) -> type[Distiller]:
+    """`cls` with logit standardisation on and the LS paper's settings as its defaults: `weights`
+    over `cls.default_weights`, `options` over its option defaults (e.g. `temperature=2.0`)."""
+    known = {field.name for field in fields(cls.Options)}
+    if unknown := set(options) - known:
+        raise ValueError(f"{cls.__name__} has no options {sorted(unknown)}")
+    defaults = {"logit_standardize": True, **options}
+    option_class = make_dataclass(f"{cls.Options.__name__}LS", [(name, type(value), value) for name, value in defaults.items()],
+                                  bases=(cls.Options,))
+    return type(f"{cls.__name__}LS", (cls,), {"Options": option_class, "default_weights": {**cls.default_weights, **weights},
+                                              "offers_kd_variant": False, "__module__": cls.__module__})
 
 
 def register_method(*names: str) -> Callable[[type[Distiller]], type[Distiller]]:

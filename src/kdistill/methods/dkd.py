@@ -1,0 +1,55 @@
+"""Zhao et al., CVPR 2022, "Decoupled Knowledge Distillation": KD split into a target-class term
+(TCKD) and a non-target-class term (NCKD), weighted separately (`kdistill.losses.dkd_loss`)."""
+
+from dataclasses import dataclass
+
+from kdistill.data import Batch
+from kdistill.losses import dkd_loss
+from kdistill.methods.base import Distiller, MethodOptions, Terms
+from kdistill.methods.registry import register_method, with_logit_standardization
+from kdistill.models.base import Features
+
+DKD_TERM = "dkd"
+
+
+@dataclass
+class DKDOptions(MethodOptions):
+    # `temperature` (of MethodOptions, 4.0) is DKD's T.
+    alpha: float = 1.0  # weight of TCKD
+    beta: float = 8.0  # weight of NCKD (mdistiller's recipes: 2, 6 or 8 by pair)
+    warmup: int = 20  # epochs over which the DKD term's weight rises linearly to w_method (0: none)
+
+
+@register_method("dkd")
+class DKD(Distiller):
+    """Loss = `w_ce * CE + min(epoch / warmup, 1) * w_method * (alpha * TCKD + beta * NCKD)`,
+    epoch counted from 1 (mdistiller's `kwargs["epoch"]`), table defaults `w_ce = 1`,
+    `w_method = 1`, T = 4, alpha 1, beta 8, warm-up 20 epochs. The warm-up is part of the "dkd"
+    term's weight, so the logged "dkd" is the unscaled loss; "dkd_warmup" logs the factor.
+    `dkd+ls`: with logit standardisation and the LS code's settings (T 2, alpha and beta times 9).
+    """
+
+    Options = DKDOptions
+    default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
+    matches_logits = True
+
+    def warmup_factor(self) -> float:
+        warmup = self.options.warmup
+        return min(self.epoch / warmup, 1.0) if warmup > 0 else 1.0
+
+    def loss_weight(self, term: str) -> float:
+        weight = super().loss_weight(term)
+        return weight * self.warmup_factor() if term == DKD_TERM else weight
+
+    def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
+        options = self.options
+        parts = dkd_loss(student.logits, teacher.logits, batch["label"], options.alpha, options.beta,
+                         options.temperature, options.logit_standardize)
+        extras = {"dkd_tckd": parts["tckd"].detach(), "dkd_nckd": parts["nckd"].detach(),
+                  "dkd_warmup": parts["total"].new_tensor(self.warmup_factor())}
+        return Terms({DKD_TERM: parts["total"]}, extras)
+
+
+# The LS code's DKD recipe (its tools/train.py with --logit-stand --base-temp 2 --kd-weight 9):
+# alpha and beta each times the KD weight 9, T = 2; recipes scale the pair's beta likewise.
+register_method("dkd+ls")(with_logit_standardization(DKD, {}, temperature=2.0, alpha=9.0, beta=72.0))
