@@ -47,6 +47,31 @@ CIFAR100_METHODS.update({name: method_section(name, **({"init_epochs": 30} if na
 CIFAR100_METHOD_PAIRS = {"fsp": [("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
                                  ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8")]}
 
+# The logit family (DKD, logit standardisation, MLKD) and CRLD on DKD; the settings that vary by
+# pair come from the references' recipes (pair_section, pair_training).
+CIFAR100_METHODS.update({
+    "dkd": method_section("dkd", temperature=4.0, alpha=1.0, beta=8.0, warmup=20),
+    "kd+ls": method_section("kd+ls", temperature=2.0, logit_standardize=True),
+    "dkd+ls": method_section("dkd+ls", temperature=2.0, alpha=9.0, beta=72.0, warmup=20, logit_standardize=True),
+    "mlkd": method_section("mlkd", temperature=4.0, extra_temperatures=[3.0, 5.0, 2.0, 6.0]),
+    "crld+dkd": method_section("crld+dkd", temperature=4.0, weak_threshold=0.9, strong_threshold=0.2,
+                               within_view_weight=2.0, cross_view_weight=0.5, alpha=1.0, beta=8.0, warmup=20),
+})
+# DKD's NCKD weight in mdistiller's CIFAR-100 recipes (8 elsewhere); the LS code multiplies it by its KD weight.
+DKD_BETA = {("resnet56", "resnet20"): 2.0, ("resnet110", "resnet32"): 2.0, ("resnet110", "resnet20"): 2.0,
+            ("vgg13", "MobileNetV2"): 6.0, ("vgg13", "vgg8"): 6.0, ("wrn_40_2", "wrn_16_2"): 6.0,
+            ("wrn_40_2", "wrn_40_1"): 6.0}
+LS_KD_WEIGHT = 9.0  # the LS code's --kd-weight; for DKD+LS it multiplies alpha and beta
+# KD+LS (base temperature, KD weight) where the LS paper's logs differ from (2, 9); ResNet50 ->
+# MobileNetV2's published result is the log "kd,ResNet50,MobileNetV2,3,1".
+LS_KD_SETTINGS = {("vgg13", "vgg8"): (3.0, 9.0), ("vgg13", "MobileNetV2"): (3.0, 9.0),
+                  ("ResNet50", "MobileNetV2"): (3.0, 1.0)}
+# MLKD's (learning rate, epochs) in its authors' configs (0.025 and 240 elsewhere; the step
+# milestones stay at 150/180/210 in its 480-epoch configs too).
+MLKD_TRAINING = {("resnet32x4", "ShuffleV1"): (0.01, 480), ("resnet32x4", "ShuffleV2"): (0.01, 480),
+                 ("wrn_40_2", "ShuffleV1"): (0.0025, 480), ("vgg13", "MobileNetV2"): (0.0025, 480),
+                 ("ResNet50", "MobileNetV2"): (0.0025, 480)}
+
 CIFAR100_DATA = {"name": "cifar100", "root": "./data/cifar100", "batch_size": 64}
 TABLE_SCHEDULE = {"epochs": 240, "schedule": {"name": "step", "milestones": [150, 180, 210], "gamma": 0.1}}
 
@@ -56,6 +81,29 @@ def teacher_file(teacher: str) -> str:
     return f"save/models/{teacher}_vanilla/ckpt_epoch_240.pth"
 
 
+def pair_section(method: str, teacher: str, student: str) -> dict:
+    """The method section of `method`'s recipe for the pair, with its per-pair settings."""
+    section = dict(CIFAR100_METHODS[method])
+    beta = DKD_BETA.get((teacher, student), 8.0)
+    if method in ("dkd", "crld+dkd"):
+        section["beta"] = beta
+    elif method == "dkd+ls":
+        section["beta"] = LS_KD_WEIGHT * beta
+    elif method == "kd+ls":
+        section["temperature"], section["w_kd"] = LS_KD_SETTINGS.get((teacher, student), (2.0, LS_KD_WEIGHT))
+    elif method == "ft" and student in FT_SMALL_INIT_LR_STUDENTS:
+        section["init_lr"] = 0.01
+    return section
+
+
+def pair_training(method: str, teacher: str, student: str) -> dict:
+    """Learning rate and schedule: the tables' (lr 0.01 for SMALL_LR_STUDENTS), or MLKD's own."""
+    if method == "mlkd":
+        lr, epochs = MLKD_TRAINING.get((teacher, student), (0.025, 240))
+        return {"optim": {"lr": lr}, **TABLE_SCHEDULE, "epochs": epochs}
+    return {"optim": {"lr": 0.01 if student in SMALL_LR_STUDENTS else 0.05}, **TABLE_SCHEDULE}
+
+
 def cifar100_recipes() -> dict[Path, dict]:
     recipes = {}
     for teacher in sorted({t for t, _ in CIFAR100_PAIRS}):
@@ -63,12 +111,10 @@ def cifar100_recipes() -> dict[Path, dict]:
             "student": teacher, "method": CIFAR100_METHODS["vanilla"], "data": CIFAR100_DATA,
             "optim": {"lr": 0.05}, **TABLE_SCHEDULE, "out": f"runs/cifar100/teachers/{teacher}",
         }
-    for method, section in CIFAR100_METHODS.items():
+    for method in CIFAR100_METHODS:
         for teacher, student in CIFAR100_METHOD_PAIRS.get(method, CIFAR100_PAIRS):
-            small_init = method == "ft" and student in FT_SMALL_INIT_LR_STUDENTS
-            recipe = {"student": student, "method": {**section, "init_lr": 0.01} if small_init else section, "data": CIFAR100_DATA,
-                      "optim": {"lr": 0.01 if student in SMALL_LR_STUDENTS else 0.05}, **TABLE_SCHEDULE,
-                      "out": f"runs/cifar100/{method}/{teacher}_{student}"}
+            recipe = {"student": student, "method": pair_section(method, teacher, student), "data": CIFAR100_DATA,
+                      **pair_training(method, teacher, student), "out": f"runs/cifar100/{method}/{teacher}_{student}"}
             if method != "vanilla":
                 recipe = {"teacher": teacher, "teacher_checkpoint": teacher_file(teacher), **recipe}
             recipes[Path("cifar100") / method / f"{teacher}_{student}.yaml"] = recipe
@@ -79,8 +125,14 @@ def cifar100_recipes() -> dict[Path, dict]:
 # weights are the user's files: put them at IMAGENET_TEACHER_FILE (a state dict of kdistill's
 # tv:/timm: model of that name) or pass teacher_checkpoint=<file>; data.root holds train/ and val/.
 IMAGENET_PAIRS = [("tv:resnet34", "tv:resnet18"), ("tv:resnet50", "timm:mobilenetv1_100")]
-IMAGENET_METHODS = {"crld": {**CIFAR100_METHODS["crld"], "w_ce": 2.0, "temperature": 1.0}}
-IMAGENET_NOTES = {"crld": "w_ce 2 and T 1: CRLD's ImageNet setting (its paper and code)"}
+IMAGENET_METHODS = {  # method -> pair -> section
+    "crld": {pair: {**CIFAR100_METHODS["crld"], "w_ce": 2.0, "temperature": 1.0} for pair in IMAGENET_PAIRS},
+    "dkd": {pair: {**CIFAR100_METHODS["dkd"], "temperature": 1.0, "beta": beta, "warmup": 1}
+            for pair, beta in zip(IMAGENET_PAIRS, (0.5, 2.0), strict=True)},
+}
+IMAGENET_NOTES = {"crld": "w_ce 2 and T 1: CRLD's ImageNet setting (its paper and code)",
+                  "dkd": "T 1, warm-up 1 epoch, beta 0.5 (ResNet-34 -> ResNet-18) or 2 (ResNet-50 -> "
+                         "MobileNetV1): mdistiller's ImageNet DKD recipes"}
 IMAGENET_DATA = {"name": "imagefolder", "root": "./data/imagenet", "batch_size": 512}
 IMAGENET_TRAINING = {"optim": {"lr": 0.2, "weight_decay": 1e-4}, "epochs": 100,
                      "schedule": {"name": "step", "milestones": [30, 60, 90], "gamma": 0.1}}
@@ -89,8 +141,8 @@ IMAGENET_TEACHER_FILE = "pretrained/imagenet/{teacher}.pth"
 
 def imagenet_recipes() -> dict[Path, dict]:
     recipes = {}
-    for method, section in IMAGENET_METHODS.items():
-        for teacher, student in IMAGENET_PAIRS:
+    for method, sections in IMAGENET_METHODS.items():
+        for (teacher, student), section in sections.items():
             pair = f"{teacher.split(':')[-1]}_{student.split(':')[-1]}"
             recipes[Path("imagenet") / method / f"{pair}.yaml"] = {
                 "teacher": teacher, "teacher_checkpoint": IMAGENET_TEACHER_FILE.format(teacher=teacher.split(":")[-1]),

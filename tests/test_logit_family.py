@@ -26,6 +26,7 @@ from kdistill.losses import (
 from kdistill.methods import method_class
 from kdistill.methods.base import Distiller
 from kdistill.methods.dkd import DKD
+from kdistill.report.published import published_top1
 
 
 def random_logits(rows: int = 6, classes: int = 7, seed: int = 0, scale: float = 3.0) -> tuple[torch.Tensor, ...]:
@@ -130,6 +131,13 @@ def test_dkd_against_a_float64_restatement_with_gradients(standardize, alpha, be
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(torch.autograd.grad(ours, s)[0], torch.autograd.grad(theirs, s)[0],
                                rtol=1e-7, atol=1e-10)
+
+
+def test_dkd_stays_finite_where_the_label_probability_underflows():
+    # p_label = e^-400: 0 in float32, where the reference's log(sum p) is -inf; float64 holds it.
+    s, t, labels = torch.tensor([[0.0, 400.0, 1.0]]), torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([0])
+    ours = dkd_loss(s, t, labels, temperature=1.0)["total"]
+    torch.testing.assert_close(ours.double(), dkd_restated(s.double(), t.double(), labels, 1.0, 8.0, 1.0, False))
 
 
 def test_dkd_identity_kd_is_tckd_plus_weighted_nckd_per_sample():
@@ -342,3 +350,38 @@ def test_warmup_follows_the_epoch_across_a_resume(teacher_run, tmp_path, monkeyp
     assert results["method"] == "dkd"
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["train/dkd_warmup"] for line in lines] == pytest.approx([0.25, 0.5, 0.75])
+
+
+# --- published numbers beside measured ones ---------------------------------------------------
+
+
+def test_published_values_and_their_sources():
+    assert published_top1("dkd", ("resnet32x4", "resnet8x4")) == (76.32, "DKD")
+    assert published_top1("dkd", ("resnet110", "resnet20")) == (71.06, "LS")
+    assert published_top1("icd+kd", ("wrn_40_2", "ShuffleV1")) == published_top1("dcd+kd", ("wrn_40_2", "ShuffleV1")) \
+        == (76.39, "ICD")
+    assert published_top1("mlkd", ("vgg13", "MobileNetV2")) == (70.57, "MLKD")
+    assert published_top1("kd+ls", ("ResNet50", "vgg8")) is None  # the LS paper has no such column
+    assert published_top1("kd", ("wrn_40_2", "wrn_16_2"), dataset="cifar10") is None
+
+
+def test_report_published_through_the_cli(tmp_path, run_cli):
+    from test_report import write_run
+
+    runs = tmp_path / "runs"
+    write_run(runs / "teacher", "vanilla", "wrn_40_2", None, 75.00)
+    write_run(runs / "student", "vanilla", "wrn_16_2", None, 73.00)
+    write_run(runs / "kd_s0", "kd", "wrn_16_2", "wrn_40_2", 74.82, seed=0)
+    write_run(runs / "kd_s1", "kd", "wrn_16_2", "wrn_40_2", 75.02, seed=1)
+    write_run(runs / "dkd", "dkd", "wrn_16_2", "wrn_40_2", 76.00)
+    write_run(runs / "crld", "crld", "wrn_16_2", "wrn_40_2", 76.50)  # no published CRLD value here
+    result = run_cli("report", str(runs), "--published", "--out", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    assert "| kd | 74.92 / 74.92 [ICD] (+0.00) |" in result.stdout
+    assert "| dkd | 76.00 / 76.23 [DKD] (-0.23) |" in result.stdout
+    assert "| teacher | 75.00 / 75.61 [ICD] (-0.61) |" in result.stdout
+    assert "| crld | " not in result.stdout.split("measured / published")[1]
+    assert "- [DKD] Zhao et al., CVPR 2022" in result.stdout and "[MLKD]" not in result.stdout
+    assert "[DKD]" in (tmp_path / "report" / "table.md").read_text()
+    plain = run_cli("report", str(runs), "--out", str(tmp_path / "plain"))
+    assert plain.returncode == 0 and "measured / published" not in plain.stdout

@@ -17,14 +17,35 @@ CIFAR100_TRAIN_SIZE = 50000
 
 def test_every_table_pair_has_every_recipe():
     methods = {"vanilla", "kd", "dcd", "dcd+kd", "crd", "crd+kd", "crld",
-               "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "nst"}
+               "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "nst",
+               "dkd", "dkd+ls", "kd+ls", "mlkd", "crld+dkd"}
     for method in methods:
         assert len(list((CONFIGS / "cifar100" / method).glob("*.yaml"))) == 13, method
     # FSP needs equal stage widths: the tables' six pairs of one family and width.
     assert len(list((CONFIGS / "cifar100" / "fsp").glob("*.yaml"))) == 6
     assert len(list((CONFIGS / "cifar100" / "teachers").glob("*.yaml"))) == 6
-    assert {p.stem for p in (CONFIGS / "imagenet" / "crld").glob("*.yaml")} == {"resnet34_resnet18",
-                                                                                "resnet50_mobilenetv1_100"}
+    for method in ("crld", "dkd"):
+        assert {p.stem for p in (CONFIGS / "imagenet" / method).glob("*.yaml")} == {"resnet34_resnet18",
+                                                                                  "resnet50_mobilenetv1_100"}
+
+
+def test_logit_family_recipes_carry_the_references_per_pair_settings():
+    def method_of(path: str) -> dict:
+        return OmegaConf.to_container(load_config(str(CONFIGS / path)).method)
+
+    # mdistiller's DKD beta by pair; the LS code scales it (and alpha) by its KD weight 9.
+    assert [method_of(f"cifar100/dkd/{pair}.yaml")["beta"] for pair in
+            ("resnet32x4_resnet8x4", "resnet56_resnet20", "vgg13_vgg8")] == [8.0, 2.0, 6.0]
+    assert method_of("cifar100/crld+dkd/resnet110_resnet32.yaml")["beta"] == 2.0
+    dkd_ls = method_of("cifar100/dkd+ls/wrn_40_2_wrn_16_2.yaml")
+    assert (dkd_ls["alpha"], dkd_ls["beta"], dkd_ls["temperature"], dkd_ls["logit_standardize"]) == (9.0, 54.0, 2.0, True)
+    assert method_of("imagenet/dkd/resnet50_mobilenetv1_100.yaml") | {"beta": 0} == method_of(
+        "imagenet/dkd/resnet34_resnet18.yaml") | {"beta": 0}
+    assert method_of("imagenet/dkd/resnet34_resnet18.yaml")["temperature"] == 1.0
+    # MLKD's authors' learning rates and epochs.
+    mlkd = {pair: load_config(str(CONFIGS / f"cifar100/mlkd/{pair}.yaml"))
+            for pair in ("resnet32x4_resnet8x4", "resnet32x4_ShuffleV2", "vgg13_MobileNetV2")}
+    assert [(cfg.optim.lr, cfg.epochs) for cfg in mlkd.values()] == [(0.025, 240), (0.01, 480), (0.0025, 480)]
 
 
 # (channels, side, classes) of a tiny stand-in input per data set; 28 suits /14 ViT patches.
@@ -62,7 +83,7 @@ def test_recipe_builds_and_runs_one_forward(recipe, models):
         output = distiller.eval()(batch)  # eval mode: batch-norm statistics of the shared models stay put
     assert output.logits is None or output.logits.shape == (2, classes)
     assert output.terms and all(torch.isfinite(v) for v in output.terms.values())
-    if cfg.data.name == "cifar100":  # the tables' learning rates
+    if cfg.data.name == "cifar100" and cfg.method.name != "mlkd":  # the tables' learning rates (MLKD: its own)
         expected_lr = 0.01 if cfg.student in ("MobileNetV2", "ShuffleV1", "ShuffleV2") else 0.05
         assert cfg.optim.lr == expected_lr
         if method["name"] == "ft":  # the benchmark trains the paraphraser at 0.01 under CIFAR ResNet/WRN students

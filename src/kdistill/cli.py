@@ -218,7 +218,7 @@ def run_eval_command(command: EvalCommand, args: argparse.Namespace) -> None:
 def command_report(args: argparse.Namespace) -> None:
     from kdistill.report import build_report
 
-    report = build_report(args.runs, Path(args.out))
+    report = build_report(args.runs, Path(args.out), published=args.published)
     print(report["markdown"])
     print(f"-> {', '.join(report['files'])} and {len(report['curves'])} training-curve plots in {args.out}/curves")
 
@@ -254,6 +254,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     report = commands.add_parser("report", help="paper-style table (Markdown, CSV) and training curves from runs")
     report.add_argument("runs", nargs="+", help="run folders, or folders that hold them")
     report.add_argument("--out", default="report", help="folder of table.md, table.csv, report.json, curves/")
+    report.add_argument("--published", action="store_true",
+                        help="also set each measured mean beside its paper's published CIFAR-100 top-1")
     report.set_defaults(handler=command_report)
     listing = commands.add_parser("list", help="the models, methods and data sets")
     listing.set_defaults(handler=command_list)

@@ -49,7 +49,8 @@ def dkd_loss(logits_s: Tensor, logits_t: Tensor, labels: Tensor, alpha: float = 
     """Decoupled KD (Zhao et al., CVPR 2022), the arithmetic of mdistiller's `dkd_loss`.
 
     With `p = softmax(z / T)`: TCKD is the KL between the teacher's and the student's binary
-    distributions `(p_label, 1 - p_label)`; NCKD the KL between their distributions over the
+    distributions `(p_label, 1 - p_label)` (the student's log-probabilities as log-sum-exps, so
+    that they stay finite where the reference's `log(sum p)` underflows); NCKD the KL between their distributions over the
     non-label classes (softmax of `z / T - 1000 * onehot(label)`, as the reference computes it).
     Reduction: each summed over the batch, times `T^2`, divided by B. Returns `tckd`, `nckd`
     and `total = alpha * tckd + beta * nckd`. `standardize`: logit standardisation of both
@@ -57,24 +58,20 @@ def dkd_loss(logits_s: Tensor, logits_t: Tensor, labels: Tensor, alpha: float = 
     """
     logits_s, logits_t = _prepared(logits_s, standardize), _prepared(logits_t.detach(), standardize)
     label_mask = F.one_hot(labels, logits_s.shape[1]).bool()
-    p_s = F.softmax(logits_s / temperature, dim=1)
+    log_p_s = F.log_softmax(logits_s / temperature, dim=1)
+    # The student's binary log-probabilities, log p_label and log(1 - p_label), as log-sum-exps:
+    # the reference's log of summed probabilities is -inf once p_label underflows (large logits).
+    log_binary_s = torch.stack([log_p_s[label_mask], torch.logsumexp(log_p_s.masked_fill(label_mask, -torch.inf), dim=1)],
+                               dim=1)
     p_t = F.softmax(logits_t / temperature, dim=1)
-    binary_s, binary_t = _target_and_rest(p_s, label_mask), _target_and_rest(p_t, label_mask)
-    # As the reference: the log of the summed probabilities (not a log-sum-exp).
-    tckd = F.kl_div(torch.log(binary_s), binary_t, reduction="sum")
+    binary_t = torch.stack([p_t[label_mask], (p_t * ~label_mask).sum(dim=1)], dim=1)
+    tckd = F.kl_div(log_binary_s, binary_t, reduction="sum")
     non_target_s = F.log_softmax(logits_s / temperature - 1000.0 * label_mask, dim=1)
     non_target_t = F.softmax(logits_t / temperature - 1000.0 * label_mask, dim=1)
     nckd = F.kl_div(non_target_s, non_target_t, reduction="sum")
     scale = temperature**2 / labels.shape[0]
     tckd, nckd = tckd * scale, nckd * scale
     return {"tckd": tckd, "nckd": nckd, "total": alpha * tckd + beta * nckd}
-
-
-def _target_and_rest(probabilities: Tensor, label_mask: Tensor) -> Tensor:
-    """[B, 2]: the label's probability and the sum of the others'."""
-    target = (probabilities * label_mask).sum(dim=1, keepdim=True)
-    rest = (probabilities * ~label_mask).sum(dim=1, keepdim=True)
-    return torch.cat([target, rest], dim=1)
 
 
 def _class_gram_gap(p_s: Tensor, p_t: Tensor) -> Tensor:

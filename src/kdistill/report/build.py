@@ -7,6 +7,7 @@ from typing import Any
 
 from kdistill.errors import KdistillError
 from kdistill.report.curves import plot_training_curves
+from kdistill.report.published import format_published
 from kdistill.report.table import build_tables, find_runs, format_markdown, load_result, table_json, write_csv
 from kdistill.run_folder import RunFolder
 
@@ -18,8 +19,9 @@ def curve_names(runs: list[Path]) -> list[str]:
     return ["_".join(run.relative_to(common).parts) or run.name for run in resolved]
 
 
-def build_report(paths: list[str], out: Path) -> dict[str, Any]:
-    """Write table.md, table.csv, report.json and curves/<run>.png under `out`."""
+def build_report(paths: list[str], out: Path, published: bool = False) -> dict[str, Any]:
+    """Write table.md, table.csv, report.json and curves/<run>.png under `out`; `published`: table.md
+    also sets each measured mean beside the value its paper published (`report.published`)."""
     runs = find_runs(paths)
     tables = build_tables([load_result(run) for run in runs])
     if not tables:
@@ -27,6 +29,8 @@ def build_report(paths: list[str], out: Path) -> dict[str, Any]:
                             "the table's columns are teacher -> student pairs")
     out.mkdir(parents=True, exist_ok=True)
     markdown = format_markdown(tables)
+    if published:
+        markdown += "\n" + format_published(tables)
     (out / "table.md").write_text(markdown)
     write_csv(tables, out / "table.csv")
     curves = []
