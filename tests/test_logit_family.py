@@ -385,3 +385,9 @@ def test_report_published_through_the_cli(tmp_path, run_cli):
     assert "[DKD]" in (tmp_path / "report" / "table.md").read_text()
     plain = run_cli("report", str(runs), "--out", str(tmp_path / "plain"))
     assert plain.returncode == 0 and "measured / published" not in plain.stdout
+
+
+def test_kdistill_list_shows_the_logit_family(run_cli):
+    result = run_cli("list")
+    methods = next(line for line in result.stdout.splitlines() if line.startswith("methods:"))
+    assert {"dkd", "dkd+ls", "kd+ls", "mlkd", "crld+dkd"} <= set(methods.removeprefix("methods: ").split(", "))
