@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import QUICK_RUN
+from helpers import QUICK_RUN
 from test_crld import (  # the CRLD tests' tiny distiller and two-view batch
     make,
     two_view_batch,
@@ -234,7 +234,8 @@ def test_dkd_warmup_factor_and_total():
     for epoch, factor in [(1, 1 / 20), (10, 0.5), (19, 19 / 20), (20, 1.0), (240, 1.0)]:
         distiller.on_epoch_start(epoch, 240)
         output = distiller(batch)
-        assert output.weights["dkd"] == pytest.approx(factor) and output.extras["dkd_warmup"].item() == pytest.approx(factor)
+        assert output.weights["dkd"] == pytest.approx(factor)
+        assert output.extras["dkd_warmup"].item() == pytest.approx(factor)
         torch.testing.assert_close(output.terms["dkd"], dkd)
         torch.testing.assert_close(output.total, ce + factor * dkd)
     assert make("dkd", warmup=0).loss_weight("dkd") == 1.0
@@ -271,7 +272,8 @@ def test_logit_standardize_option_reaches_crld_and_its_compositions():
         distiller = make(name, logit_standardize=True, weak_threshold=0.0, strong_threshold=0.0).eval()
         parts = crld_loss(*logits_of(distiller, batch), batch["label"], weak_threshold=0.0, strong_threshold=0.0,
                           standardize=True)
-        torch.testing.assert_close(distiller(batch).terms["crld"], 2.0 * parts["within_view"] + 0.5 * parts["cross_view"])
+        expected = 2.0 * parts["within_view"] + 0.5 * parts["cross_view"]
+        torch.testing.assert_close(distiller(batch).terms["crld"], expected)
 
 
 def test_logit_standardize_on_a_method_without_logit_terms_is_refused():

@@ -50,7 +50,8 @@ def dkd_loss(logits_s: Tensor, logits_t: Tensor, labels: Tensor, alpha: float = 
 
     With `p = softmax(z / T)`: TCKD is the KL between the teacher's and the student's binary
     distributions `(p_label, 1 - p_label)` (the student's log-probabilities as log-sum-exps, so
-    that they stay finite where the reference's `log(sum p)` underflows); NCKD the KL between their distributions over the
+    that they stay finite where the reference's `log(sum p)` underflows); NCKD the KL between
+    their distributions over the
     non-label classes (softmax of `z / T - 1000 * onehot(label)`, as the reference computes it).
     Reduction: each summed over the batch, times `T^2`, divided by B. Returns `tckd`, `nckd`
     and `total = alpha * tckd + beta * nckd`. `standardize`: logit standardisation of both
@@ -61,8 +62,8 @@ def dkd_loss(logits_s: Tensor, logits_t: Tensor, labels: Tensor, alpha: float = 
     log_p_s = F.log_softmax(logits_s / temperature, dim=1)
     # The student's binary log-probabilities, log p_label and log(1 - p_label), as log-sum-exps:
     # the reference's log of summed probabilities is -inf once p_label underflows (large logits).
-    log_binary_s = torch.stack([log_p_s[label_mask], torch.logsumexp(log_p_s.masked_fill(label_mask, -torch.inf), dim=1)],
-                               dim=1)
+    log_rest_s = torch.logsumexp(log_p_s.masked_fill(label_mask, -torch.inf), dim=1)
+    log_binary_s = torch.stack([log_p_s[label_mask], log_rest_s], dim=1)
     p_t = F.softmax(logits_t / temperature, dim=1)
     binary_t = torch.stack([p_t[label_mask], (p_t * ~label_mask).sum(dim=1)], dim=1)
     tckd = F.kl_div(log_binary_s, binary_t, reduction="sum")
@@ -128,7 +129,8 @@ def mlkd_loss(s_weak: Tensor, s_strong: Tensor, t_weak: Tensor, t_strong: Tensor
         p_s, p_t = F.softmax(s_weak / temperature, dim=1), F.softmax(t_weak / temperature, dim=1)
         class_level = class_level + kept_classes * _class_gram_gap(p_s, p_t)
         batch_level = batch_level + kept_samples * _batch_gram_gap(p_s, p_t)
-    return {"ce": _two_view_cross_entropy(s_weak, s_strong, labels), "instance": instance, "class_level": class_level, "batch_level": batch_level,
+    return {"ce": _two_view_cross_entropy(s_weak, s_strong, labels), "instance": instance,
+            "class_level": class_level, "batch_level": batch_level,
             "sample_mask": sample_mask, "class_mask": class_mask}
 
 

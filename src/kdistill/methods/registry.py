@@ -28,9 +28,10 @@ def with_logit_standardization(cls: type[Distiller], weights: dict[str, float], 
     if unknown := set(options) - known:
         raise ValueError(f"{cls.__name__} has no options {sorted(unknown)}")
     defaults = {"logit_standardize": True, **options}
-    option_class = make_dataclass(f"{cls.Options.__name__}LS", [(name, type(value), value) for name, value in defaults.items()],
-                                  bases=(cls.Options,))
-    return type(f"{cls.__name__}LS", (cls,), {"Options": option_class, "default_weights": {**cls.default_weights, **weights},
+    option_fields = [(name, type(value), value) for name, value in defaults.items()]
+    option_class = make_dataclass(f"{cls.Options.__name__}LS", option_fields, bases=(cls.Options,))
+    return type(f"{cls.__name__}LS", (cls,), {"Options": option_class,
+                                              "default_weights": {**cls.default_weights, **weights},
                                               "offers_kd_variant": False, "__module__": cls.__module__})
 
 

@@ -32,7 +32,8 @@ _ICD_VALUES = [
     (75.61, 70.50, 74.83, 76.05, 76.27, 74.98, 76.39),
 ]
 # The logit family's pairs that are among the 13: (pair, DKD, KD+LS, DKD+LS, MLKD); None = not reported.
-_R8X4, _VGG8, _W401, _W162 = ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("wrn_40_2", "wrn_40_1"), ("wrn_40_2", "wrn_16_2")
+_R8X4, _VGG8 = ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8")
+_W401, _W162 = ("wrn_40_2", "wrn_40_1"), ("wrn_40_2", "wrn_16_2")
 _R20, _R32, _R110_20 = ("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet110", "resnet20")
 _SHV2, _V_MV2, _R50_MV2 = ("resnet32x4", "ShuffleV2"), ("vgg13", "MobileNetV2"), ("ResNet50", "MobileNetV2")
 _LOGIT_FAMILY = [
@@ -64,7 +65,8 @@ _ALIASES = {"icd": "dcd", "icd+kd": "dcd+kd"}
 
 
 def published_top1(row: str, pair: Pair, dataset: str = "cifar100") -> tuple[float, str] | None:
-    """The published CIFAR-100 top-1 of a report row (a method, "teacher" or "student") on a pair, and its source key."""
+    """The published CIFAR-100 top-1 of a report row (a method, "teacher" or "student") on a
+    pair, and its source key; None where none is known."""
     if dataset != "cifar100":
         return None
     return PUBLISHED.get((_ALIASES.get(row, row), pair))
