@@ -66,6 +66,8 @@ LS_KD_WEIGHT = 9.0  # the LS code's --kd-weight; for DKD+LS it multiplies alpha 
 # MobileNetV2's published result is the log "kd,ResNet50,MobileNetV2,3,1".
 LS_KD_SETTINGS = {("vgg13", "vgg8"): (3.0, 9.0), ("vgg13", "MobileNetV2"): (3.0, 9.0),
                   ("ResNet50", "MobileNetV2"): (3.0, 1.0)}
+CIFAR100_NOTES = {("kd+ls", ("ResNet50", "MobileNetV2")): "w_kd 1 and T 3: the LS paper's published result for "
+                                                          "this pair is its log kd,ResNet50,MobileNetV2,3,1"}
 # MLKD's (learning rate, epochs) in its authors' configs (0.025 and 240 elsewhere; the step
 # milestones stay at 150/180/210 in its 480-epoch configs too).
 MLKD_TRAINING = {("resnet32x4", "ShuffleV1"): (0.01, 480), ("resnet32x4", "ShuffleV2"): (0.01, 480),
@@ -117,6 +119,8 @@ def cifar100_recipes() -> dict[Path, dict]:
                       **pair_training(method, teacher, student), "out": f"runs/cifar100/{method}/{teacher}_{student}"}
             if method != "vanilla":
                 recipe = {"teacher": teacher, "teacher_checkpoint": teacher_file(teacher), **recipe}
+            if note := CIFAR100_NOTES.get((method, (teacher, student))):
+                recipe["note"] = note
             recipes[Path("cifar100") / method / f"{teacher}_{student}.yaml"] = recipe
     return recipes
 
