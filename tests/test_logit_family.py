@@ -354,6 +354,18 @@ def test_warmup_follows_the_epoch_across_a_resume(teacher_run, tmp_path, monkeyp
     assert [line["train/dkd_warmup"] for line in lines] == pytest.approx([0.25, 0.5, 0.75])
 
 
+@pytest.mark.parametrize("name", ["mlkd", "crld+dkd", "kd+ls"])
+def test_short_run_through_the_engine(teacher_run, tmp_path, name):
+    out = tmp_path / "run"
+    overrides = QUICK_RUN + [f"method.name={name}", "epochs=1", "steps_per_epoch=2", "teacher=resnet8",
+                             f"teacher_checkpoint={teacher_run}", f"out={out}"]
+    assert train_run(load_config(None, overrides))["method"] == name
+    metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    terms = {"mlkd": ["ce", "mlkd_instance", "mlkd_class", "mlkd_batch"], "crld+dkd": ["ce", "crld", "dkd"],
+             "kd+ls": ["ce", "kd"]}[name]
+    assert all(math.isfinite(metrics[f"train/{term}"]) for term in terms)
+
+
 # --- published numbers beside measured ones ---------------------------------------------------
 
 
