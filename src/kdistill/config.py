@@ -17,6 +17,10 @@ class DataConfig:
     image_size: int | None = None  # resize to this side (None = the data set's own size)
     device_resident: bool = True  # keep small data sets on the training device
     strong_view: bool = False  # also yield a strongly augmented view (set by methods that need it)
+    # Image files that cannot be decoded (found by a check at start): error = stop before training,
+    # naming them; skip = leave them out.
+    bad_images: str = "error"
+    cache_dir: str | None = None  # where that check's result is kept (None: <data root>/.kdistill-cache)
 
 
 @dataclass

@@ -29,3 +29,9 @@ def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> Kdistill
     close = closest_names(name, choices)
     hint = f"did you mean {', '.join(close)}?" if close else f"choose one of: {', '.join(choices)}"
     return KdistillError(f"unknown {kind} '{name}': {hint} (`kdistill list` shows all)")
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), to quote
+    inside a one-line error."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -1,8 +1,10 @@
 """The loaders: batches of normalised images on the training device, from any data set."""
 
+import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -11,8 +13,9 @@ from torchvision.transforms.v2 import functional as F
 
 from kdistill.config import DataConfig
 from kdistill.data.augment import Stream, crop_flip, crop_flip_params, keyed_bits
-from kdistill.data.sources import DATASETS, ImageArrays, ImageFiles, Split
-from kdistill.data.streaming import FileDataset
+from kdistill.data.image_check import BAD_IMAGE_POLICIES, checked_source
+from kdistill.data.sources import DATASETS, ImageArrays, ImageFiles, Split, resolve_root
+from kdistill.data.streaming import FileDataset, collate_or_error
 from kdistill.data.two_view import TwoViewFileDataset, mean_fill, strong_view
 from kdistill.errors import KdistillError
 
@@ -157,10 +160,13 @@ class StreamLoader(Loader):
         # global RNG a method may use (augmentation is keyed, so that seed changes nothing).
         keys = [[(i, self.epoch) for i in batch.tolist()] for batch in self._epoch_batches()]
         loader = DataLoader(
-            self.dataset, batch_sampler=keys, num_workers=self.num_workers,
+            self.dataset, batch_sampler=keys, num_workers=self.num_workers, collate_fn=collate_or_error,
             pin_memory=self.device.type == "cuda", generator=torch.Generator(),
         )
-        for images, labels, index, *strong in loader:  # a TwoViewFileDataset adds the strong view
+        for batch in loader:
+            if isinstance(batch, KdistillError):  # an image that cannot be decoded
+                raise batch
+            images, labels, index, *strong = batch  # a TwoViewFileDataset adds the strong view
             yield (
                 images.to(self.device, non_blocking=True),
                 labels.to(self.device, non_blocking=True),
@@ -207,8 +213,19 @@ def _check_options(cfg: DataConfig, rank: int, world_size: int) -> None:
         value = getattr(cfg, key)
         if value is not None and value < minimum:
             raise KdistillError(f"data.{key}={value} is below {minimum}; set it to at least {minimum}")
+    if cfg.bad_images not in BAD_IMAGE_POLICIES:
+        raise KdistillError(f"data.bad_images={cfg.bad_images} is not one of {', '.join(BAD_IMAGE_POLICIES)}; "
+                            "set error (stop at start, naming the bad files) or skip (leave them out)")
     if not 0 <= rank < world_size:
         raise KdistillError(f"rank {rank} is not in [0, world_size={world_size})")
+
+
+def image_check_cache(cfg: DataConfig) -> Path:
+    """The file that keeps the image check's result: in data.cache_dir, or else in a
+    .kdistill-cache folder beside the data; named by the data's folder, so one cache_dir serves many."""
+    root = resolve_root(cfg.root, cfg.name).resolve()
+    folder = Path(cfg.cache_dir).expanduser() if cfg.cache_dir is not None else root / ".kdistill-cache"
+    return folder / f"image-check-{cfg.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:12]}.json"
 
 
 def build_loaders(
@@ -222,6 +239,7 @@ def build_loaders(
     _check_options(cfg, rank, world_size)
     device = torch.device(device)
     source = DATASETS.get(cfg.name)(cfg.root, cfg.download)
+    source = checked_source(source, cfg.name, cfg.bad_images, image_check_cache(cfg), rank)
     train, val = split_validation(source.train, cfg.val_fraction, seed)
     if val is not None and len(val.labels) == 0:
         raise KdistillError(f"data.val_fraction={cfg.val_fraction} leaves no validation sample; raise it")

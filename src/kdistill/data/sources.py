@@ -9,6 +9,7 @@ import functools
 import gzip
 import io
 import lzma
+import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 from torchvision import datasets as tv_datasets
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension
 from torchvision.datasets.utils import download_and_extract_archive
 
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, first_line
 from kdistill.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -95,7 +96,7 @@ def missing_files_error(
     )
 
 
-def _resolve_root(root: str | None, name: str) -> Path:
+def resolve_root(root: str | None, name: str) -> Path:
     return Path(root).expanduser() if root is not None else Path("data") / name
 
 
@@ -137,16 +138,51 @@ def _arrays(images: np.ndarray, labels: np.ndarray) -> ImageArrays:
 # --- CIFAR ---------------------------------------------------------------------------------
 
 
+# All that the CIFAR pickles name: numpy's array and scalar rebuilders (under numpy 1's and
+# numpy 2's module names) and the codec Python 3 pickles wrap bytes in. Dicts, lists and
+# strings need no name. Anything else in a data file could only be code to run.
+DATA_PICKLE_NAMES = {
+    (module, name)
+    for prefix in ("numpy.core", "numpy._core")
+    for module, name in ((f"{prefix}.multiarray", "_reconstruct"), (f"{prefix}.multiarray", "scalar"),
+                         (f"{prefix}.numeric", "_frombuffer"))
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class RefusedPickleName(pickle.UnpicklingError):
+    pass
+
+
+class DataUnpickler(pickle.Unpickler):
+    """Builds only the containers and numpy arrays a data file holds: a pickle that names any
+    other function or class is refused before anything of it runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in DATA_PICKLE_NAMES:
+            raise RefusedPickleName(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _load_pickle(name: str, path: Path) -> dict:
     if not path.is_file():
         raise dataset_error(name, f"missing file {path}; put the complete data set folder there")
     try:
         with open(path, "rb") as file:
-            return pickle.load(file, encoding="latin1")  # the files are Python 2 pickles
-    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+            entry = DataUnpickler(file, encoding="latin1").load()  # the files are Python 2 pickles
+    except RefusedPickleName as exc:
         raise dataset_error(
-            name, f"{path} is not a readable pickle ({exc}); replace it with the original file"
+            name, f"{path} asks to call {exc} while loading, which a data file never does; refused, nothing "
+            "of it ran: replace it with the original file from the data set's authors"
         ) from None
+    except Exception as exc:  # a damaged pickle raises almost any type; all mean "unreadable"
+        raise dataset_error(
+            name, f"{path} is not a readable pickle ({first_line(exc)}); replace it with the original file"
+        ) from None
+    if not isinstance(entry, dict):
+        raise dataset_error(
+            name, f"{path} holds a {type(entry).__name__}, not the dict of a CIFAR file; replace it with the original"
+        )
+    return entry
 
 
 def _cifar_batch(name: str, path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +200,7 @@ def _read_cifar(
     test_file: str, label_key: str, num_classes: int, meta_file: str, names_key: str,
     fetch: Callable[[Path], object], mean: tuple[float, ...], std: tuple[float, ...],
 ) -> Source:
-    root_path = _resolve_root(root, name)
+    root_path = resolve_root(root, name)
     found = _find_or_download(
         name, title, root_path, folder, (train_files[0],), download, lambda: fetch(root_path)
     )
@@ -266,7 +302,7 @@ def read_fashion_mnist(root: str | None, download: bool) -> Source:
     if root is None and DEBIAN_FASHION_MNIST.is_dir():
         root = str(DEBIAN_FASHION_MNIST)
     return _read_mnist_like(
-        "fashion-mnist", "Fashion-MNIST", _resolve_root(root, "fashion-mnist"), download,
+        "fashion-mnist", "Fashion-MNIST", resolve_root(root, "fashion-mnist"), download,
         tv_datasets.FashionMNIST, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD,
         class_names=FASHION_MNIST_CLASSES,
     )
@@ -275,7 +311,7 @@ def read_fashion_mnist(root: str | None, download: bool) -> Source:
 @DATASETS.register("mnist")
 def read_mnist(root: str | None, download: bool) -> Source:
     return _read_mnist_like(
-        "mnist", "MNIST", _resolve_root(root, "mnist"), download, tv_datasets.MNIST,
+        "mnist", "MNIST", resolve_root(root, "mnist"), download, tv_datasets.MNIST,
         mean=(0.1307,), std=(0.3081,), class_names=[str(d) for d in range(10)], hflip=False,
     )
 
@@ -306,7 +342,7 @@ def _read_stl10_split(name: str, folder: Path, split: str) -> ImageArrays:
 
 @DATASETS.register("stl10")
 def read_stl10(root: str | None, download: bool) -> Source:
-    root_path = _resolve_root(root, "stl10")
+    root_path = resolve_root(root, "stl10")
     folder = _find_or_download(
         "stl10", "STL-10", root_path, "stl10_binary", ("train_X.bin",), download,
         lambda: tv_datasets.STL10(root_path, split="train", download=True),
@@ -356,7 +392,7 @@ def _tiny_imagenet_val(folder: Path, class_index: dict[str, int]) -> ImageFiles:
 
 @DATASETS.register(TINY_IMAGENET)
 def read_tiny_imagenet(root: str | None, download: bool) -> Source:
-    root_path = _resolve_root(root, TINY_IMAGENET)
+    root_path = resolve_root(root, TINY_IMAGENET)
     folder = _find_or_download(
         TINY_IMAGENET, "Tiny-ImageNet", root_path, "tiny-imagenet-200", ("wnids.txt",), download,
         lambda: download_and_extract_archive(TINY_IMAGENET_URL, root_path),
@@ -372,20 +408,58 @@ def read_tiny_imagenet(root: str | None, download: bool) -> Source:
     )
 
 
-def _image_folder_split(folder: Path, class_to_idx: dict[str, int]) -> ImageFiles:
+def _is_folder(entry: os.DirEntry) -> bool:
     try:
-        samples = make_dataset(folder, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=False)
-    except FileNotFoundError as exc:  # torchvision's words for "no images in a class folder"
-        raise dataset_error(
-            "imagefolder", f"no images under {folder} ({exc}); expected {folder}/<class>/<image>.jpg|.png"
-        ) from None
-    return ImageFiles([path for path, _ in samples], torch.tensor([label for _, label in samples]))
+        return entry.is_dir()  # follows symlinks
+    except OSError:  # a symlink loop: not a folder (the check reports it as a bad image file)
+        return False
+
+
+def _image_files(class_folder: str, visited: set[str]) -> list[str]:
+    """The image files under `class_folder`, ordered as torchvision's `make_dataset` orders them
+    (by folder path, then by name). Each real folder is entered once: a symlink to a folder
+    already `visited` or to an ancestor (a loop, or the same images under a second label) is
+    not followed. File symlinks are listed even when dangling: the scan reports them."""
+    listed, pending = [], [class_folder]
+    while pending:
+        folder = pending.pop()
+        real_folder = os.path.realpath(folder)
+        names = []
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            raise dataset_error("imagefolder", f"cannot list {folder} ({exc.strerror}); check its permissions") from None
+        for entry in entries:
+            if _is_folder(entry):
+                target = os.path.realpath(entry.path)
+                if target not in visited and not Path(real_folder).is_relative_to(target):
+                    visited.add(target)
+                    pending.append(entry.path)
+            elif has_file_allowed_extension(entry.name, IMG_EXTENSIONS):
+                names.append(entry.name)
+        listed.append((folder, sorted(names)))
+    return [os.path.join(folder, name) for folder, names in sorted(listed) for name in names]
+
+
+def _image_folder_split(folder: Path, class_to_idx: dict[str, int]) -> ImageFiles:
+    class_folders = {name: os.path.join(folder, name) for name in class_to_idx}
+    visited = {os.path.realpath(path) for path in class_folders.values()}  # no class inside another
+    paths, labels = [], []
+    for name, class_folder in sorted(class_folders.items()):
+        files = _image_files(class_folder, visited) if os.path.isdir(class_folder) else []
+        if not files:
+            raise dataset_error(
+                "imagefolder", f"no images under {folder} for class '{name}'; expected {folder}/{name}/<image>.jpg|.png"
+            )
+        paths += files
+        labels += [class_to_idx[name]] * len(files)
+    return ImageFiles(paths, torch.tensor(labels))
 
 
 @DATASETS.register("imagefolder")
 def read_image_folder(root: str | None, download: bool) -> Source:
     """An ImageNet-style tree: root/train/<class>/<image> and root/val/<class>/<image>."""
-    root_path = _resolve_root(root, "imagefolder")
+    root_path = resolve_root(root, "imagefolder")
     train_folder, val_folder = root_path / "train", root_path / "val"
     if not train_folder.is_dir() or not val_folder.is_dir():
         raise missing_files_error(

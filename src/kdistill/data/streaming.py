@@ -3,11 +3,13 @@
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 from torchvision.transforms.v2 import functional as F
 
 from kdistill.data.augment import crop_flip, crop_flip_params, keyed_flip, resized_crop_params
+from kdistill.data.image_check import decode_error_reason
 from kdistill.data.sources import ImageFiles
+from kdistill.errors import KdistillError
 
 EVAL_RESIZE_RATIO = 256 / 224  # ImageNet evaluation: resize to 256, center-crop 224
 
@@ -17,8 +19,22 @@ def read_rgb(path: str) -> Tensor:
 
     PIL rather than torchvision.io, whose decoders are deprecated since torchvision 0.29.
     """
-    with Image.open(path) as image:
-        return F.pil_to_tensor(image.convert("RGB"))
+    try:
+        with Image.open(path) as image:
+            return F.pil_to_tensor(image.convert("RGB"))
+    except Exception as error:  # PIL raises many types for a bad file; all mean "undecodable"
+        raise KdistillError(
+            f"image {path} cannot be decoded ({decode_error_reason(error, path)}) although the check at start "
+            "could: it changed since; restore or delete it, then run again (a training run continues with --resume)"
+        ) from None
+
+
+def collate_or_error(samples: list) -> object:
+    """The batch of `samples`, or the first KdistillError among them: a worker hands a failed
+    sample's error over as a value, since the DataLoader would re-raise it wrapped in its own
+    traceback."""
+    error = next((sample for sample in samples if isinstance(sample, KdistillError)), None)
+    return error if error is not None else default_collate(samples)
 
 
 class FileDataset(Dataset):
@@ -40,9 +56,17 @@ class FileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files.paths)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple | KdistillError:
+        """The sample, or the error of an image that cannot be decoded (see `collate_or_error`)."""
         index, epoch = key
-        image = read_rgb(self.files.paths[index])
+        try:
+            image = read_rgb(self.files.paths[index])
+        except KdistillError as error:
+            return error
+        return self.sample(image, index, epoch)
+
+    def sample(self, image: Tensor, index: int, epoch: int) -> tuple[Tensor, Tensor, int]:
+        """(view, label, index) of sample `index` in `epoch`, from its decoded image."""
         return self.view(image, index, epoch), self.files.labels[index], index
 
     def view(self, image: Tensor, index: int, epoch: int) -> Tensor:

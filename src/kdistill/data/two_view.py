@@ -28,7 +28,7 @@ from torchvision.transforms.v2 import functional as F
 
 from kdistill.data.augment import crop_flip, crop_flip_params, keyed_bits, keyed_randint, keyed_uniform
 from kdistill.data.sources import ImageFiles
-from kdistill.data.streaming import FileDataset, read_rgb
+from kdistill.data.streaming import FileDataset
 
 RAND_AUGMENT_OPS_PER_IMAGE = 2
 MAX_OPS_PER_IMAGE = 8  # stream ids reserved per slot
@@ -286,9 +286,7 @@ class TwoViewFileDataset(FileDataset):
         self.strong_crop = FileDataset(files, image_size, strong_crop_seed(seed), True, resized_crop, hflip)
         self.fill = fill
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor, int, Tensor]:
-        index, epoch = key
-        image = read_rgb(self.files.paths[index])
+    def sample(self, image: Tensor, index: int, epoch: int) -> tuple[Tensor, Tensor, int, Tensor]:
         weak = self.view(image, index, epoch)
         cropped = self.strong_crop.view(image, index, epoch)
         strong = strong_augment(cropped[None], self.seed, epoch, torch.tensor([index]), self.fill)[0]

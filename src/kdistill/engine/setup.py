@@ -18,6 +18,7 @@ from kdistill.models import create_model
 from kdistill.models.base import FeatureModel
 from kdistill.models.checkpoint import load_checkpoint, load_state_into, read_state_dict, stored_classes
 from kdistill.run_folder import RunFolder
+from kdistill.yaml_file import read_yaml_mapping
 
 
 def load_config(config_file: str | None = None, overrides: list[str] = ()) -> DictConfig:
@@ -28,7 +29,7 @@ def load_config(config_file: str | None = None, overrides: list[str] = ()) -> Di
             path = Path(config_file)
             if not path.is_file():
                 raise KdistillError(f"config file '{config_file}' not found: give the path of a YAML recipe")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            cfg = OmegaConf.merge(cfg, read_yaml_mapping(path))
         for override in overrides:
             if "=" not in override:
                 raise KdistillError(f"override '{override}' is not key=value (e.g. epochs=10, method.name=kd)")

@@ -8,7 +8,9 @@ cannot run code. Writing is atomic: a crash mid-write never leaves a broken or m
 """
 
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, first_line
 
 _ERROR_KEY_LIMIT = 3  # keys named per kind of mismatch in an error message
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # torch words this two ways
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -51,18 +54,33 @@ class UnreadableCheckpoint(KdistillError):
         self.reason = reason
 
 
+def unreadable_reason(path: Path, error: Exception) -> str:
+    """Why torch.load(weights_only=True) failed on `path`, in words that fit one line (and
+    without torch's advice to retry with weights_only=False, which would run the file's code)."""
+    message = str(error)
+    if path.stat().st_size == 0:
+        return "the file is empty (0 bytes)"
+    if "PytorchStreamReader" in message or "zip archive" in message:
+        return "the file is truncated or damaged (its zip archive cannot be read)"
+    refused = _REFUSED_GLOBAL.search(message)
+    if refused:
+        return f"it holds a Python object ({refused.group(1)}), not tensors only; refused, none of its code ran"
+    if "Weights only load failed" in message:
+        return "it is not a file of tensors written by torch.save (damaged, or another format)"
+    return first_line(error)
+
+
 def read_torch_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """A torch file's content, tensors and plain containers only; one-line error if unreadable."""
     path = Path(path)
     if not path.is_file():
         raise KdistillError(f"checkpoint '{path}' not found: check the path")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on the pickle protocol of a file it then reads or refuses
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for a bad file; all mean "unreadable"
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        if "weights_only" in reason or "WeightsUnpickler" in reason:
-            reason = "it holds objects other than tensors and plain containers"  # not torch's unsafe advice
-        raise UnreadableCheckpoint(path, reason) from None
+        raise UnreadableCheckpoint(path, unreadable_reason(path, error)) from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
