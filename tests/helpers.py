@@ -1,5 +1,6 @@
 """What several test files share: a quick run's overrides, the real entry point, assertions."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,16 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+class RunsCommand:
+    """Unpickling this calls os.system(command): what a hostile data or weight file carries."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
 
 
 def assert_nonblank_png(path) -> None:

@@ -62,7 +62,7 @@ def _in_threads(task: Callable[[list[str]], list], paths: list[str], desc: str) 
     with ThreadPoolExecutor() as pool, tqdm(
         total=len(paths), desc=desc, unit="file", leave=False, disable=len(paths) < LARGE_TREE or None
     ) as bar:
-        for chunk, results in zip(_chunks(paths), pool.map(task, _chunks(paths))):
+        for chunk, results in zip(_chunks(paths), pool.map(task, _chunks(paths)), strict=True):
             bar.update(len(chunk))
             yield from results
 
@@ -110,7 +110,7 @@ def find_bad_images(paths: list[str], cache_file: Path | None) -> dict[str, str]
     bad = _read_cache(cache_file, key) if cache_file is not None else None
     if bad is None:
         problems = list(_in_threads(lambda chunk: [decode_problem(path) for path in chunk], paths, "checking images"))
-        bad = {path: problem for path, problem in zip(paths, problems) if problem is not None}
+        bad = {path: problem for path, problem in zip(paths, problems, strict=True) if problem is not None}
         if cache_file is not None:
             _write_cache(cache_file, key, bad)
     return bad

@@ -428,7 +428,9 @@ def _image_files(class_folder: str, visited: set[str]) -> list[str]:
         try:
             entries = list(os.scandir(folder))
         except OSError as exc:
-            raise dataset_error("imagefolder", f"cannot list {folder} ({exc.strerror}); check its permissions") from None
+            raise dataset_error(
+                "imagefolder", f"cannot list {folder} ({exc.strerror}); check its access rights"
+            ) from None
         for entry in entries:
             if _is_folder(entry):
                 target = os.path.realpath(entry.path)
