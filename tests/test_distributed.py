@@ -29,7 +29,7 @@ def fixed_features():
 def dcd_loss_and_grads(distiller, pooled_s, pooled_t):
     """The DCD term on given pooled features, and the gradients of the method's own parameters."""
     as_features = lambda pooled: Features(logits=torch.zeros(len(pooled), 10), stages=[], pooled=pooled)
-    loss = distiller.method_terms(as_features(pooled_s), as_features(pooled_t), {}, {})["dcd"]
+    loss = distiller.method_terms(as_features(pooled_s), as_features(pooled_t), {}).losses["dcd"]
     loss.backward()
     params = [distiller.embed_s.weight, distiller.embed_t.weight, distiller.log_scale]
     return loss.detach(), [p.grad.clone() for p in params]
