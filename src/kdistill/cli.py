@@ -238,6 +238,49 @@ def command_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), args.overrides + (["progress=false"] if args.quiet else []))
 
 
+def command_grid(args: argparse.Namespace) -> None:
+    from kdistill.errors import RunStopped
+    from kdistill.grid.run import run_grid
+    from kdistill.grid.spec import load_spec
+
+    flags = {"out": args.out, "methods": args.methods, "pairs": args.pairs, "seeds": args.seeds,
+             "recipes": args.recipes, "launcher": args.launcher, "jobs": args.jobs, "threads": args.threads,
+             "gpus_per_run": args.gpus_per_run, "partition": args.partition, "time_min": args.time_min,
+             "cpus_per_run": args.cpus_per_run, "array_parallelism": args.array_parallelism}
+    state = run_grid(load_spec(args.spec, flags, args.overrides, args.train_teachers))
+    if state.failed:
+        raise RunStopped(f"{len(state.failed)} of {len(state.runs)} runs failed (listed above, with their logs)",
+                         exit_code=1)
+
+
+def _add_grid_parser(commands) -> None:
+    from kdistill.grid.spec import LAUNCHERS
+
+    grid = commands.add_parser("grid", help="a methods x pairs x seeds grid of runs (local processes or SLURM), "
+                                            "resumable, with the report table at the end")
+    grid.add_argument("spec", nargs="?", metavar="SPEC.yaml", help="a grid spec (see kdistill.grid.spec)")
+    grid.add_argument("--out", help="grid folder: <out>/<method>/<teacher>_<student>/seed<k>, logs/, report/")
+    grid.add_argument("--methods", nargs="+", help="method names (kdistill list)")
+    grid.add_argument("--pairs", nargs="+", metavar="TEACHER:STUDENT")
+    grid.add_argument("--seeds", nargs="+", type=int)
+    grid.add_argument("--recipes", nargs="+", metavar="PATH",
+                      help="recipe files (each run with every seed), or a folder of generated recipes "
+                           "(<dir>/<method>/<teacher>_<student>.yaml) that --methods x --pairs resolve to")
+    grid.add_argument("--train-teachers", action="store_true",
+                      help="train each pair's teacher first (once) with the common overrides")
+    grid.add_argument("--launcher", choices=LAUNCHERS,
+                      help="local processes (default), SLURM jobs, or submitit's local executor")
+    grid.add_argument("--jobs", type=int, help="local: runs at once (default 1; at most one per free GPU set)")
+    grid.add_argument("--threads", type=int, help="local, CPU: threads per run (default: cores / runs in flight)")
+    grid.add_argument("--gpus-per-run", type=int, help="GPUs per run (several: under torchrun); default 1")
+    grid.add_argument("--partition", help="slurm: partition")
+    grid.add_argument("--time-min", type=int, help="slurm: time limit per job in minutes (default 1440)")
+    grid.add_argument("--cpus-per-run", type=int, help="slurm: CPUs per job")
+    grid.add_argument("--array-parallelism", type=int, help="slurm: jobs of an array running at once")
+    _add_overrides(grid, "applied to every run of the grid (after the spec's overrides), anywhere on the line")
+    grid.set_defaults(handler=command_grid)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The parser and each command's own parser, by name."""
     parser = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation for image classifiers.",
@@ -265,6 +308,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_overrides(demo, "applied to every demo run (e.g. device=cuda), anywhere on the line")
     demo.set_defaults(handler=command_demo)
+    _add_grid_parser(commands)
     return parser, commands.choices
 
 

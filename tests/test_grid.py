@@ -1,0 +1,177 @@
+"""`kdistill grid`: expansion, local and submitit launchers, kill-and-rerun, failure isolation.
+
+The grids are tiny (resnet8 on the embedded data, 2 steps, 1 epoch); most of their time is the
+start-up of each run's process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import kdistill_command
+
+from kdistill.errors import KdistillError
+from kdistill.grid.spec import expand, load_spec, parse_pair
+from kdistill.run_folder import RunFolder
+
+TINY = ["data.name=embedded", "data.batch_size=32", "steps_per_epoch=2", "epochs=1", "tensorboard=false",
+        "device=cpu"]
+METHODS, SEEDS = ["kd", "dcd+kd"], [0, 1]
+RECIPES = Path(__file__).resolve().parent.parent / "configs/cifar100"
+STUDENT_RUNS = [f"{method}/resnet8_resnet8/seed{seed}" for method in METHODS for seed in SEEDS]
+
+
+def grid_arguments(out: Path, teacher: Path | None = None, methods: list[str] = METHODS, jobs: int = 2) -> list[str]:
+    """The test grid: `methods` x resnet8 -> resnet8 x 2 seeds; the teacher trained by the grid, or
+    the given teacher run (most tests reuse the first grid's teacher: each run costs a process start)."""
+    teachers = ["--train-teachers"] if teacher is None else []
+    spec = out.parent / f"{out.name}.yaml"
+    spec.write_text(json.dumps({"teachers": {} if teacher is None else {"resnet8": str(teacher)}}))
+    return [str(spec), *TINY, "--out", str(out), "--methods", *methods, "--pairs", "resnet8:resnet8", "--seeds",
+            *map(str, SEEDS), "--jobs", str(jobs), "--threads", "1", *teachers]
+
+
+def grid(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*kdistill_command(), "grid", *arguments], check=False, capture_output=True, text=True, timeout=600)
+
+
+def top1(run: Path) -> float:
+    return RunFolder(run).read_results()["top1_last"]
+
+
+def attempts(log: Path) -> int:
+    """How many times the grid started a run: one header line per start."""
+    return sum(line.startswith("# ") for line in log.read_text().splitlines())
+
+
+@pytest.fixture(scope="module")
+def local_grid(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grids") / "local"
+    result = grid(*grid_arguments(out))
+    return out, result
+
+
+def test_local_grid_trains_the_teacher_first_then_every_run_and_writes_the_report(local_grid):
+    out, result = local_grid
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert RunFolder(out / "teachers/resnet8").is_finished()
+    for name in STUDENT_RUNS:
+        config = (out / name / "config.yaml").read_text()
+        assert f"teacher_checkpoint: {out / 'teachers/resnet8'}" in config
+        assert f"seed: {name[-1]}" in config
+    assert "5/5 done, 0 failed" in result.stdout
+    for method in METHODS:
+        assert f"{method} resnet8->resnet8 seed 1: top-1 {top1(out / method / 'resnet8_resnet8/seed1'):.2f}" in result.stdout
+    table = (out / "report/table.md").read_text()
+    assert "resnet8 → resnet8" in table and "| dcd+kd |" in table and "| kd |" in table
+    # the students start once the teacher has finished
+    teacher_done = result.stdout.index("teacher resnet8 seed 0: top-1")
+    assert all(result.stdout.index(f"starting {name}") > teacher_done for name in STUDENT_RUNS)
+
+
+def test_a_rerun_with_a_changed_spec_reports_the_runs_and_reuses_none(local_grid):
+    out, _ = local_grid
+    before = {name: RunFolder(out / name).results_path.stat().st_mtime for name in STUDENT_RUNS}
+    arguments = grid_arguments(out)
+    changed = grid(*arguments[:1], "optim.momentum=0.5", *arguments[1:])
+    assert changed.returncode == 1 and "5 of 5 runs failed" in changed.stderr
+    assert "another configuration (optim.momentum: saved 0.9, spec 0.5)" in changed.stdout
+    assert "starting" not in changed.stdout and attempts(out / "logs/teachers_resnet8.log") == 1
+    assert before == {name: RunFolder(out / name).results_path.stat().st_mtime for name in STUDENT_RUNS}
+
+
+def test_a_killed_grid_rerun_trains_only_the_missing_runs(local_grid, tmp_path):
+    """One run at a time: the grid is killed once the first run has finished and the second started."""
+    out = tmp_path / "killed"
+    arguments = grid_arguments(out, local_grid[0] / "teachers/resnet8", methods=["kd"], jobs=1)
+    process = subprocess.Popen([*kdistill_command(), "grid", *arguments], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    second_log = out / "logs/kd_resnet8_resnet8_seed1.log"
+    while not second_log.is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)  # the grid and every run it started
+    process.wait()
+    finished = [path.parent for path in out.glob("*/*/seed*/results.json")]
+    assert [str(run.relative_to(out)) for run in finished] == ["kd/resnet8_resnet8/seed0"]
+    mtime = RunFolder(finished[0]).results_path.stat().st_mtime
+    result = grid(*arguments)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert RunFolder(finished[0]).results_path.stat().st_mtime == mtime  # kept, not trained again
+    assert attempts(out / "logs/kd_resnet8_resnet8_seed0.log") == 1
+    assert "kd resnet8->resnet8 seed 0: top-1" in result.stdout and "finished before, kept" in result.stdout
+    assert RunFolder(out / "kd/resnet8_resnet8/seed1").is_finished()
+    assert attempts(second_log) == 2 and "resnet8_resnet8/seed1" in result.stdout
+    assert "2/2 done, 0 failed" in result.stdout and (out / "report/table.md").is_file()
+
+
+def test_the_same_grid_through_submitits_local_executor(local_grid, tmp_path):
+    """The same run folders and, with the same teacher and seeds, the same results as the local launcher."""
+    local_out = local_grid[0]
+    out = tmp_path / "submitit"
+    result = grid(*grid_arguments(out, local_out / "teachers/resnet8", methods=["kd"]), "--launcher", "submitit-local")
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = [name for name in STUDENT_RUNS if name.startswith("kd/")]
+    assert sorted(str(run.path.relative_to(out)) for run in RunFolder.find([out])) == runs
+    for name in runs:
+        assert top1(out / name) == top1(local_out / name)
+    assert (out / "submitit").is_dir() and (out / "report/table.md").is_file()
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(local_grid, tmp_path):
+    out = tmp_path / "failing"
+    spec = tmp_path / "failing.yaml"
+    spec.write_text(json.dumps({
+        "out": str(out), "pairs": ["resnet8:resnet8"], "seeds": [0], "overrides": TINY,
+        "teachers": {"resnet8": str(local_grid[0] / "teachers/resnet8")},
+        "methods": {"kd": [], "broken": ["method.name=kd", "method.no_such_option=1"]},
+    }))
+    result = grid(str(spec), "--jobs", "2", "--threads", "1")
+    assert result.returncode == 1 and "1 of 2 runs failed" in result.stderr
+    assert RunFolder(out / "kd/resnet8_resnet8/seed0").is_finished()
+    assert not RunFolder(out / "broken/resnet8_resnet8/seed0").is_finished()
+    log = out / "logs/broken_resnet8_resnet8_seed0.log"
+    error = log.read_text().strip().splitlines()[-1]
+    assert "no_such_option" in error
+    assert f"failed: broken/resnet8_resnet8/seed0: {error}\n        log: {log}" in result.stdout
+    assert "2/2 done, 1 failed" in result.stdout
+
+
+def test_expansion_names_folders_shares_vanilla_runs_and_resolves_generated_recipes(tmp_path):
+    spec = load_spec(None, {"out": str(tmp_path), "methods": ["vanilla", "kd"], "seeds": [3],
+                            "pairs": ["resnet56:resnet20", "resnet110:resnet20"], "recipes": [str(RECIPES)]},
+                     ["epochs=2"], train_teachers=True)
+    runs = {run.name: run for run in expand(spec)}
+    assert sorted(runs) == ["kd/resnet110_resnet20/seed3", "kd/resnet56_resnet20/seed3", "teachers/resnet110",
+                            "teachers/resnet56", "vanilla/resnet20/seed3"]  # one vanilla run per student
+    kd = runs["kd/resnet110_resnet20/seed3"]
+    assert kd.recipe == str(RECIPES / "kd/resnet110_resnet20.yaml") and kd.needs == "teachers/resnet110"
+    assert "epochs=2" in kd.overrides and f"teacher_checkpoint={runs['teachers/resnet110'].folder}" in kd.overrides
+    assert runs["teachers/resnet110"].recipe == str(RECIPES / "teachers/resnet110.yaml")
+    assert runs["vanilla/resnet20/seed3"].needs is None
+    assert parse_pair("timm:resnet50:tv:resnet18") == ("timm:resnet50", "tv:resnet18")
+    assert parse_pair(["vgg13", "vgg8"]) == ("vgg13", "vgg8")
+    with pytest.raises(KdistillError, match="teacher:student"):
+        parse_pair("resnet56")
+
+
+def test_submitit_jobs_requeue_as_a_resume_of_the_same_run(tmp_path):
+    from kdistill.grid.launch import Launch
+    from kdistill.grid.slurm import SubmititRun
+
+    run = expand(load_spec(None, {"out": str(tmp_path), "methods": ["kd"], "pairs": ["resnet8:resnet8"]}))[0]
+    requeued = SubmititRun(Launch(run, "distill", resume=False), gpus=2).checkpoint()
+    assert requeued.function.launch == Launch(run, "distill", resume=True) and requeued.function.gpus == 2
+
+
+def test_slurm_without_submitit_says_what_to_install(tmp_path):
+    code = ("import sys; sys.modules['submitit'] = None; from kdistill.cli import main; "
+            f"sys.exit(main(['grid', '--launcher', 'slurm', '--methods', 'kd', '--pairs', 'resnet8:resnet8', "
+            f"'--out', '{tmp_path}']))")
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "kdistill: error: --launcher slurm needs submitit: pip install kdistill[slurm]"
