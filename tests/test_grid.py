@@ -36,7 +36,8 @@ def grid_arguments(out: Path, teacher: Path | None = None, methods: list[str] = 
 
 
 def grid(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*kdistill_command(), "grid", *arguments], check=False, capture_output=True, text=True, timeout=600)
+    return subprocess.run([*kdistill_command(), "grid", *arguments], check=False, capture_output=True, text=True,
+                          timeout=600)
 
 
 def top1(run: Path) -> float:
@@ -65,7 +66,8 @@ def test_local_grid_trains_the_teacher_first_then_every_run_and_writes_the_repor
         assert f"seed: {name[-1]}" in config
     assert "5/5 done, 0 failed" in result.stdout
     for method in METHODS:
-        assert f"{method} resnet8->resnet8 seed 1: top-1 {top1(out / method / 'resnet8_resnet8/seed1'):.2f}" in result.stdout
+        accuracy = top1(out / method / "resnet8_resnet8/seed1")
+        assert f"{method} resnet8->resnet8 seed 1: top-1 {accuracy:.2f}" in result.stdout
     table = (out / "report/table.md").read_text()
     assert "resnet8 → resnet8" in table and "| dcd+kd |" in table and "| kd |" in table
     # the students start once the teacher has finished

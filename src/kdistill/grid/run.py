@@ -19,7 +19,7 @@ from kdistill.run_folder import RunFolder
 # Keys that say how a run executes, not what it computes (or that the engine derives from others):
 # a difference in them does not make a saved run another experiment.
 EXECUTION_KEYS = {"out", "resume", "progress", "tensorboard", "device", "data.num_workers", "data.strong_view",
-                  "teacher_cache"}
+                  "checkpoint_every_steps", "note", "teacher_cache"}
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

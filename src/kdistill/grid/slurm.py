@@ -1,5 +1,6 @@
-"""The SLURM launcher, through submitit (the optional extra kdistill[slurm]): each run is one job (the runs ready together form one job
-array); a job the cluster pre-empts or times out is requeued and resumes from its last checkpoint.
+"""The SLURM launcher, through submitit (the optional extra kdistill[slurm]): each run is one job
+(the runs ready together form one job array); a job the cluster pre-empts or times out is requeued
+and resumes from its last checkpoint.
 
 `cluster="local"` is submitit's local executor (jobs as local processes, same code path): for tests
 and for trying a grid without a cluster."""

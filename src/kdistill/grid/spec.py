@@ -213,7 +213,8 @@ def _run(spec: GridSpec, name: str, method: str, teacher: str | None, student: s
     out = spec.out.resolve()
     folder = out / name
     own = [f"seed={seed}", f"out={folder}", "progress=false", *teacher_cache_overrides(out, teacher, seed)]
-    return GridRun(name, folder, method, teacher, student, seed, recipe, [*overrides, *own], _log_path(out, name), needs)
+    return GridRun(name, folder, method, teacher, student, seed, recipe, [*overrides, *own], _log_path(out, name),
+                   needs)
 
 
 def _teacher_runs(spec: GridSpec, teachers: set[str]) -> dict[str, GridRun]:
