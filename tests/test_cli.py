@@ -2,8 +2,8 @@ import json
 
 import pytest
 import torch
-
 from helpers import QUICK_RUN, assert_user_error
+
 from kdistill.cli import EVAL_COMMANDS, parse_command_line
 from kdistill.models import create_model
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import assert_nonblank_png
+
 from kdistill.config import DataConfig
 from kdistill.data import DATASETS
 from kdistill.errors import KdistillError

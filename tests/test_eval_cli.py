@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import QUICK_RUN, assert_nonblank_png, assert_user_error, run_kdistill
+
 from kdistill.data import DATASETS
 from kdistill.errors import KdistillError
 

@@ -5,9 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-from test_eval import assert_nonblank_png
-
 from helpers import assert_nonblank_png
+
 from kdistill.errors import KdistillError
 from kdistill.report import build_report, relative_improvement
 
