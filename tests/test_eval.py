@@ -13,7 +13,7 @@ from helpers import assert_nonblank_png
 from kdistill.config import DataConfig
 from kdistill.data import DATASETS
 from kdistill.errors import KdistillError
-from kdistill.eval.common import build_eval_loaders, from_pixels, to_pixels
+from kdistill.eval.common import build_eval_loaders, from_pixels, to_channels, to_pixels
 from kdistill.eval.correlation import class_correlation, correlation_difference, plot_correlation_differences
 from kdistill.eval.faithfulness import linear_cka, mean_kl, top1_agreement
 from kdistill.eval.knn import nearest_neighbours, weighted_knn_accuracy
@@ -221,3 +221,14 @@ def test_pixels_round_trip_and_train_split_is_read_whole_and_in_order():
     first = batches[0]
     assert torch.equal(to_pixels(first["image"], loaders.info), source.train.images[:3000])  # unaugmented
     torch.testing.assert_close(from_pixels(to_pixels(first["image"], loaders.info), loaders.info), first["image"])
+
+
+def test_channels_convert_as_pil_does():
+    from PIL import Image
+
+    colour = torch.randint(0, 256, (2, 3, 8, 8), generator=generator(), dtype=torch.uint8)
+    luma = np.stack([np.asarray(Image.fromarray(image.permute(1, 2, 0).numpy()).convert("L")) for image in colour])
+    assert torch.equal(to_channels(colour, 1)[:, 0], torch.from_numpy(luma))
+    grey = colour[:, :1]
+    assert torch.equal(to_channels(grey.expand(-1, 3, -1, -1), 1), grey)  # a grey file read as RGB: exact
+    assert torch.equal(to_channels(grey, 3), grey.expand(-1, 3, -1, -1)) and to_channels(grey, 1) is grey

@@ -2,6 +2,7 @@
 and data, a second data set given as `<prefix>.*` keys, and logits/features over a loader."""
 
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,10 +148,14 @@ def build_other_loaders(prefix: str, own: list[str], evaluation: Evaluation) -> 
     if "eval_batch_size" not in given:
         data.eval_batch_size = evaluation.cfg.data.eval_batch_size
     loaders = build_eval_loaders(data, evaluation.device, evaluation.cfg.seed)
-    if loaders.info.in_chans != model_info.in_chans:
-        raise KdistillError(f"data set '{data.name}' has {loaders.info.in_chans}-channel images but the model "
-                            f"takes {model_info.in_chans} (trained on '{model_info.name}'): "
-                            f"choose a {prefix} data set with {model_info.in_chans}-channel images")
+    channels = loaders.info.in_chans
+    if channels != model_info.in_chans:
+        if {channels, model_info.in_chans} != {1, 3}:
+            raise KdistillError(f"data set '{data.name}' has {channels}-channel images but the model takes "
+                                f"{model_info.in_chans} (trained on '{model_info.name}'): choose a {prefix} data set "
+                                f"with {model_info.in_chans}-channel images")
+        print(f"note: {prefix} data '{data.name}' has {channels}-channel images; converted to the model's "
+              f"{model_info.in_chans} ({'luma' if model_info.in_chans == 1 else 'grey repeated'})", file=sys.stderr)
     return loaders
 
 
@@ -167,12 +172,28 @@ def from_pixels(pixels: Tensor, info: DatasetInfo) -> Tensor:
     return Normalizer(info.mean, info.std, pixels.device)(pixels)
 
 
-def renormalised(loader: Loader, source: DatasetInfo, model: DatasetInfo) -> Iterator[dict[str, Tensor]]:
-    """Batches of another data set normalised as the model's training data was: a frozen model
-    sees every input through its own input pipeline."""
+LUMA_WEIGHTS = (19595, 38470, 7471)  # ITU-R 601-2 luma in 16-bit fixed point, PIL's "L" mode; sum 2**16
+
+
+def to_channels(pixels: Tensor, channels: int) -> Tensor:
+    """uint8 pixels [B, C, H, W] with `channels` channels: RGB to luma as PIL computes it (so a grey
+    file read as RGB gets its grey values back exactly; torchvision's rgb_to_grayscale truncates
+    them one level down), or grey repeated to RGB. Image folders are always read as RGB."""
+    if pixels.shape[1] == channels:
+        return pixels
+    if channels == 1:
+        weights = torch.tensor(LUMA_WEIGHTS, dtype=torch.int32, device=pixels.device).view(1, 3, 1, 1)
+        return ((pixels.int() * weights).sum(1, keepdim=True) + 2**15).bitwise_right_shift(16).to(torch.uint8)
+    return pixels.expand(-1, channels, -1, -1)
+
+
+def model_inputs(loader: Loader, source: DatasetInfo, model: DatasetInfo) -> Iterator[dict[str, Tensor]]:
+    """Batches of a data set as the model's own input pipeline makes them: its channel count and
+    its training data's normalisation (a frozen model sees every input through that pipeline)."""
     for batch in loader:
-        if (source.mean, source.std) != (model.mean, model.std):
-            batch = {**batch, "image": from_pixels(to_pixels(batch["image"], source), model)}
+        if (source.mean, source.std, source.in_chans) != (model.mean, model.std, model.in_chans):
+            pixels = to_channels(to_pixels(batch["image"], source), model.in_chans)
+            batch = {**batch, "image": from_pixels(pixels, model)}
         yield batch
 
 

@@ -1,7 +1,11 @@
 """`kdistill knn`: weighted k-nearest-neighbour accuracy on frozen features, as DINO evaluates
 (Caron et al. 2021): cosine similarity of L2-normalised penultimate features to the training
 set's, each of the k neighbours voting for its class with weight exp(similarity / temperature).
-It needs no classifier, so it also scores label-free students."""
+It needs no classifier, so it also scores label-free students.
+
+By default the bank and the queries are the run's own data; `knn.*` keys (the keys of `data.*`)
+name another data set, whose images are resized to the model's input size and normalised as the
+model's training data (as `probe` does)."""
 
 from typing import Any
 
@@ -10,7 +14,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdistill.errors import KdistillError
-from kdistill.eval.common import collect_outputs, load_evaluation, resolve_target, write_report
+from kdistill.eval.common import (
+    build_other_loaders,
+    collect_outputs,
+    load_evaluation,
+    model_inputs,
+    resolve_target,
+    split_overrides,
+    write_report,
+)
 
 KS = (10, 200)
 TEMPERATURE = 0.07
@@ -50,26 +62,33 @@ def weighted_knn_accuracy(bank: Tensor, bank_labels: Tensor, queries: Tensor, qu
 def run_knn(target: str, overrides: list[str], which: str = "last", ks: tuple[int, ...] = KS,
             temperature: float = TEMPERATURE) -> dict[str, Any]:
     """kNN top-1 on the test split with the train split (unaugmented) as the bank, for the model
-    and, when the run has one, its teacher."""
-    resolved = resolve_target(target, overrides, which)
+    and, when the run has one, its teacher; on the run's data or on the `knn.*` data set."""
+    knn_items, run_items = split_overrides(overrides, "knn")
+    resolved = resolve_target(target, run_items, which)
     evaluation = load_evaluation(resolved)
-    loaders, progress, amp = evaluation.loaders, evaluation.cfg.progress, evaluation.amp
-    bank = collect_outputs(evaluation.models, loaders.train, len(loaders.train), "train features", progress, amp)
-    test = collect_outputs(evaluation.models, loaders.test, len(loaders.test), "test features", progress, amp)
+    loaders = build_other_loaders("knn", knn_items, evaluation) if knn_items else evaluation.loaders
+    progress, amp = evaluation.cfg.progress, evaluation.amp
+    outputs = {split: collect_outputs(evaluation.models, model_inputs(getattr(loaders, split), loaders.info, evaluation.loaders.info),
+                                      len(getattr(loaders, split)), f"{split} features", progress, amp)
+               for split in ("train", "test")}
+    bank, test = outputs["train"], outputs["test"]
     top1 = {role: weighted_knn_accuracy(bank[role].pooled.to(evaluation.device), bank[role].labels,
                                         test[role].pooled.to(evaluation.device), test[role].labels,
                                         loaders.info.num_classes, tuple(ks), temperature)
             for role in evaluation.models}
-    report = {"weights": str(resolved.path), "dataset": resolved.cfg.data.name, "temperature": temperature,
-              "models": {role: loaded.name for role, loaded in evaluation.models.items()},
+    name = loaders.info.name
+    report = {"weights": str(resolved.path), "dataset": name, "model_dataset": resolved.cfg.data.name,
+              "temperature": temperature, "models": {role: loaded.name for role, loaded in evaluation.models.items()},
               "bank_size": len(bank["student"].labels),
               "top1": {role: {str(k): value for k, value in by_k.items()} for role, by_k in top1.items()}}
-    return write_report(report, resolved.output_path("knn", ".json"))
+    output_name = f"knn_{name}" if knn_items else "knn"
+    return write_report(report, resolved.output_path(output_name, ".json"))
 
 
 def format_knn(report: dict[str, Any]) -> str:
-    lines = [(f"weighted kNN top-1 (%) on {report['dataset']} test, bank of {report['bank_size']} train features, "
-             f"temperature {report['temperature']}")]
+    trained_on = "" if report["dataset"] == report["model_dataset"] else f" (model trained on {report['model_dataset']})"
+    lines = [(f"weighted kNN top-1 (%) on {report['dataset']} test{trained_on}, bank of {report['bank_size']} "
+              f"train features, temperature {report['temperature']}")]
     for role, by_k in report["top1"].items():
         cells = ", ".join(f"k={k}: {value:.2f}" for k, value in by_k.items())
         lines.append(f"  {role} {report['models'][role]}: {cells}")

@@ -9,6 +9,7 @@ false-positive rate at 95% true-positive rate (FPR95).
 """
 
 import math
+import sys
 from typing import Any
 
 import torch
@@ -16,10 +17,11 @@ from torch import Tensor
 
 from kdistill.errors import KdistillError
 from kdistill.eval.common import (
+    Outputs,
     build_other_loaders,
     collect_outputs,
     load_evaluation,
-    renormalised,
+    model_inputs,
     resolve_target,
     split_overrides,
     write_report,
@@ -68,6 +70,15 @@ def detection_metrics(in_scores: Tensor, out_scores: Tensor) -> dict[str, float]
     return {"auroc": auroc(in_scores, out_scores), "fpr95": fpr_at_tpr(in_scores, out_scores)}
 
 
+def same_images_warning(inside: Outputs, outside: Outputs) -> str | None:
+    """A warning when the OOD test split gives the model the very outputs of the in-distribution
+    test split: the OOD set is the in-distribution set, and every AUROC is 0.5 by construction."""
+    if inside.pooled.shape == outside.pooled.shape and torch.allclose(inside.pooled, outside.pooled, atol=1e-5):
+        return ("the OOD set's test images are the in-distribution test images (AUROC 0.5 by construction): "
+                "set ood.name= and ood.root= to another data set")
+    return None
+
+
 def run_ood(target: str, overrides: list[str], which: str = "last") -> dict[str, Any]:
     """AUROC and FPR95 of every score, for the model and (when the run has one) its teacher."""
     ood_items, run_items = split_overrides(overrides, "ood")
@@ -78,8 +89,11 @@ def run_ood(target: str, overrides: list[str], which: str = "last") -> dict[str,
     loaders = evaluation.loaders
     bank = collect_outputs(models, loaders.train, len(loaders.train), "in-distribution train", progress, amp)
     inside = collect_outputs(models, loaders.test, len(loaders.test), "in-distribution test", progress, amp)
-    ood_batches = renormalised(ood_loaders.test, ood_loaders.info, loaders.info)
+    ood_batches = model_inputs(ood_loaders.test, ood_loaders.info, loaders.info)
     outside = collect_outputs(models, ood_batches, len(ood_loaders.test), "OOD test", progress, amp)
+    warning = same_images_warning(inside["student"], outside["student"])
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     metrics = {}
     for role in models:
         train_features = bank[role].pooled.to(evaluation.device)
@@ -95,6 +109,8 @@ def run_ood(target: str, overrides: list[str], which: str = "last") -> dict[str,
               "samples": {"in": len(inside["student"].labels), "ood": len(outside["student"].labels),
                           "bank": len(bank["student"].labels)},
               "models": {role: loaded.name for role, loaded in models.items()}, "metrics": metrics}
+    if warning:
+        report["warning"] = warning
     return write_report(report, resolved.output_path(f"ood_{ood_name}", ".json"))
 
 

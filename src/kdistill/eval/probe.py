@@ -21,7 +21,7 @@ from kdistill.eval.common import (
     build_other_loaders,
     collect_outputs,
     load_evaluation,
-    renormalised,
+    model_inputs,
     resolve_target,
     split_overrides,
     top1,
@@ -83,7 +83,7 @@ def cached_features(evaluation: Evaluation, probe_loaders: Loaders, probe_items:
     if stale:
         for split in ("train", "test"):
             loader = getattr(probe_loaders, split)
-            outputs = collect_outputs(stale, renormalised(loader, probe_info, model_info), len(loader),
+            outputs = collect_outputs(stale, model_inputs(loader, probe_info, model_info), len(loader),
                                       f"{probe_info.name} {split} features", evaluation.cfg.progress, evaluation.amp)
             for role, output in outputs.items():
                 cache.setdefault(role, {})[split] = (output.pooled, output.labels)
