@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 from helpers import QUICK_RUN, assert_user_error
+from omegaconf import OmegaConf
 
 from kdistill.cli import EVAL_COMMANDS, parse_command_line
 from kdistill.models import create_model
@@ -107,12 +108,16 @@ def test_the_experiment_script_takes_overrides_after_its_lists():
 
 
 def test_train_and_distill_through_the_entry_point(run_cli, trained_run, tmp_path):
+    # The teacher is named relative to the working directory; the run folder stores it absolute,
+    # so evaluations of the run work from anywhere.
     result = run_cli("distill", *QUICK_RUN, "epochs=1", "method.name=kd", "teacher=resnet8",
-                     f"teacher_checkpoint={trained_run}", f"out={tmp_path / 'kd'}")
+                     f"teacher_checkpoint={trained_run.name}", f"out={tmp_path / 'kd'}", cwd=trained_run.parent)
     assert result.returncode == 0, result.stderr
     assert "kd resnet8: top-1 last" in result.stdout
     results = json.loads((tmp_path / "kd" / "results.json").read_text())
     assert results["method"] == "kd" and results["teacher"] == "resnet8"
+    saved = OmegaConf.load(tmp_path / "kd" / "config.yaml")
+    assert saved.teacher_checkpoint == str(trained_run.resolve()) and saved.student_checkpoint is None
 
 
 def test_config_file_and_overrides(run_cli, tmp_path):
@@ -129,7 +134,8 @@ def test_eval_of_a_run_folder_and_of_a_weight_file(run_cli, trained_run):
     assert result.returncode == 0, result.stderr
     report = json.loads((trained_run / "eval_last.json").read_text())
     assert report["top1"] == pytest.approx(json.loads((trained_run / "results.json").read_text())["top1_last"])
-    result = run_cli("eval", str(trained_run / "student_best.pth"), "student=resnet8", "data.name=embedded", "device=cpu")
+    result = run_cli("eval", str(trained_run / "student_best.pth"), "student=resnet8", "data.name=embedded",
+                     "device=cpu")
     assert result.returncode == 0, result.stderr
     assert (trained_run / "student_best.pth.eval.json").is_file()
 
@@ -161,7 +167,8 @@ def test_missing_and_malformed_data_folders(run_cli, tmp_path):
                               f"out={tmp_path / 'a'}"), str(tmp_path / "none"))
     bad = tmp_path / "bad"
     bad.mkdir()
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
         (bad / name).write_bytes(b"\x00\x00\x00\x00not an idx file")
     assert_user_error(run_cli("train", *QUICK_RUN, "data.name=fashion-mnist", f"data.root={bad}",
                               f"out={tmp_path / 'b'}"), str(bad))
