@@ -2,7 +2,7 @@
 
 A teacher is trained once; then each method trains the same student for the same number of
 epochs with each seed. The methods run with the spec's default options and table weights (not
-tuned to this data). Writes every run folder, `results.json` (all runs) and `table.md`
+tuned to this data). Writes every run folder, `comparison.json` (all runs) and `table.md`
 (mean and standard deviation over seeds) under --out.
 
     PYTHONPATH=src python experiments/compare_fashion_mnist.py --out runs/compare_fmnist
@@ -62,7 +62,8 @@ def main() -> None:
             result = finished_or_train(overrides, out / method / f"seed{seed}")
             print(f"{method} seed {seed}: top-1 {result['top1_last']:.2f}", flush=True)
             runs.append(result)
-    (out / "results.json").write_text(json.dumps({"teacher": teacher, "runs": runs}, indent=2) + "\n")
+    # Not results.json: that name is a run folder's, and this folder is not a run.
+    (out / "comparison.json").write_text(json.dumps({"teacher": teacher, "runs": runs}, indent=2) + "\n")
     table = format_table(teacher, runs, args)
     (out / "table.md").write_text(table + "\n")
     print(table)

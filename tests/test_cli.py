@@ -147,9 +147,12 @@ def test_demo_runs_and_reuses_its_teacher(run_cli, tmp_path):
     assert "| kd | resnet8 | kd |" in first.stdout
     rows = json.loads((tmp_path / "demo" / "table.json").read_text())
     assert [row["run"] for row in rows] == ["teacher", "vanilla", "kd", "dcd+kd"]
-    second = run_cli(*args)
+    assert f"-> {tmp_path / 'demo' / 'table.md'} and" in first.stdout
+    second = run_cli(*[arg for arg in args if arg != "--quiet"])  # with progress output
     assert second.returncode == 0, second.stderr
     assert "reusing the demo teacher" in second.stdout
+    for run in ("vanilla", "kd", "dcd+kd"):  # every progress line names its run
+        assert f"{tmp_path / 'demo' / run}: train epoch 2 " in second.stdout
 
 
 def test_bad_names_give_the_closest_ones(run_cli, tmp_path):

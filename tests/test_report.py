@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from helpers import assert_nonblank_png
 
 from kdistill.errors import KdistillError
@@ -12,9 +13,17 @@ from kdistill.report import build_report, relative_improvement
 
 
 def write_run(folder: Path, method: str, student: str, teacher: str | None, top1_last: float,
-              top1_best: float | None = None, seed: int = 0, history: list[dict] | None = None) -> Path:
-    """A hand-made run folder: results.json as the Trainer writes it, and metrics.jsonl if given."""
+              top1_best: float | None = None, seed: int = 0, history: list[dict] | None = None,
+              config: list[str] | None = None) -> Path:
+    """A hand-made run folder: results.json as the Trainer writes it, metrics.jsonl and config.yaml
+    (the default config with `config` overrides) if given."""
     folder.mkdir(parents=True)
+    if config is not None:
+        from kdistill.engine import load_config
+
+        cfg = load_config(None, [f"student={student}", f"method.name={method}", "data.name=cifar100", f"seed={seed}",
+                                 f"out={folder}", *([f"teacher={teacher}"] if teacher else []), *config])
+        (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     results = {"method": method, "student": student, "teacher": teacher, "dataset": "cifar100", "seed": seed,
                "top1_last": top1_last, "top1_best": top1_last if top1_best is None else top1_best}
     (folder / "results.json").write_text(json.dumps(results))
@@ -32,8 +41,8 @@ def test_relative_improvement_of_three_hand_made_runs(tmp_path):
     # last: (74.23 - 73.33) / (73.33 - 72.50) = 0.90 / 0.83; best: (74.40 - 73.60) / (73.60 - 72.80) = 1
     assert last["relative_improvement_over_kd"] == {"dcd": pytest.approx(0.90 / 0.83)}
     assert best["relative_improvement_over_kd"] == {"dcd": pytest.approx(1.0)}
-    assert "| dcd | 74.23 ↑ | +108.43% |" in report["markdown"]
-    assert "| dcd | 74.40 ↑ | +100.00% |" in report["markdown"]
+    assert "| dcd | 74.23 (1) ↑ | +108.43% |" in report["markdown"]
+    assert "| dcd | 74.40 (1) ↑ | +100.00% |" in report["markdown"]
 
 
 def test_relative_improvement_is_the_mean_over_pairs_of_the_ratio():
@@ -71,15 +80,15 @@ def test_table_layout(two_pair_runs, tmp_path):
     assert last_section[2:] == [
         "|  | wrn_40_2 → wrn_16_2 | resnet56 → resnet20 | rel. improvement over KD |",
         "|---|---|---|---|",
-        "| teacher | 75.61 | 72.34 |  |",
-        "| student (vanilla) | 73.26 ± 0.37 | 69.06 |  |",  # sample std of 73.00 and 73.52
-        "| kd | 74.92 ± 0.14 | 70.66 |  |",
-        "| at | 74.08 ↓ | - | -50.60% |",  # (74.08 - 74.92) / (74.92 - 73.26)
-        "| crd | 75.48 ↑ | 71.16 ↑ | +32.49% |",  # mean of 0.56 / 1.66 and 0.50 / 1.60
+        "| teacher | 75.61 (1) | 72.34 (1) |  |",
+        "| student (vanilla) | 73.26 ± 0.37 (2) | 69.06 (1) |  |",  # sample std of 73.00 and 73.52
+        "| kd | 74.92 ± 0.14 (2) | 70.66 (1) |  |",
+        "| at | 74.08 (1) ↓ | - | -50.60% |",  # (74.08 - 74.92) / (74.92 - 73.26)
+        "| crd | 75.48 (1) ↑ | 71.16 (1) ↑ | +32.49% |",  # mean of 0.56 / 1.66 and 0.50 / 1.60
         "",
     ]
     assert "cifar100: top-1 (%) at the best epoch" in markdown
-    assert "| student (vanilla) | 73.35 ± 0.35 | 69.06 |  |" in markdown  # best epochs 73.10 and 73.60
+    assert "| student (vanilla) | 73.35 ± 0.35 (2) | 69.06 (1) |  |" in markdown  # best epochs 73.10 and 73.60
 
 
 def test_csv_holds_the_numbers(two_pair_runs, tmp_path):
@@ -121,3 +130,33 @@ def test_bad_inputs_are_user_errors(tmp_path):
     (tmp_path / "broken" / "results.json").write_text("{")
     with pytest.raises(KdistillError, match="broken/results.json is not a kdistill results file"):
         build_report([str(tmp_path)], tmp_path / "out")
+
+
+def test_cells_pool_seeds_of_one_configuration_only(tmp_path):
+    """Two seed-0 KD runs of 1 and 2 epochs are not one method over two seeds: each configuration
+    gets its row, labelled by what differs; where a run lives or what device it used does not count."""
+    runs = tmp_path / "runs"
+    write_run(runs / "vanilla", "vanilla", "resnet8", None, 60.0, config=["epochs=2"])
+    write_run(runs / "kd_1epoch", "kd", "resnet8", "resnet20", 19.0, config=["epochs=1"])
+    write_run(runs / "kd_2epochs_s0", "kd", "resnet8", "resnet20", 70.0, config=["epochs=2", "device=cpu"])
+    write_run(runs / "kd_2epochs_s1", "kd", "resnet8", "resnet20", 72.0, seed=1, config=["epochs=2", "device=cuda"])
+    write_run(runs / "dcd", "dcd", "resnet8", "resnet20", 71.0, config=["epochs=2"])
+    report = build_report([str(runs)], tmp_path / "out")
+    rows = report["markdown"].split("### ")[1].splitlines()[4:]
+    assert rows[2:5] == ["| kd (epochs=1) | 19.00 (1) |  |", "| kd (epochs=2) | 71.00 ± 1.41 (2) |  |",
+                         "| dcd | 71.00 (1) |  |"]
+    assert report["tables"][0]["rows"]["kd (epochs=2)"]["resnet20 -> resnet8"]["seeds"] == [0, 1]
+
+
+def test_two_runs_of_one_configuration_and_seed_are_refused(tmp_path):
+    write_run(tmp_path / "a" / "kd", "kd", "resnet8", "resnet20", 70.0, config=["epochs=2"])
+    write_run(tmp_path / "b" / "kd", "kd", "resnet8", "resnet20", 71.0, config=["epochs=2"])
+    with pytest.raises(KdistillError, match="have the same configuration and seed 0: give only one"):
+        build_report([str(tmp_path)], tmp_path / "out")
+
+
+def test_a_folder_holding_runs_is_no_run_whatever_its_top_holds(two_pair_runs, tmp_path):
+    """The experiment script wrote its combined results.json at the top of its runs (once)."""
+    (two_pair_runs / "results.json").write_text(json.dumps({"teacher": {}, "runs": []}))
+    report = build_report([str(two_pair_runs)], tmp_path / "out")
+    assert len(report["runs"]) == 11 and str(two_pair_runs) not in report["runs"]

@@ -40,6 +40,8 @@ def run_demo(out: Path, overrides: list[str] = ()) -> list[dict]:
     print(table)
     (out / "table.md").write_text(table + "\n")
     (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"-> {out / 'table.md'} and {out / 'table.json'}; the runs are in {', '.join(row['run'] for row in rows)} "
+          f"under {out}")
     return rows
 
 

@@ -113,19 +113,24 @@ class RunFolder:
 
     @staticmethod
     def find(paths: list[str | Path]) -> list["RunFolder"]:
-        """Finished run folders: each path is one, or a folder searched for them (sorted)."""
-        found: list[RunFolder] = []
+        """Finished run folders at or below each path (sorted per path). A folder that holds other
+        runs is not one, whatever results.json it has at its top (older versions of the experiment
+        script wrote their combined results there)."""
+        found: list[Path] = []
         for given in paths:
-            path = Path(given)
-            if RunFolder(path).is_finished():
-                found.append(RunFolder(path))
-            elif path.is_dir():
-                found.extend(RunFolder(result.parent) for result in sorted(path.rglob(RESULTS_FILE)))
-        return found
+            found += sorted(result.parent for result in Path(given).rglob(RESULTS_FILE))
+        return [RunFolder(path) for path in found
+                if not any(other != path and other.is_relative_to(path) for other in found)]
 
     # ---- config ---------------------------------------------------------------------------
     def write_config(self, text: str) -> None:
         atomic_write_text(self.config_path, text)
+
+    def read_config(self) -> dict[str, Any]:
+        """The saved configuration as plain nested dicts."""
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(OmegaConf.load(self.config_path))
 
     def record_config_change(self, change: dict[str, Any]) -> None:
         with open(self.path / CONFIG_CHANGES_FILE, "a") as file:

@@ -313,7 +313,7 @@ class Trainer:
         every = self.cfg.checkpoint_every_steps
         started = time.perf_counter() - tally.seconds
         bar = tqdm(total=self.steps_per_epoch, initial=tally.steps,
-                   desc=f"{phase.name} epoch {epoch + 1}/{phase.epochs}", leave=False,
+                   desc=f"{self.run.path}: {phase.name} epoch {epoch + 1}/{phase.epochs}", leave=False,
                    disable=not (self.cfg.progress and self.is_main), mininterval=1.0, dynamic_ncols=True)
         for step, batch in enumerate(loader, start=tally.steps):
             if step == self.steps_per_epoch:
@@ -449,7 +449,9 @@ class Trainer:
             self.writer.flush()
         if self.cfg.progress:
             shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(("train/loss", "test/top", "val/top")))
-            tqdm.write(f"{metrics['phase']} epoch {metrics['epoch']} {shown} ({metrics['img_per_s']:.0f} img/s)")
+            # Named by the run folder: the demo and the experiments print several runs' lines in a row.
+            tqdm.write(f"{self.run.path}: {metrics['phase']} epoch {metrics['epoch']} {shown} "
+                       f"({metrics['img_per_s']:.0f} img/s)")
 
     def _finish(self, wall_time: float) -> dict[str, Any]:
         barrier()  # rank 0's last epoch is on disk before anyone reads it

@@ -1,6 +1,13 @@
 """The paper-style table: rows = methods, columns = teacher -> student pairs, the teacher and the
-vanilla student on top, mean +- std over seeds, an arrow against KD, and the relative improvement
-over KD (the ICD paper's footnote): mean over pairs of (acc - acc_KD) / (acc_KD - acc_vanilla)."""
+vanilla student on top, mean +- std over seeds with the number of runs, an arrow against KD, and
+the relative improvement over KD (the ICD paper's footnote): mean over pairs of
+(acc - acc_KD) / (acc_KD - acc_vanilla).
+
+A cell pools the runs whose whole configuration is the same except the seed (and the keys that
+do not change what is trained: where the run and its data live, the device, progress output).
+Runs of one method and pair that differ in anything else (epochs, an option) get separate rows,
+labelled by what differs; two runs of the same configuration and seed are refused.
+"""
 
 import csv
 import json
@@ -18,6 +25,13 @@ TEACHER_ROW, STUDENT_ROW, REFERENCE = "teacher", "student", "kd"
 VANILLA = "vanilla"
 
 Pair = tuple[str, str]  # (teacher, student)
+Setting = tuple[tuple[str, str], ...]  # sorted (dotted config key, value) pairs
+
+# Config keys that do not change what a run trains: not part of the setting its cells pool by.
+UNPOOLED_KEYS = {"seed", "out", "resume", "resume_force", "progress", "tensorboard", "device", "data.root",
+                 "data.download", "data.num_workers", "data.device_resident", "data.eval_batch_size"}
+# What a hand-made run folder without config.yaml is identified by, from its results.json.
+RESULT_SETTING_KEYS = ("method", "student", "teacher", "dataset", "epochs")
 
 
 @dataclass
@@ -29,14 +43,38 @@ class RunResult:
     dataset: str
     seed: int
     top1: dict[str, float]  # variant -> top-1 (%)
+    setting: Setting = ()  # the configuration without the seed: runs of one setting pool over seeds
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"a": {"b": 1}} -> {"a.b": "1"}; lists and scalars as JSON text."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if not isinstance(value, str) else value
+    return flat
+
+
+def run_setting(run: RunFolder, results: dict[str, Any]) -> Setting:
+    """The run's configuration without the seed and the keys that change nothing it trains; a
+    hand-made folder without config.yaml is identified by its results' fields."""
+    if run.is_run():
+        flat = flatten(run.read_config())
+    else:
+        flat = {key: json.dumps(results[key]) for key in RESULT_SETTING_KEYS if key in results}
+    return tuple(sorted((key, value) for key, value in flat.items() if key not in UNPOOLED_KEYS))
 
 
 def load_result(run: Path) -> RunResult:
-    path = RunFolder(run).results_path
+    folder = RunFolder(run)
+    path = folder.results_path
     try:
         results = json.loads(path.read_text())
         return RunResult(run, results["method"], results["student"], results.get("teacher"), results["dataset"],
-                         results.get("seed", 0), {variant: float(results[key]) for variant, key in VARIANTS.items()})
+                         results.get("seed", 0), {variant: float(results[key]) for variant, key in VARIANTS.items()},
+                         run_setting(folder, results))
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise KdistillError(f"{path} is not a kdistill results file ({type(error).__name__}: {error}); "
                             "give folders of finished runs") from None
@@ -46,13 +84,9 @@ def find_runs(paths: list[str]) -> list[Path]:
     """Run folders (with a results.json): each path is one, or a folder searched for them."""
     runs: list[Path] = []
     for given in paths:
-        path = Path(given)
-        if RunFolder(path).is_finished():
-            found = [path]
-        elif path.is_dir():
-            found = [folder.path for folder in RunFolder.find([path])]
-        else:
+        if not Path(given).is_dir():
             raise KdistillError(f"'{given}' is not a folder: give run folders or folders that hold them")
+        found = [folder.path for folder in RunFolder.find([given])]
         if not found:
             raise KdistillError(f"no {RESULTS_FILE} under '{given}': give folders of finished runs")
         runs += [run for run in found if run not in runs]
@@ -61,9 +95,10 @@ def find_runs(paths: list[str]) -> list[Path]:
 
 @dataclass
 class Cell:
-    """One method on one pair: the top-1 of each seed."""
+    """One setting of a method on one pair: the top-1 of each seed."""
 
     values: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
 
     @property
     def mean(self) -> float:
@@ -80,8 +115,9 @@ class Table:
     dataset: str
     variant: str
     pairs: list[Pair]
-    rows: dict[str, dict[Pair, Cell]]  # teacher, student, kd, then the other methods
-    relative: dict[str, float | None]  # method -> relative improvement over KD (a fraction)
+    rows: dict[str, dict[Pair, Cell]]  # by label: teacher, student, kd, then the other methods
+    bases: dict[str, str]  # row label -> its row kind (teacher, student or the method)
+    relative: dict[str, float | None]  # row label -> relative improvement over KD (a fraction)
 
 
 def relative_improvement(method: list[float], kd: list[float], vanilla: list[float]) -> float | None:
@@ -89,6 +125,41 @@ def relative_improvement(method: list[float], kd: list[float], vanilla: list[flo
     pairs where KD equals vanilla (the ratio is undefined) are left out; None if none is left."""
     ratios = [(m - k) / (k - v) for m, k, v in zip(method, kd, vanilla, strict=True) if k != v]
     return statistics.fmean(ratios) if ratios else None
+
+
+def _cell_runs(runs: list[RunResult], pairs: list[Pair]) -> dict[tuple[str, Pair], list[RunResult]]:
+    """The runs of each (row kind, pair). A vanilla run of a model is the teacher row of the pairs
+    it teaches and the student row of the pairs it is the student of."""
+    cells: dict[tuple[str, Pair], list[RunResult]] = {}
+    for pair in pairs:
+        for run in runs:
+            if run.method == VANILLA:
+                kinds = [row for row, model in ((TEACHER_ROW, pair[0]), (STUDENT_ROW, pair[1])) if run.student == model]
+            else:
+                kinds = [run.method] if (run.teacher, run.student) == pair else []
+            for kind in kinds:
+                cells.setdefault((kind, pair), []).append(run)
+    return cells
+
+
+def _by_setting(kind: str, runs: list[RunResult]) -> dict[str, list[RunResult]]:
+    """One cell's runs by setting, under their row labels: the row kind alone when they share one
+    setting, else followed by the keys that differ. Two runs of one setting and seed are refused."""
+    groups: dict[Setting, list[RunResult]] = {}
+    for run in runs:
+        group = groups.setdefault(run.setting, [])
+        twin = next((other for other in group if other.seed == run.seed), None)
+        if twin is not None:
+            raise KdistillError(f"runs '{twin.path}' and '{run.path}' have the same configuration and seed {run.seed}: "
+                                "give only one of them")
+        group.append(run)
+    if len(groups) == 1:
+        return {kind: runs}
+    settings = [dict(setting) for setting in groups]
+    differing = sorted({key for setting in settings for key in setting
+                        if len({str(other.get(key)) for other in settings}) > 1})
+    labels = [", ".join(f"{key}={setting.get(key, '-')}" for key in differing) for setting in settings]
+    return {f"{kind} ({label})": group for label, group in zip(labels, groups.values())}
 
 
 def build_tables(results: list[RunResult]) -> list[Table]:
@@ -100,21 +171,24 @@ def build_tables(results: list[RunResult]) -> list[Table]:
         pairs = list(dict.fromkeys((run.teacher, run.student) for run in distilled))
         if not pairs:
             continue
-        methods = sorted({run.method for run in distilled}, key=lambda name: (name != REFERENCE, name))
+        kinds = [TEACHER_ROW, STUDENT_ROW,
+                 *sorted({run.method for run in distilled}, key=lambda name: (name != REFERENCE, name))]
+        labelled: dict[str, dict[Pair, list[RunResult]]] = {}
+        bases = {TEACHER_ROW: TEACHER_ROW, STUDENT_ROW: STUDENT_ROW}
+        for (kind, pair), cell_runs in _cell_runs(runs, pairs).items():
+            for label, group in _by_setting(kind, cell_runs).items():
+                labelled.setdefault(label, {})[pair] = group
+                bases[label] = kind
+        order = sorted(bases, key=lambda label: (kinds.index(bases[label]), label != bases[label], label))
+        # The teacher and student rows stay (as "-") when no run fills them; a split row replaces its plain one.
+        order = [label for label in order if label in labelled or not any(
+            other != label and bases[other] == label for other in labelled)]
+        methods = [label for label in order if bases[label] not in (TEACHER_ROW, STUDENT_ROW, REFERENCE)]
         for variant in VARIANTS:
-            rows: dict[str, dict[Pair, Cell]] = {name: {} for name in (TEACHER_ROW, STUDENT_ROW, *methods)}
-            for pair in pairs:
-                for run in runs:
-                    if run.method == VANILLA:
-                        # A vanilla run of a model is the teacher row of pairs it teaches and the
-                        # student row of pairs it is the student of.
-                        names = [row for row, model in ((TEACHER_ROW, pair[0]), (STUDENT_ROW, pair[1]))
-                                 if run.student == model]
-                    else:
-                        names = [run.method] if (run.teacher, run.student) == pair else []
-                    for name in names:
-                        rows[name].setdefault(pair, Cell()).values.append(run.top1[variant])
-            tables.append(Table(dataset, variant, pairs, rows, _relative_improvements(rows, pairs, methods)))
+            rows = {label: {pair: Cell([run.top1[variant] for run in group], [run.seed for run in group])
+                            for pair, group in labelled.get(label, {}).items()} for label in order}
+            tables.append(Table(dataset, variant, pairs, rows, {label: bases[label] for label in order},
+                                _relative_improvements(rows, pairs, methods)))
     return tables
 
 
@@ -133,7 +207,7 @@ def _relative_improvements(rows: dict[str, dict[Pair, Cell]], pairs: list[Pair],
 def _arrow(table: Table, row: str, pair: Pair) -> str:
     """↑ / ↓ where a method's mean is above / below KD's on the pair, as the tables mark them."""
     kd = table.rows.get(REFERENCE, {}).get(pair)
-    if row in (TEACHER_ROW, STUDENT_ROW, REFERENCE) or kd is None:
+    if table.bases[row] in (TEACHER_ROW, STUDENT_ROW, REFERENCE) or kd is None:
         return ""
     mean = table.rows[row][pair].mean
     return " ↑" if mean > kd.mean else " ↓" if mean < kd.mean else ""
@@ -144,7 +218,7 @@ def _cell_text(table: Table, row: str, pair: Pair) -> str:
     if cell is None:
         return "-"
     spread = f" ± {cell.std:.2f}" if len(cell.values) > 1 else ""
-    return f"{cell.mean:.2f}{spread}{_arrow(table, row, pair)}"
+    return f"{cell.mean:.2f}{spread} ({len(cell.values)}){_arrow(table, row, pair)}"
 
 
 def _relative_text(table: Table, row: str) -> str:
@@ -152,8 +226,10 @@ def _relative_text(table: Table, row: str) -> str:
     return "" if value is None else f"{100 * value:+.2f}%"
 
 
-def _row_title(row: str) -> str:
-    return {TEACHER_ROW: "teacher", STUDENT_ROW: "student (vanilla)"}.get(row, row)
+def _row_title(table: Table, row: str) -> str:
+    """The label, with the student row named as the vanilla student."""
+    base = table.bases[row]
+    return {STUDENT_ROW: "student (vanilla)"}.get(base, base) + row[len(base):]
 
 
 def format_markdown(tables: list[Table]) -> str:
@@ -163,11 +239,12 @@ def format_markdown(tables: list[Table]) -> str:
         lines = [f"### {table.dataset}: top-1 (%) at the {VARIANT_TITLES[table.variant]}", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in table.rows:
-            cells = [_row_title(row), *[_cell_text(table, row, pair) for pair in table.pairs], _relative_text(table, row)]
+            cells = [_row_title(table, row), *[_cell_text(table, row, pair) for pair in table.pairs], _relative_text(table, row)]
             lines.append("| " + " | ".join(cells) + " |")
         sections.append("\n".join(lines))
-    note = ("mean ± sample std over seeds; ↑/↓: above/below KD on that pair; relative improvement over KD = mean "
-            "over pairs of (acc − acc_KD) / (acc_KD − acc_vanilla student)")
+    note = ("mean ± sample std over seeds (n): n runs, one per seed, of one configuration; a row label in "
+            "parentheses names what sets its runs apart from the row's other runs; ↑/↓: above/below KD on that pair; "
+            "relative improvement over KD = mean over pairs of (acc − acc_KD) / (acc_KD − acc_vanilla student)")
     return "\n\n".join(sections) + "\n\n" + note + "\n"
 
 
@@ -197,6 +274,7 @@ def write_csv(tables: list[Table], path: Path) -> None:
 def table_json(table: Table) -> dict[str, Any]:
     return {"dataset": table.dataset, "variant": table.variant,
             "pairs": [{"teacher": teacher, "student": student} for teacher, student in table.pairs],
-            "rows": {row: {f"{teacher} -> {student}": {"mean": cell.mean, "std": cell.std, "values": cell.values}
+            "rows": {row: {f"{teacher} -> {student}": {"mean": cell.mean, "std": cell.std, "values": cell.values,
+                                                           "seeds": cell.seeds}
                            for (teacher, student), cell in cells.items()} for row, cells in table.rows.items()},
             "relative_improvement_over_kd": table.relative}
