@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 from helpers import assert_nonblank_png
+from omegaconf import OmegaConf
 
 from kdistill.errors import KdistillError
 from kdistill.report import build_report, relative_improvement
@@ -49,7 +49,8 @@ def test_relative_improvement_is_the_mean_over_pairs_of_the_ratio():
     # CRD against KD on two pairs of the ICD paper's table (CRD, KD, vanilla student).
     expected = ((75.48 - 74.92) / (74.92 - 73.26) + (71.16 - 70.66) / (70.66 - 69.06)) / 2
     assert relative_improvement([75.48, 71.16], [74.92, 70.66], [73.26, 69.06]) == pytest.approx(expected)
-    assert relative_improvement([75.0, 71.16], [74.0, 70.66], [74.0, 69.06]) == pytest.approx(0.5 / 1.6)  # 0/0 pair left out
+    # The 0/0 pair is left out.
+    assert relative_improvement([75.0, 71.16], [74.0, 70.66], [74.0, 69.06]) == pytest.approx(0.5 / 1.6)
     assert relative_improvement([75.0], [74.0], [74.0]) is None
 
 

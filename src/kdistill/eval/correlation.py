@@ -45,7 +45,8 @@ def plot_correlation_differences(panels: list[tuple[str, Tensor]], path: Path) -
     figure.savefig(path, dpi=100)
 
 
-def run_correlate(targets: list[str], overrides: list[str], which: str = "last", out: str | None = None) -> dict[str, Any]:
+def run_correlate(targets: list[str], overrides: list[str], which: str = "last",
+                  out: str | None = None) -> dict[str, Any]:
     """The correlation difference of every run (each needs a teacher); one PNG with a panel per run.
 
     The PNG goes to `out`, or beside the single target, or to ./correlation.png for several."""

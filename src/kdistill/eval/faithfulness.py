@@ -36,7 +36,8 @@ def linear_cka(first: Tensor, second: Tensor) -> float:
 
 
 def run_faithfulness(target: str, overrides: list[str], which: str = "last",
-                     corruptions: tuple[str, ...] = tuple(CORRUPTIONS), severities: tuple[int, ...] = SEVERITIES) -> dict[str, Any]:
+                     corruptions: tuple[str, ...] = tuple(CORRUPTIONS),
+                     severities: tuple[int, ...] = SEVERITIES) -> dict[str, Any]:
     """Student against teacher on the test split, clean and under each corruption."""
     names, severities = list(corruptions), list(severities)
     check_corruptions(names, severities)

@@ -68,9 +68,11 @@ def run_knn(target: str, overrides: list[str], which: str = "last", ks: tuple[in
     evaluation = load_evaluation(resolved)
     loaders = build_other_loaders("knn", knn_items, evaluation) if knn_items else evaluation.loaders
     progress, amp = evaluation.cfg.progress, evaluation.amp
-    outputs = {split: collect_outputs(evaluation.models, model_inputs(getattr(loaders, split), loaders.info, evaluation.loaders.info),
-                                      len(getattr(loaders, split)), f"{split} features", progress, amp)
-               for split in ("train", "test")}
+    outputs = {}
+    for split in ("train", "test"):
+        loader = getattr(loaders, split)
+        outputs[split] = collect_outputs(evaluation.models, model_inputs(loader, loaders.info, evaluation.loaders.info),
+                                         len(loader), f"{split} features", progress, amp)
     bank, test = outputs["train"], outputs["test"]
     top1 = {role: weighted_knn_accuracy(bank[role].pooled.to(evaluation.device), bank[role].labels,
                                         test[role].pooled.to(evaluation.device), test[role].labels,
@@ -86,7 +88,8 @@ def run_knn(target: str, overrides: list[str], which: str = "last", ks: tuple[in
 
 
 def format_knn(report: dict[str, Any]) -> str:
-    trained_on = "" if report["dataset"] == report["model_dataset"] else f" (model trained on {report['model_dataset']})"
+    model_dataset = report["model_dataset"]
+    trained_on = "" if report["dataset"] == model_dataset else f" (model trained on {model_dataset})"
     lines = [(f"weighted kNN top-1 (%) on {report['dataset']} test{trained_on}, bank of {report['bank_size']} "
               f"train features, temperature {report['temperature']}")]
     for role, by_k in report["top1"].items():

@@ -158,7 +158,8 @@ def outputs_under_corruptions(evaluation: Evaluation, names: list[str],
 
 
 def run_robustness(target: str, overrides: list[str], which: str = "last",
-                   corruptions: tuple[str, ...] = tuple(CORRUPTIONS), severities: tuple[int, ...] = SEVERITIES) -> dict[str, Any]:
+                   corruptions: tuple[str, ...] = tuple(CORRUPTIONS),
+                   severities: tuple[int, ...] = SEVERITIES) -> dict[str, Any]:
     """Top-1 of the model (and its teacher, when the run has one) on the clean and the corrupted
     test split; the mean corruption accuracy averages all corruptions and severities."""
     names, severities = list(corruptions), list(severities)
@@ -176,7 +177,8 @@ def run_robustness(target: str, overrides: list[str], which: str = "last",
         "models": {role: loaded.name for role, loaded in evaluation.models.items()},
         "clean_top1": {role: top1(output.logits, output.labels) for role, output in clean.items()},
         "corruption_top1": accuracy,
-        "mean_corruption_top1": {role: float(np.mean([a for by_severity in table.values() for a in by_severity.values()]))
+        "mean_corruption_top1": {role: float(np.mean([value for by_severity in table.values()
+                                                      for value in by_severity.values()]))
                                  for role, table in accuracy.items()},
     }
     return write_report(report, resolved.output_path("robustness", ".json"))

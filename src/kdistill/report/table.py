@@ -239,7 +239,8 @@ def format_markdown(tables: list[Table]) -> str:
         lines = [f"### {table.dataset}: top-1 (%) at the {VARIANT_TITLES[table.variant]}", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in table.rows:
-            cells = [_row_title(table, row), *[_cell_text(table, row, pair) for pair in table.pairs], _relative_text(table, row)]
+            cells = [_row_title(table, row), *[_cell_text(table, row, pair) for pair in table.pairs],
+                     _relative_text(table, row)]
             lines.append("| " + " | ".join(cells) + " |")
         sections.append("\n".join(lines))
     note = ("mean ± sample std over seeds (n): n runs, one per seed, of one configuration; a row label in "
