@@ -219,7 +219,12 @@ def test_robustness_of_student_and_teacher(results, runs):
 
 def test_report_of_the_runs(results, runs):
     stdout = succeeded(results, "report")
-    assert "| kd |" in stdout and "resnet8 → resnet8" in stdout
+    top1 = {run: read_json(runs[run] / "results.json")["top1_last"] for run in ("teacher", "student")}
+    assert "|  | resnet8 → resnet8 | rel. improvement over KD |" in stdout
+    # The teacher (a vanilla resnet8) is also the vanilla student row; one run per cell.
+    assert f"| teacher | {top1['teacher']:.2f} (1) |  |" in stdout
+    assert f"| student (vanilla) | {top1['teacher']:.2f} (1) |  |" in stdout
+    assert f"| kd | {top1['student']:.2f} (1) |  |" in stdout
     assert (runs["root"] / "report" / "table.csv").is_file()
     assert_nonblank_png(runs["root"] / "report" / "curves" / "kd.png")
 
