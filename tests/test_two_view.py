@@ -1,13 +1,12 @@
 """The strong view of two-view methods: its operations, its keyed randomness, and the loaders."""
 
-import math
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from torchvision.transforms.v2 import functional as F
 
 from kdistill.config import DataConfig
@@ -16,6 +15,8 @@ from kdistill.data.sources import DATASETS
 from kdistill.data.two_view import (
     RAND_AUGMENT_OPS,
     cutout,
+    cutout_boxes,
+    fill_boxes,
     mean_fill,
     rand_augment,
     rand_augment_params,
@@ -31,12 +32,19 @@ def random_images(count: int, channels: int, height: int = 20, width: int = 24, 
     return torch.randint(0, 256, (count, channels, height, width), generator=generator, dtype=torch.uint8)
 
 
+def pil_shear(image: torch.Tensor, coefficients: tuple[float, ...]) -> torch.Tensor:
+    """The reference's ShearX / ShearY: PIL's affine transform (nearest, zero fill) of one image."""
+    pil = F.to_pil_image(image)
+    return F.pil_to_tensor(pil.transform(pil.size, Image.AFFINE, coefficients)).view_as(image)
+
+
 def torchvision_reference(name: str, image: torch.Tensor, magnitude: float, sign: float) -> torch.Tensor:
-    """One image through torchvision's own scalar op, with FixMatch's range for that op."""
+    """One image through torchvision's own scalar op (PIL's for the shears, as the reference draws
+    them), with FixMatch's range for that op."""
     factor = 0.05 + 0.9 * magnitude
-    shear = math.degrees(math.atan(sign * 0.3 * magnitude))
+    shear = sign * 0.3 * magnitude
     height, width = image.shape[-2:]
-    no_shift, no_shear = [0.0, 0.0], [0.0, 0.0]
+    no_shear = [0.0, 0.0]
     return {
         "identity": lambda: image,
         "auto_contrast": lambda: F.autocontrast(image),
@@ -48,8 +56,8 @@ def torchvision_reference(name: str, image: torch.Tensor, magnitude: float, sign
         "posterize": lambda: F.posterize(image, 4 + int(4 * magnitude)),
         "solarize": lambda: F.solarize(image, 256 * magnitude) if 256 * magnitude <= 255 else image,
         "rotate": lambda: F.rotate(image, sign * 30 * magnitude),
-        "shear_x": lambda: F.affine(image, 0.0, no_shift, 1.0, [shear, 0.0]),
-        "shear_y": lambda: F.affine(image, 0.0, no_shift, 1.0, [0.0, shear]),
+        "shear_x": lambda: pil_shear(image, (1, shear, 0, 0, 1, 0)),
+        "shear_y": lambda: pil_shear(image, (1, 0, 0, shear, 1, 0)),
         "translate_x": lambda: F.affine(image, 0.0, [sign * 0.3 * magnitude * width, 0.0], 1.0, no_shear),
         "translate_y": lambda: F.affine(image, 0.0, [0.0, sign * 0.3 * magnitude * height], 1.0, no_shear),
     }[name]()
@@ -66,6 +74,8 @@ def test_batched_op_with_a_magnitude_per_image_matches_torchvision_per_image(op,
     expected = torch.stack([torchvision_reference(op.__name__, images[i], float(magnitude[i]), float(sign[i]))
                             for i in range(48)])
     assert out.dtype == torch.uint8 and out.shape == images.shape
+    if op.__name__.startswith("shear"):  # geometric, in PIL's convention: pixel-exact
+        assert torch.equal(out, expected)
     difference = (out.int() - expected.int()).abs()
     # Float rounding of the blend may move a rare pixel by one level; nothing more.
     assert difference.max() <= 1 and (difference > 0).float().mean() < 1e-3
@@ -113,18 +123,50 @@ def test_rand_augment_leaves_its_input_alone():
     assert torch.equal(images, kept)
 
 
-def test_cutout_fills_one_clipped_square_up_to_half_the_side():
-    side = 16
-    images = torch.zeros(400, 3, side, side, dtype=torch.uint8)
+def reference_cutout(image: Image.Image, side: float, point_x: float, point_y: float, colour) -> Image.Image:
+    """The reference's CutoutAbs with its random draws given: PIL's inclusive rectangle."""
+    width, height = image.size
+    left, top = int(max(0, point_x - side / 2.0)), int(max(0, point_y - side / 2.0))
+    image = image.copy()
+    if side > 0:
+        ImageDraw.Draw(image).rectangle((left, top, min(width, left + side), min(height, top + side)), colour)
+    return image
+
+
+def test_cutout_boxes_match_the_reference_pil_rectangle_pixel_for_pixel():
+    height, width, count = 20, 24, 300
+    images = random_images(count, 3, height, width, seed=5)
+    generator = torch.Generator().manual_seed(2)
+    side = torch.rand(count, generator=generator, dtype=torch.float64) * 0.5 * width
+    side[:5] = 0.0  # the reference leaves the image alone
+    point_x = torch.rand(count, generator=generator, dtype=torch.float64) * width
+    point_y = torch.rand(count, generator=generator, dtype=torch.float64) * height
+    point_x[5:15], point_y[15:25] = 0.3, height - 0.2  # at the borders: shifted inward / clipped
+    ours = fill_boxes(images, cutout_boxes(side, point_x, point_y, height, width), (125, 123, 114))
+    expected = torch.stack([
+        F.pil_to_tensor(reference_cutout(F.to_pil_image(images[i]), float(side[i]), float(point_x[i]),
+                                         float(point_y[i]), (125, 123, 114)))
+        for i in range(count)])
+    assert torch.equal(ours, expected)
+    assert torch.equal(ours[:5], images[:5])
+    changed = (ours != images).any(dim=1)
+    left_edge = changed[5:15].any(dim=1).float().argmax(dim=1)  # first filled column per image
+    assert (left_edge == 0).all()  # at the left border the box starts at column 0 ...
+    widths = changed[5:15].any(dim=1).sum(dim=1)
+    assert (widths >= side[5:15].floor().long()).all()  # ... keeping its full side (shifted, not cut)
+
+
+def test_cutout_draws_side_and_point_from_the_key():
+    side_limit = 8  # half of 16
+    images = torch.zeros(400, 3, 16, 16, dtype=torch.uint8)
     out = cutout(images, SEED, 0, torch.arange(400), (9, 8, 7))
     filled = (out != 0).any(dim=1)  # [B, H, W]
     assert torch.equal(out[:, 0][filled], torch.full_like(out[:, 0][filled], 9))
-    assert torch.equal(out[:, 2][filled], torch.full_like(out[:, 2][filled], 7))
     heights, widths = filled.any(dim=2).sum(1), filled.any(dim=1).sum(1)
-    assert torch.equal(filled.sum((1, 2)), heights * widths)  # a rectangle: the square, maybe clipped
-    assert heights.max() == widths.max() == side // 2 and (heights == 0).any()  # sizes span [0, side/2]
-    unclipped = torch.arange(400)[(heights > 0) & (heights == widths)]
-    assert len(unclipped) > 100
+    assert torch.equal(filled.sum((1, 2)), heights * widths)  # one rectangle per image
+    assert widths.max() <= side_limit + 1 and widths.max() >= side_limit  # inclusive edge: up to side + 1
+    assert torch.equal(out, cutout(images, SEED, 0, torch.arange(400), (9, 8, 7)))
+    assert not torch.equal(out, cutout(images, SEED, 1, torch.arange(400), (9, 8, 7)))
 
 
 # --- the loaders ---------------------------------------------------------------------------

@@ -13,10 +13,14 @@ code CRLD's reference builds on (kekmodel's FixMatch port instead applies each w
 1/2 at a discrete magnitude). The pool: AutoContrast, Brightness / Color / Contrast / Sharpness with factor in [0.05, 0.95],
 Equalize, Identity, Posterize to [4, 8) bits, Rotate by +-[0, 30] degrees, ShearX / ShearY by
 +-[0, 0.3], Solarize above a threshold in [0, 256), TranslateX / TranslateY by +-[0, 0.3] of
-the side. Geometric operations work as torchvision's tensor `affine` / `rotate` (about the
-centre, nearest neighbour, zero fill). Cutout then fills a square whose side is uniform in
-[0, half the shorter side], centred uniformly in the image and clipped at its border, with
-the data set's mean colour (zero after normalisation).
+the side. ShearX / ShearY follow PIL's affine convention, as the reference's PIL code draws them
+(`Image.transform(AFFINE, (1, v, 0, 0, 1, 0))`: about the top-left origin, nearest neighbour,
+zero fill); Rotate and Translate work as torchvision's tensor `affine` / `rotate` (about the
+centre, nearest neighbour, zero fill). Cutout then draws the reference's box (its CutoutAbs): side
+v = width * U[0, 0.5), a point uniform in the image, the box's top-left corner at
+int(max(0, point - v / 2)) (so a box at the top or left border is shifted inward, keeping its
+side), its bottom-right at min(side, corner + v), edges inclusive as PIL's `rectangle`, filled
+with the data set's mean colour (zero after normalisation).
 """
 
 from enum import IntEnum
@@ -26,7 +30,13 @@ import torch.nn.functional as nnf
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
-from kdistill.data.augment import crop_flip, crop_flip_params, keyed_bits, keyed_randint, keyed_uniform
+from kdistill.data.augment import (
+    crop_flip,
+    crop_flip_params,
+    keyed_bits,
+    keyed_randint,
+    keyed_uniform,
+)
 from kdistill.data.sources import ImageFiles
 from kdistill.data.streaming import FileDataset
 
@@ -126,16 +136,13 @@ def solarize(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
     return torch.where(images >= threshold, 255 - images, images)
 
 
-def _affine(images: Tensor, angle: Tensor, translate: Tensor, shear: Tensor) -> Tensor:
+def _affine(images: Tensor, angle: Tensor, translate: Tensor) -> Tensor:
     """torchvision's tensor `affine` (about the centre, nearest, zero fill) with parameters per
-    image: angle [N] and shear [N, 2] in degrees, translate [N, 2] in pixels."""
+    image: angle [N] in degrees, translate [N, 2] in pixels."""
     batch, _, height, width = images.shape
-    rot, shear_x, shear_y = angle.double().deg2rad(), *shear.double().deg2rad().unbind(1)
-    # Inverse of rotation * shear, then of the translation: torchvision's _get_inverse_affine_matrix.
-    a = torch.cos(rot - shear_y) / torch.cos(shear_y)
-    b = -torch.cos(rot - shear_y) * torch.tan(shear_x) / torch.cos(shear_y) - torch.sin(rot)
-    c = torch.sin(rot - shear_y) / torch.cos(shear_y)
-    d = -torch.sin(rot - shear_y) * torch.tan(shear_x) / torch.cos(shear_y) + torch.cos(rot)
+    rot = angle.double().deg2rad()
+    # Inverse of the rotation, then of the translation: torchvision's _get_inverse_affine_matrix.
+    a, b, c, d = torch.cos(rot), -torch.sin(rot), torch.sin(rot), torch.cos(rot)
     tx, ty = (-translate.double()).unbind(1)
     theta = torch.stack([
         torch.stack([d, -b, d * tx - b * ty], dim=1),
@@ -153,38 +160,52 @@ def _affine(images: Tensor, angle: Tensor, translate: Tensor, shear: Tensor) -> 
     return sampled.round_().to(torch.uint8)
 
 
-def _zero_pairs(images: Tensor, count: int) -> Tensor:
-    return torch.zeros(count, 2, device=images.device)
-
-
 def rotate(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
     # torchvision's rotate turns counter-clockwise for a positive angle: affine with -angle.
     angle = -sign * MAX_ROTATE_DEGREES * magnitude
-    return _affine(images, angle, _zero_pairs(images, len(angle)), _zero_pairs(images, len(angle)))
+    return _affine(images, angle, torch.zeros(len(angle), 2, device=images.device))
 
 
-def _shear_degrees(magnitude: Tensor, sign: Tensor) -> Tensor:
-    return torch.atan(sign * MAX_SHEAR * magnitude).rad2deg()
+def pil_affine(images: Tensor, coefficients: Tensor) -> Tensor:
+    """PIL's `Image.transform(size, AFFINE, (a, b, c, d, e, f))` (nearest, zero fill) with the six
+    coefficients per image ([N, 6]): output pixel (x, y) takes the input pixel at
+    (floor(a (x + 1/2) + b (y + 1/2) + c), floor(d (x + 1/2) + e (y + 1/2) + f)), zero outside."""
+    batch, channels, height, width = images.shape
+    a, b, c, d, e, f = (value.view(-1, 1, 1) for value in coefficients.double().unbind(1))
+    xs = torch.arange(width, dtype=torch.float64, device=images.device).view(1, 1, -1) + 0.5
+    ys = torch.arange(height, dtype=torch.float64, device=images.device).view(1, -1, 1) + 0.5
+    source_x = (a * xs + b * ys + c).floor().long()  # [N, H, W]
+    source_y = (d * xs + e * ys + f).floor().long()
+    inside = (source_x >= 0) & (source_x < width) & (source_y >= 0) & (source_y < height)
+    flat = (source_y.clamp(0, height - 1) * width + source_x.clamp(0, width - 1)).view(batch, 1, -1)
+    sampled = images.flatten(2).gather(2, flat.expand(-1, channels, -1)).view_as(images)
+    return torch.where(inside[:, None], sampled, torch.zeros((), dtype=images.dtype, device=images.device))
+
+
+def _shear_coefficients(magnitude: Tensor, sign: Tensor, position: int) -> Tensor:
+    """PIL's identity affine with the shear `sign * MAX_SHEAR * magnitude` at `position` (1: x, 3: y)."""
+    coefficients = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64, device=magnitude.device)
+    coefficients = coefficients.repeat(len(magnitude), 1)
+    coefficients[:, position] = sign.double() * MAX_SHEAR * magnitude.double()
+    return coefficients
 
 
 def shear_x(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
-    shear = torch.stack([_shear_degrees(magnitude, sign), torch.zeros_like(magnitude)], dim=1)
-    return _affine(images, torch.zeros_like(magnitude), _zero_pairs(images, len(magnitude)), shear)
+    return pil_affine(images, _shear_coefficients(magnitude, sign, 1))
 
 
 def shear_y(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
-    shear = torch.stack([torch.zeros_like(magnitude), _shear_degrees(magnitude, sign)], dim=1)
-    return _affine(images, torch.zeros_like(magnitude), _zero_pairs(images, len(magnitude)), shear)
+    return pil_affine(images, _shear_coefficients(magnitude, sign, 3))
 
 
 def translate_x(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
     shift = torch.stack([sign * MAX_TRANSLATE * magnitude * images.shape[-1], torch.zeros_like(magnitude)], dim=1)
-    return _affine(images, torch.zeros_like(magnitude), shift, _zero_pairs(images, len(magnitude)))
+    return _affine(images, torch.zeros_like(magnitude), shift)
 
 
 def translate_y(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
     shift = torch.stack([torch.zeros_like(magnitude), sign * MAX_TRANSLATE * magnitude * images.shape[-2]], dim=1)
-    return _affine(images, torch.zeros_like(magnitude), shift, _zero_pairs(images, len(magnitude)))
+    return _affine(images, torch.zeros_like(magnitude), shift)
 
 
 RAND_AUGMENT_OPS = (
@@ -234,22 +255,40 @@ def rand_augment(
     return images
 
 
-def cutout(images: Tensor, seed: int, epoch: int, index: Tensor, fill: tuple[int, ...]) -> Tensor:
-    """Fill a square per image with `fill`: side uniform in [0, half the shorter side], centre
-    uniform over the image, clipped at the border. uint8 images [B, C, H, W]; `index` [B]."""
+def cutout_boxes(side: Tensor, point_x: Tensor, point_y: Tensor, height: int, width: int) -> Tensor:
+    """The reference's Cutout boxes [N, 4] (left, top, right, bottom; inclusive pixel bounds) from
+    the box side and the point drawn per image (float tensors [N]); a side of 0 gives an empty box."""
+    left = (point_x - side / 2).clamp(min=0).floor()
+    top = (point_y - side / 2).clamp(min=0).floor()
+    right = torch.minimum(left + side, torch.tensor(float(width))).floor()  # PIL truncates, then includes
+    bottom = torch.minimum(top + side, torch.tensor(float(height))).floor()
+    empty = side <= 0
+    right, bottom = torch.where(empty, left - 1, right), torch.where(empty, top - 1, bottom)
+    return torch.stack([left, top, right, bottom], dim=1).long()
+
+
+def fill_boxes(images: Tensor, boxes: Tensor, fill: tuple[int, ...]) -> Tensor:
+    """`images` [B, C, H, W] with each image's inclusive box (`cutout_boxes`) filled with `fill`."""
     height, width = images.shape[-2:]
-    index = index.to(images.device)
-    largest = int(CUTOUT_MAX_FRACTION * min(height, width))
-    size = keyed_randint(seed, epoch, index, StrongStream.CUTOUT_SIZE, largest + 1)
-    top = keyed_randint(seed, epoch, index, StrongStream.CUTOUT_CENTER_Y, height) - size // 2
-    left = keyed_randint(seed, epoch, index, StrongStream.CUTOUT_CENTER_X, width) - size // 2
+    left, top, right, bottom = boxes.to(images.device).unbind(1)
     rows = torch.arange(height, device=images.device)
     cols = torch.arange(width, device=images.device)
-    in_rows = (rows >= top[:, None]) & (rows < (top + size)[:, None])  # [B, H]
-    in_cols = (cols >= left[:, None]) & (cols < (left + size)[:, None])  # [B, W]
+    in_rows = (rows >= top[:, None]) & (rows <= bottom[:, None])  # [B, H]
+    in_cols = (cols >= left[:, None]) & (cols <= right[:, None])  # [B, W]
     inside = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [B, 1, H, W]
-    colour = torch.tensor(fill, dtype=torch.uint8, device=images.device).view(1, -1, 1, 1)
+    colour = torch.tensor(fill, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return torch.where(inside, colour, images)
+
+
+def cutout(images: Tensor, seed: int, epoch: int, index: Tensor, fill: tuple[int, ...]) -> Tensor:
+    """The reference's Cutout on uint8 images [B, C, H, W] (`index` [B]): side = width * U[0, 0.5),
+    a point uniform over the image, the box of `cutout_boxes`, filled with `fill`."""
+    height, width = images.shape[-2:]
+    index = index.cpu()
+    side = keyed_uniform(seed, epoch, index, StrongStream.CUTOUT_SIZE).double() * CUTOUT_MAX_FRACTION * width
+    point_y = keyed_uniform(seed, epoch, index, StrongStream.CUTOUT_CENTER_Y).double() * height
+    point_x = keyed_uniform(seed, epoch, index, StrongStream.CUTOUT_CENTER_X).double() * width
+    return fill_boxes(images, cutout_boxes(side, point_x, point_y, height, width), fill)
 
 
 def strong_augment(
