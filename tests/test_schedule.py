@@ -42,3 +42,39 @@ def test_sgd_defaults_and_bad_names():
         build_optimizer([torch.nn.Parameter(torch.zeros(1))], OptimConfig(name="rmsprop"), lr=0.1)
     with pytest.raises(KdistillError, match="schedule.name"):
         lr_factor(0, 1, 1, ScheduleConfig(name="poly"))
+
+
+def test_warmup_from_an_absolute_lr_reaches_the_base_rate():
+    cfg = ScheduleConfig(name="cosine", warmup_epochs=2, warmup_lr=1e-6, min_lr=1e-5)
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], OptimConfig(), lr=5e-4)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=5, epochs=12, base_lr=5e-4)
+    lrs = []
+    for _ in range(60):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(1e-6)  # timm's warmup_lr at the first step
+    assert lrs[5] == pytest.approx(1e-6 + (5e-4 - 1e-6) * 5 / 10)  # linear per step
+    assert lrs[10] == pytest.approx(5e-4)  # the cosine starts at the base rate ...
+    assert 1e-5 < lrs[-1] < 1.1e-5  # ... and ends just above its floor
+
+
+def test_adamw_groups_leave_biases_and_1d_tensors_undecayed_as_timms_helper():
+    timm_optim = pytest.importorskip("timm.optim")
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, init_values=1.0,
+                              num_classes=10)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, OptimConfig(name="adamw", weight_decay=0.05), lr=1e-3)
+    decayed = [p for group in optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]]
+    undecayed = [p for group in optimizer.param_groups if group["weight_decay"] == 0 for p in group["params"]]
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert all(p.ndim > 1 for p in decayed) and not any(names[id(p)].endswith(".bias") for p in decayed)
+    assert any(names[id(p)].endswith(".gamma") for p in undecayed)  # LayerScale is 1-D
+    timm_groups = timm_optim.param_groups_weight_decay(model, weight_decay=0.05)
+    timm_decayed = [p for group in timm_groups if group["weight_decay"] > 0 for p in group["params"]]
+    assert len(decayed) == len(timm_decayed) and {id(p) for p in decayed} == {id(p) for p in timm_decayed}
+    assert len(decayed) + len(undecayed) == len(params)
+    sgd = build_optimizer(params, OptimConfig(), lr=0.1)  # SGD keeps one group: the tables' code
+    assert len(sgd.param_groups) == 1 and sgd.param_groups[0]["weight_decay"] == 5e-4

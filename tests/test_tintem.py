@@ -182,8 +182,10 @@ def test_proteus_loss_against_the_formula():
     patch_errors = squares([(mr, tr) for m, t in zip(mapped, teacher) for mr, tr in zip(m[1:], t[1:])])
     parts = proteus_loss(torch.tensor(mapped), torch.tensor(teacher))
     assert parts["token"].item() == pytest.approx(sum(cls_errors) / len(cls_errors))
-    assert parts["feature"].item() == pytest.approx(sum(patch_errors) / len(patch_errors))
-    assert parts["total"].item() == pytest.approx(sum(cls_errors) / 4 + sum(patch_errors) / 8)
+    # The feature term is one mean over the CLS and the patch tokens together, as the reference's.
+    whole = (sum(cls_errors) + sum(patch_errors)) / 12
+    assert parts["feature"].item() == pytest.approx(whole)
+    assert parts["total"].item() == pytest.approx(sum(cls_errors) / 4 + whole)
 
 
 def test_resize_token_grid_keeps_the_cls_and_resamples_positions():

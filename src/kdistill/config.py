@@ -38,6 +38,9 @@ class ScheduleConfig:
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     gamma: float = 0.1
     warmup_epochs: int = 0
+    # Learning rate of the first warm-up step, rising linearly to optim.lr (timm's warmup_lr);
+    # None = optim.lr / the number of warm-up steps.
+    warmup_lr: float | None = None
     min_lr: float = 0.0  # cosine floor
 
 

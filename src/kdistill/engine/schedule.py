@@ -9,26 +9,42 @@ from kdistill.config import OptimConfig, ScheduleConfig
 from kdistill.errors import KdistillError
 
 
+def weight_decay_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
+    """timm's parameter groups (`timm.optim.param_groups_weight_decay`): no weight decay on
+    biases and other tensors of at most one dimension (norm weights, LayerScale, scalars)."""
+    no_decay = [p for p in params if p.ndim <= 1]
+    decay = [p for p in params if p.ndim > 1]
+    groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+    return [group for group in groups if group["params"]]
+
+
 def build_optimizer(params: list[nn.Parameter], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    # Every trainable tensor gets the same weight decay, as in the tables' reference code
-    # (this includes DCD's log_scale and bias, as the method's spec says).
+    """SGD: every trainable tensor gets the same weight decay, as in the tables' reference code
+    (this includes DCD's log_scale and bias, as the method's spec says). AdamW: timm's groups
+    (`weight_decay_groups`), as the ViT recipes' reference code (timm's optimizer factory) uses."""
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.nesterov)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(weight_decay_groups(list(params), cfg.weight_decay), lr=lr)
     raise KdistillError(f"unknown optimizer '{cfg.name}': use optim.name=sgd or optim.name=adamw")
 
 
-def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig, floor: float = 0.0) -> float:
+def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig, floor: float = 0.0,
+              warmup_start: float | None = None) -> float:
     """Multiplier of the base learning rate at optimizer step `step` (counted from 0).
 
-    Warm-up rises linearly per step; `step` then decays by `gamma` at each milestone epoch, as
-    an epoch-wise MultiStepLR does; `cosine` anneals per step from 1 down to `floor`.
+    Warm-up rises linearly per step: from `warmup_start` at step 0 when given (timm's
+    warmup_lr, relative to the base rate), else from 1/(warm-up steps); `step` then decays by
+    `gamma` at each milestone epoch, as an epoch-wise MultiStepLR does; `cosine` anneals per step
+    from 1 down to `floor`.
     """
     epoch_float = step / steps_per_epoch
     if epoch_float < cfg.warmup_epochs:
-        return (step + 1) / (cfg.warmup_epochs * steps_per_epoch)
+        warmup_steps = cfg.warmup_epochs * steps_per_epoch
+        if warmup_start is None:
+            return (step + 1) / warmup_steps
+        return warmup_start + (1.0 - warmup_start) * step / warmup_steps
     if cfg.name == "step":
         passed = sum(1 for milestone in cfg.milestones if int(epoch_float) >= milestone)
         return cfg.gamma**passed
@@ -40,8 +56,9 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig,
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int,
                     epochs: int, base_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """Stepped once per optimizer step; `min_lr` is the cosine floor in absolute terms."""
+    """Stepped once per optimizer step; `min_lr` (the cosine floor) and `warmup_lr` are absolute."""
     floor = cfg.min_lr / base_lr if base_lr else 0.0
+    warmup_start = cfg.warmup_lr / base_lr if cfg.warmup_lr is not None and base_lr else None
     lr_factor(0, steps_per_epoch, epochs, cfg)  # fail early on a bad schedule name
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, cfg, floor))
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, cfg, floor, warmup_start))

@@ -104,10 +104,11 @@ def proteus_loss(mapped_student_tokens: Tensor, teacher_tokens: Tensor) -> dict[
     tokens mapped to the teacher's space and the teacher's tokens, both [B, 1 + N, d_t] on the
     same grid (token 0 the CLS).
 
-    - token: MSE of the CLS tokens (Proteus' token level); feature: MSE of the patch (or map
-      position) tokens (its feature level); total: their sum. Each is a mean over its elements.
+    - token: MSE of the CLS tokens (Proteus' token level); feature: MSE of the whole sequence,
+      CLS and patch (or map position) tokens together (its feature level, as the reference
+      computes it); total: their sum. Each is a mean over its elements.
     """
     mapped, target = mapped_student_tokens.float(), teacher_tokens.float()
     token = F.mse_loss(mapped[:, 0], target[:, 0])
-    feature = F.mse_loss(mapped[:, 1:], target[:, 1:])
+    feature = F.mse_loss(mapped, target)
     return {"token": token, "feature": feature, "total": token + feature}

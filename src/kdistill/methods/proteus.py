@@ -5,7 +5,8 @@ teacher's features with mean squared error.
 Features: the token sequences of `FeatureModel.tokens` (timm ViTs: the
 final-normed CLS and patch tokens; CNNs: the pooled feature and the last stage map's positions).
 As in Proteus, two maps, each LayerNorm(d_s) then Linear(d_s -> d_t): `token_head` on the CLS token
-(its token level) and `feature_head` on the patch tokens (its feature level). Proteus' third,
+and `feature_head` on the patch tokens; the token level compares the mapped CLS token, the feature
+level the whole mapped sequence (CLS and patches together, as the reference's code). Proteus' third,
 patch level regresses the tokens of masked patches and needs masked inputs; it is left out.
 """
 
@@ -22,7 +23,7 @@ from kdistill.models.base import FeatureModel
 
 @register_method("proteus")
 class Proteus(LabelFreeDistiller):
-    """Optimises `MSE(CLS) + MSE(patch tokens)` (`kdistill.losses.proteus_loss`; `w_method` = 1).
+    """Optimises `MSE(CLS) + MSE(CLS and patch tokens)` (`kdistill.losses.proteus_loss`; `w_method` = 1).
 
     Where the teacher's token grid differs from the student's, the teacher's position tokens are
     resized (bilinear) to the student's grid.
