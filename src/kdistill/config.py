@@ -21,6 +21,24 @@ class DataConfig:
     # naming them; skip = leave them out.
     bad_images: str = "error"
     cache_dir: str | None = None  # where that check's result is kept (None: <data root>/.kdistill-cache)
+    # Train augmentation of streamed (folder) data sets: "standard" = keyed random-resized crop +
+    # flip (pad-4 crop + flip for small images), light enough for small data sets; "deit" = DeiT's,
+    # built by timm's transform factory (random-resized crop, flip, RandAugment, random erasing),
+    # every random choice seeded per sample by (seed, epoch, index) (`kdistill.data.deit`).
+    train_transform: str = "standard"
+    rand_augment: str = "rand-m9-mstd0.5-inc1"  # deit: timm's RandAugment string ("" = none)
+    color_jitter: float = 0.3  # deit: as timm, used only when rand_augment is off
+    random_erasing: float = 0.25  # deit: probability of erasing a random box with pixel noise
+    # Repeated augmentation (timm's RepeatAugSampler; DeiT uses 3): each epoch draws about
+    # 1/repeats of the samples, each `repeats` times with its own view. deit only; 1 = off.
+    repeated_augment: int = 1
+    # Preprocessing; None = the data set's, or the library config of a pretrained model (the
+    # student's when student_pretrained, else the teacher's when teacher_pretrained).
+    mean: list[float] | None = None  # normalisation, per channel
+    std: list[float] | None = None
+    interpolation: str | None = None  # resizing: bilinear | bicubic (None: bilinear)
+    eval_crop_pct: float | None = None  # streamed ImageNet-style sets: evaluate on a center crop of image_size
+    # from the image resized to image_size / eval_crop_pct (None: 224/256)
 
 
 @dataclass
@@ -49,8 +67,10 @@ class RunConfig:
     student: str = "resnet8"  # the model that is trained
     student_checkpoint: str | None = None  # start the student from these weights
     student_options: dict[str, Any] = field(default_factory=dict)  # timm:/tv: builder options
+    student_pretrained: bool = False  # start a timm:/tv: student from its library's weights
     teacher: str | None = None
-    teacher_checkpoint: str | None = None
+    teacher_checkpoint: str | None = None  # weight file or run folder; wins over teacher_pretrained
+    teacher_pretrained: bool = False  # a timm:/tv: teacher with its library's weights (fetched and cached)
     teacher_options: dict[str, Any] = field(default_factory=dict)
     # method.name picks the method; its other keys are that method's options and the loss
     # weights w_ce / w_kd / w_method (None = the method's table default).

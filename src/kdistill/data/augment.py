@@ -38,6 +38,7 @@ class Stream(IntEnum):
     RESIZED_CROP_LOG_RATIO = 32  # + attempt
     RESIZED_CROP_TOP = 48
     RESIZED_CROP_LEFT = 49
+    DEIT_SEED = 64  # seeds the global generators timm's DeiT transform draws from (`kdistill.data.deit`)
 
 
 def _mul32(x, factor: int):

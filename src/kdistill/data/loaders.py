@@ -2,24 +2,26 @@
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 
 from kdistill.config import DataConfig
 from kdistill.data.augment import Stream, crop_flip, crop_flip_params, keyed_bits
+from kdistill.data.deit import DeitFileDataset, deit_transform
 from kdistill.data.image_check import BAD_IMAGE_POLICIES, checked_source
 from kdistill.data.sources import DATASETS, ImageArrays, ImageFiles, Split, resolve_root
-from kdistill.data.streaming import FileDataset, collate_or_error
+from kdistill.data.streaming import EVAL_CROP_PCT, FileDataset, Resizing, collate_or_error
 from kdistill.data.two_view import TwoViewFileDataset, mean_fill, strong_view
 from kdistill.errors import KdistillError
 
 RESIZE_CHUNK = 1024  # images resized at once: bounds the float copy torchvision makes
+TRAIN_TRANSFORMS = ("standard", "deit")  # data.train_transform
 
 
 @dataclass
@@ -42,26 +44,48 @@ class BatchOrder:
     so every rank has as many batches; the last partial batch is dropped.
     Eval: the split in order, rank r takes every world_size-th sample from r without padding,
     so the ranks together see each sample once; the last partial batch is kept.
+
+    Train with `repeats` > 1 (repeated augmentation, timm's RepeatAugSampler): each entry of the
+    permutation is repeated `repeats` times in a row, rank r takes every world_size-th entry from
+    r (so the repeats of a sample go to different ranks), and each rank keeps its first
+    floor(size // 256 * 256 / world_size) entries (ceil(size / world_size) below 256 samples).
+    The entries are view ids, `index + repeat * size`, so each repeat can have its own view.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int, world_size: int, train: bool):
+    SELECTED_ROUND = 256  # timm's selected_round
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int, world_size: int, train: bool,
+                 repeats: int = 1):
         self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.rank, self.world_size, self.train = rank, world_size, train
+        self.rank, self.world_size, self.train, self.repeats = rank, world_size, train, repeats
+
+    def per_rank(self) -> int:
+        """Train samples (views) per rank and epoch."""
+        if self.repeats == 1:
+            return math.ceil(self.size / self.world_size)
+        if self.size >= self.SELECTED_ROUND:
+            selected = self.size // self.SELECTED_ROUND * self.SELECTED_ROUND // self.world_size
+        else:
+            selected = math.ceil(self.size / self.world_size)
+        return min(selected, math.ceil(self.size * self.repeats / self.world_size))
 
     def __len__(self) -> int:
         if self.train:
-            return math.ceil(self.size / self.world_size) // self.batch_size
+            return self.per_rank() // self.batch_size
         return math.ceil(len(range(self.rank, self.size, self.world_size)) / self.batch_size)
 
     def batches(self, epoch: int) -> list[Tensor]:
-        """The CPU int64 index tensors of this rank's batches in `epoch`."""
+        """The CPU int64 index (view id) tensors of this rank's batches in `epoch`."""
         if not self.train:
             return list(torch.arange(self.rank, self.size, self.world_size).split(self.batch_size))
         generator = torch.Generator().manual_seed(int(keyed_bits(self.seed, epoch, 0, Stream.SHUFFLE)))
         order = torch.randperm(self.size, generator=generator)
-        padded_size = math.ceil(self.size / self.world_size) * self.world_size
-        order = order.repeat(math.ceil(padded_size / self.size))[:padded_size]
-        return list(order[self.rank :: self.world_size].split(self.batch_size))[: len(self)]
+        if self.repeats > 1:
+            order = order.repeat_interleave(self.repeats) + torch.arange(self.repeats).repeat(self.size) * self.size
+        padded_size = math.ceil(len(order) / self.world_size) * self.world_size
+        order = order.repeat(math.ceil(padded_size / len(order)))[:padded_size]
+        mine = order[self.rank :: self.world_size][: self.per_rank()]
+        return list(mine.split(self.batch_size))[: len(self)]
 
 
 class Normalizer:
@@ -88,7 +112,7 @@ class Loader:
     same samples and views as in a full pass, since order and augmentation are keyed.
     """
 
-    def __init__(self, order: BatchOrder, labels: Tensor, normalize: Normalizer, device: torch.device):
+    def __init__(self, order: BatchOrder, labels: Tensor, normalize: Callable[[Tensor], Tensor], device: torch.device):
         self.order, self.labels, self.normalize, self.device = order, labels.cpu(), normalize, device
         self.dataset_size = len(labels)
         self.epoch = 0
@@ -148,7 +172,7 @@ class StreamLoader(Loader):
     """A split of image files, decoded and augmented per sample by DataLoader workers."""
 
     def __init__(
-        self, dataset: FileDataset, order: BatchOrder, normalize: Normalizer, device: torch.device,
+        self, dataset: Dataset, order: BatchOrder, normalize: Callable[[Tensor], Tensor], device: torch.device,
         num_workers: int,
     ):
         super().__init__(order, dataset.files.labels, normalize, device)
@@ -200,10 +224,14 @@ def split_validation(split: Split, fraction: float, seed: int) -> tuple[Split, S
     return split.subset(in_val.logical_not().nonzero()[:, 0]), split.subset(in_val.nonzero()[:, 0])
 
 
-def _resized(images: Tensor, size: int) -> Tensor:
+def _resized(images: Tensor, size: int, resizing: Resizing) -> Tensor:
     if images.shape[-2:] == (size, size):
         return images
-    return torch.cat([F.resize(part, [size, size]) for part in images.split(RESIZE_CHUNK)])
+    return torch.cat([F.resize(part, [size, size], resizing.mode) for part in images.split(RESIZE_CHUNK)])
+
+
+def _identity(images: Tensor) -> Tensor:
+    return images
 
 
 def _check_options(cfg: DataConfig, rank: int, world_size: int) -> None:
@@ -218,6 +246,16 @@ def _check_options(cfg: DataConfig, rank: int, world_size: int) -> None:
                             "set error (stop at start, naming the bad files) or skip (leave them out)")
     if not 0 <= rank < world_size:
         raise KdistillError(f"rank {rank} is not in [0, world_size={world_size})")
+    if cfg.train_transform not in TRAIN_TRANSFORMS:
+        raise KdistillError(f"data.train_transform={cfg.train_transform} is unknown: use one of {', '.join(TRAIN_TRANSFORMS)}")
+    if cfg.repeated_augment < 1 or (cfg.repeated_augment > 1 and cfg.train_transform != "deit"):
+        raise KdistillError(f"data.repeated_augment={cfg.repeated_augment}: use 1 (off), or a count of at least 2 "
+                            f"with data.train_transform=deit")
+    if cfg.train_transform == "deit" and cfg.strong_view:
+        raise KdistillError("data.train_transform=deit has no strong view: use data.train_transform=standard "
+                            "with a two-view method (crld)")
+    if cfg.std is not None and min(cfg.std) <= 0:
+        raise KdistillError(f"data.std={list(cfg.std)} has a value that is not positive: use e.g. [0.229, 0.224, 0.225]")
 
 
 def image_check_cache(cfg: DataConfig) -> Path:
@@ -245,22 +283,36 @@ def build_loaders(
         raise KdistillError(f"data.val_fraction={cfg.val_fraction} leaves no validation sample; raise it")
     image_size = cfg.image_size or source.image_size
     store = device if cfg.device_resident else torch.device("cpu")
-    normalize = Normalizer(source.mean, source.std, device)
+    mean = tuple(cfg.mean) if cfg.mean is not None else source.mean
+    std = tuple(cfg.std) if cfg.std is not None else source.std
+    if len(mean) != source.in_chans or len(std) != source.in_chans:
+        raise KdistillError(f"data.mean / data.std need {source.in_chans} values for '{cfg.name}' "
+                            f"(got {len(mean)} and {len(std)})")
+    normalize = Normalizer(mean, std, device)
+    resizing = Resizing(cfg.eval_crop_pct or EVAL_CROP_PCT, cfg.interpolation or "bilinear")
 
     def make_loader(split: Split, is_train: bool) -> Loader:
         is_train = is_train and not train_as_eval
         batch_size = cfg.batch_size if is_train else cfg.eval_batch_size
-        order = BatchOrder(len(split.labels), batch_size, seed, rank, world_size, train=is_train)
+        deit = is_train and cfg.augment and cfg.train_transform == "deit"
+        order = BatchOrder(len(split.labels), batch_size, seed, rank, world_size, train=is_train,
+                           repeats=cfg.repeated_augment if deit else 1)
         augment = is_train and cfg.augment
         strong_fill = mean_fill(source.mean) if is_train and cfg.strong_view else None
+        if deit:
+            if not isinstance(split, ImageFiles):
+                raise KdistillError(f"data.train_transform=deit works on image folders (imagefolder, tiny-imagenet), "
+                                    f"not on the in-memory '{cfg.name}': use data.train_transform=standard")
+            dataset = DeitFileDataset(split, deit_transform(cfg, image_size, mean, std), seed)
+            return StreamLoader(dataset, order, _identity, device, cfg.num_workers)
         if isinstance(split, ImageFiles):
             if strong_fill is None:
-                dataset = FileDataset(split, image_size, seed, augment, source.resized_crop, source.hflip)
+                dataset = FileDataset(split, image_size, seed, augment, source.resized_crop, source.hflip, resizing)
             else:
                 dataset = TwoViewFileDataset(split, image_size, seed, augment, source.resized_crop, source.hflip,
-                                             strong_fill)
+                                             strong_fill, resizing)
             return StreamLoader(dataset, order, normalize, device, cfg.num_workers)
-        arrays = ImageArrays(_resized(split.images, image_size).to(store), split.labels)
+        arrays = ImageArrays(_resized(split.images, image_size, resizing).to(store), split.labels)
         return ArrayLoader(arrays, order, normalize, device, seed, augment, source.hflip, strong_fill)
 
     train_loader = make_loader(train, is_train=True)
@@ -275,8 +327,8 @@ def build_loaders(
         num_classes=source.num_classes,
         in_chans=source.in_chans,
         image_size=image_size,
-        mean=source.mean,
-        std=source.std,
+        mean=mean,
+        std=std,
         class_names=source.class_names,
         train_size=len(train.labels),
     )

@@ -1,5 +1,8 @@
 """Per-sample decoding and augmentation for the streamed (folder) data sets."""
 
+import math
+from dataclasses import dataclass
+
 import torch
 from PIL import Image
 from torch import Tensor
@@ -11,7 +14,23 @@ from kdistill.data.image_check import decode_error_reason
 from kdistill.data.sources import ImageFiles
 from kdistill.errors import KdistillError
 
-EVAL_RESIZE_RATIO = 256 / 224  # ImageNet evaluation: resize to 256, center-crop 224
+EVAL_CROP_PCT = 224 / 256  # ImageNet evaluation: resize to 256, center-crop 224
+
+
+@dataclass(frozen=True)
+class Resizing:
+    """How streamed images are resized: the evaluation's center-crop fraction and the interpolation."""
+
+    eval_crop_pct: float = EVAL_CROP_PCT
+    interpolation: str = "bilinear"  # a torchvision InterpolationMode value: bilinear, bicubic, ...
+
+    def eval_resize(self, size: int) -> int:
+        """The shorter side before the evaluation's center crop of `size` (timm's rounding down)."""
+        return math.floor(size / self.eval_crop_pct + 1e-6)
+
+    @property
+    def mode(self) -> F.InterpolationMode:
+        return F.InterpolationMode(self.interpolation)
 
 
 def read_rgb(path: str) -> Tensor:
@@ -48,10 +67,11 @@ class FileDataset(Dataset):
     """
 
     def __init__(
-        self, files: ImageFiles, image_size: int, seed: int, augment: bool, resized_crop: bool, hflip: bool
+        self, files: ImageFiles, image_size: int, seed: int, augment: bool, resized_crop: bool, hflip: bool,
+        resizing: Resizing = Resizing(),
     ):
         self.files, self.image_size, self.seed = files, image_size, seed
-        self.augment, self.resized_crop, self.hflip = augment, resized_crop, hflip
+        self.augment, self.resized_crop, self.hflip, self.resizing = augment, resized_crop, hflip, resizing
 
     def __len__(self) -> int:
         return len(self.files.paths)
@@ -77,15 +97,15 @@ class FileDataset(Dataset):
     def _resized_crop_view(self, image: Tensor, index: int, epoch: int) -> Tensor:
         size = self.image_size
         if not self.augment:
-            image = F.resize(image, [round(size * EVAL_RESIZE_RATIO)])  # shorter side
+            image = F.resize(image, [self.resizing.eval_resize(size)], self.resizing.mode)  # shorter side
             return F.center_crop(image, [size, size])
         top, left, height, width = resized_crop_params(self.seed, epoch, index, *image.shape[-2:])
-        image = F.resized_crop(image, top, left, height, width, [size, size])
+        image = F.resized_crop(image, top, left, height, width, [size, size], self.resizing.mode)
         return F.horizontal_flip(image) if self.hflip and keyed_flip(self.seed, epoch, index) else image
 
     def _pad_crop_view(self, image: Tensor, index: int, epoch: int) -> Tensor:
         if image.shape[-2:] != (self.image_size, self.image_size):
-            image = F.resize(image, [self.image_size, self.image_size])
+            image = F.resize(image, [self.image_size, self.image_size], self.resizing.mode)
         if not self.augment:
             return image
         params = crop_flip_params(self.seed, epoch, torch.tensor([index]), hflip=self.hflip)

@@ -38,7 +38,7 @@ from kdistill.data.augment import (
     keyed_uniform,
 )
 from kdistill.data.sources import ImageFiles
-from kdistill.data.streaming import FileDataset
+from kdistill.data.streaming import FileDataset, Resizing
 
 RAND_AUGMENT_OPS_PER_IMAGE = 2
 MAX_OPS_PER_IMAGE = 8  # stream ids reserved per slot
@@ -320,9 +320,9 @@ class TwoViewFileDataset(FileDataset):
     """
 
     def __init__(self, files: ImageFiles, image_size: int, seed: int, augment: bool, resized_crop: bool,
-                 hflip: bool, fill: tuple[int, ...]):
-        super().__init__(files, image_size, seed, augment, resized_crop, hflip)
-        self.strong_crop = FileDataset(files, image_size, strong_crop_seed(seed), True, resized_crop, hflip)
+                 hflip: bool, fill: tuple[int, ...], resizing: Resizing = Resizing()):
+        super().__init__(files, image_size, seed, augment, resized_crop, hflip, resizing)
+        self.strong_crop = FileDataset(files, image_size, strong_crop_seed(seed), True, resized_crop, hflip, resizing)
         self.fill = fill
 
     def sample(self, image: Tensor, index: int, epoch: int) -> tuple[Tensor, Tensor, int, Tensor]:

@@ -14,9 +14,10 @@ from kdistill.data import Loaders, build_loaders
 from kdistill.distributed import init_from_environment, rank, world_size
 from kdistill.errors import KdistillError
 from kdistill.methods import Distiller, MethodContext, build_distiller, method_class
-from kdistill.models import create_model
+from kdistill.models import TIMM_PREFIX, TV_PREFIX, create_model
 from kdistill.models.base import FeatureModel
 from kdistill.models.checkpoint import load_checkpoint, load_state_into, read_state_dict, stored_classes
+from kdistill.models.pretrained import pretrained_classes, preprocessing
 from kdistill.run_folder import RunFolder
 from kdistill.yaml_file import read_yaml_mapping
 
@@ -88,12 +89,35 @@ def load_trained_model(name: str, checkpoint: str, num_classes: int, in_chans: i
 
 
 def build_teacher(cfg: DictConfig, num_classes: int, in_chans: int, needs_head: bool = True) -> FeatureModel:
+    """The teacher from teacher_checkpoint, else (teacher_pretrained) from its library's weights."""
     if cfg.teacher is None:
         raise KdistillError("no teacher: set teacher=<model> and teacher_checkpoint=<file or run folder>")
+    if cfg.teacher_checkpoint is None and cfg.teacher_pretrained:
+        if needs_head and cfg.teacher.startswith((TIMM_PREFIX, TV_PREFIX)) and pretrained_classes(cfg.teacher) != num_classes:
+            raise KdistillError(f"the pretrained weights of teacher '{cfg.teacher}' have {pretrained_classes(cfg.teacher)} "
+                                f"classes but data set '{cfg.data.name}' has {num_classes}, so its logits mean "
+                                f"nothing here: use a teacher trained on this data set (teacher_checkpoint=)")
+        return create_model(cfg.teacher, num_classes=num_classes, in_chans=in_chans, pretrained=True,
+                            **OmegaConf.to_container(cfg.teacher_options))
     if cfg.teacher_checkpoint is None:
-        raise KdistillError(f"teacher '{cfg.teacher}' has no weights: set teacher_checkpoint=<file or run folder>")
+        raise KdistillError(f"teacher '{cfg.teacher}' has no weights: set teacher_checkpoint=<file or run folder> "
+                            f"(or teacher_pretrained=true for a timm:/tv: model)")
     return load_trained_model(cfg.teacher, cfg.teacher_checkpoint, num_classes, in_chans, cfg.data.name,
                               options=OmegaConf.to_container(cfg.teacher_options), needs_head=needs_head)
+
+
+def resolve_preprocessing(cfg: DictConfig) -> None:
+    """Fill the preprocessing keys of `cfg.data` left unset (None) from the library config of the
+    pretrained model: the student's when student_pretrained, else the teacher's when
+    teacher_pretrained. The recipe's own values win."""
+    name = cfg.student if cfg.student_pretrained else cfg.teacher if cfg.teacher_pretrained else None
+    library = preprocessing(name) if name is not None else None
+    if library is None:
+        return
+    for key, value in (("mean", list(library.mean)), ("std", list(library.std)), ("image_size", library.image_size),
+                       ("eval_crop_pct", library.crop_pct), ("interpolation", library.interpolation)):
+        if cfg.data[key] is None:
+            cfg.data[key] = value
 
 
 @dataclass
@@ -112,10 +136,11 @@ def build_run(cfg: DictConfig) -> RunParts:
     cls = method_class(method.get("name", ""))  # unknown names fail before any data is read
     if cls.needs_strong_view:
         cfg.data.strong_view = True
+    resolve_preprocessing(cfg)
     loaders = build_loaders(cfg.data, device, seed=cfg.seed, rank=rank(), world_size=world_size())
     info = loaders.info
     student = create_model(cfg.student, num_classes=info.num_classes, in_chans=info.in_chans,
-                           **OmegaConf.to_container(cfg.student_options))
+                           pretrained=cfg.student_pretrained, **OmegaConf.to_container(cfg.student_options))
     if cfg.student_checkpoint is not None:
         load_checkpoint(student, Path(cfg.student_checkpoint))
     teacher = build_teacher(cfg, info.num_classes, info.in_chans, cls.uses_teacher_logits) if cls.needs_teacher else None

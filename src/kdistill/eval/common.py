@@ -22,6 +22,7 @@ from kdistill.engine.setup import (
     load_config,
     load_trained_model,
     resolve_device,
+    resolve_preprocessing,
     teacher_weights_path,
 )
 from kdistill.errors import KdistillError
@@ -114,6 +115,7 @@ def load_evaluation(target: Target, teacher: str = "optional") -> Evaluation:
     one), "required" (an error without one) or "none"."""
     cfg = target.cfg
     device = resolve_device(cfg.device)
+    resolve_preprocessing(cfg)  # a weight file evaluated with a pretrained teacher: its library's transform
     loaders = build_eval_loaders(cfg.data, device, cfg.seed)
     info = loaders.info
     student = load_trained_model(cfg.student, str(target.path), info.num_classes, info.in_chans, cfg.data.name,

@@ -23,16 +23,21 @@ TIMM_PREFIX = "timm:"
 TV_PREFIX = "tv:"
 
 
-def create_model(name: str, num_classes: int = 100, in_chans: int = 3, **options) -> FeatureModel:
-    """Build a model by zoo name, `timm:<name>` or `tv:<name>`.
+def create_model(name: str, num_classes: int = 100, in_chans: int = 3, pretrained: bool = False,
+                 **options) -> FeatureModel:
+    """Build a model by zoo name, `timm:<name>[.<tag>]` or `tv:<name>[:<WEIGHTS_NAME>]`.
 
     `options` go to `timm.create_model` / the torchvision builder (e.g. `img_size=32,
-    patch_size=4` for a timm ViT); zoo models take none.
+    patch_size=4` for a timm ViT); zoo models take none. `pretrained` loads the library's
+    weights (`kdistill.models.pretrained`).
     """
     if name.startswith(TIMM_PREFIX):
-        return TimmModel(name.removeprefix(TIMM_PREFIX), num_classes, in_chans, **options)
+        return TimmModel(name.removeprefix(TIMM_PREFIX), num_classes, in_chans, pretrained, **options)
     if name.startswith(TV_PREFIX):
-        return TorchvisionModel(name.removeprefix(TV_PREFIX), num_classes, in_chans, **options)
+        return TorchvisionModel(name.removeprefix(TV_PREFIX), num_classes, in_chans, pretrained, **options)
+    if pretrained:
+        raise KdistillError(f"model '{name}' has no library weights (only timm: and tv: models have): "
+                            f"give a weight file as teacher_checkpoint= / student_checkpoint= instead")
     factory = MODELS.get(name)
     if options:
         raise KdistillError(

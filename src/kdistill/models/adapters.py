@@ -1,7 +1,8 @@
 """timm (`timm:<name>`) and torchvision (`tv:<name>`) classifiers wrapped as FeatureModels.
 
-Both are built untrained (no weight downloads). timm and torchvision are imported only when an
-adapter is built: importing timm alone costs seconds, which zoo-only runs should not pay.
+Both are built untrained unless `pretrained=True` (then the library's weights, see
+`kdistill.models.pretrained`). timm and torchvision are imported only when an adapter is built:
+importing timm alone costs seconds, which zoo-only runs should not pay.
 
 timm: `stages` are what the model's `forward_intermediates` returns with its defaults, in
 NCHW: for CNNs usually the stem output then each stage's output (timm ResNets: stem after
@@ -29,6 +30,14 @@ from torch import Tensor, nn
 
 from kdistill.errors import KdistillError, closest_names
 from kdistill.models.base import FeatureModel, Features, TokenSequence
+from kdistill.models.pretrained import (
+    WEIGHTS_SEPARATOR,
+    load_torchvision_pretrained,
+    report_timm_head,
+    split_weights_name,
+    timm_missing_weights,
+    timm_pretrained_cfg,
+)
 
 # torchvision classifiers whose trunk layout the stage rule above handles.
 TV_FAMILIES = (
@@ -64,17 +73,23 @@ def _build(library: str, name: str, builder: Callable[[], nn.Module], options: d
 
 
 class TimmModel(FeatureModel):
-    def __init__(self, name: str, num_classes: int = 100, in_chans: int = 3, **options):
+    def __init__(self, name: str, num_classes: int = 100, in_chans: int = 3, pretrained: bool = False, **options):
         super().__init__()
         import timm
 
         if not timm.is_model(name):
             raise _unknown_library_model("timm", name, timm.list_models(), "timm.list_models()")
         self.num_classes = num_classes
+        pretrained_cfg = timm_pretrained_cfg(name) if pretrained else None
         build = partial(
-            timm.create_model, name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **options
+            timm.create_model, name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **options
         )
-        self.model = _build("timm", name, build, options)
+        try:
+            self.model = _build("timm", name, build, options)
+        except OSError as error:  # only fetching weights reads files: offline, or a missing cache file
+            raise timm_missing_weights(name, pretrained_cfg, error) from None
+        if pretrained:
+            report_timm_head(name, pretrained_cfg, num_classes)
         if not hasattr(self.model, "forward_intermediates"):
             raise KdistillError(
                 f"timm model '{name}' has no forward_intermediates, so its stages cannot be read: pick another model"
@@ -164,10 +179,15 @@ def _tv_stage_names(model: nn.Module) -> list[str]:
 
 
 class TorchvisionModel(FeatureModel):
-    def __init__(self, name: str, num_classes: int = 100, in_chans: int = 3, **options):
+    def __init__(self, name: str, num_classes: int = 100, in_chans: int = 3, pretrained: bool = False, **options):
         super().__init__()
         from torchvision import models
 
+        name, weights_name = split_weights_name(name)
+        if weights_name is not None and not pretrained:
+            raise KdistillError(f"tv:{name}{WEIGHTS_SEPARATOR}{weights_name} names pretrained weights: set "
+                                f"teacher_pretrained=true (or student_pretrained=true), or drop '{WEIGHTS_SEPARATOR}"
+                                f"{weights_name}'")
         available = models.list_models(module=models)
         if name not in available:
             raise _unknown_library_model("torchvision", name, available, "torchvision.models.list_models()")
@@ -181,6 +201,8 @@ class TorchvisionModel(FeatureModel):
         self.model = _build("torchvision", name, build, options)
         if in_chans != 3:
             _replace_first_conv(self.model, in_chans)
+        if pretrained:
+            load_torchvision_pretrained(self.model, name, weights_name)
         self.stage_names = _tv_stage_names(self.model)
         self.head_name = next(head for head in _TV_HEADS if hasattr(self.model, head))
 
