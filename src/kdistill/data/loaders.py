@@ -247,7 +247,8 @@ def _check_options(cfg: DataConfig, rank: int, world_size: int) -> None:
     if not 0 <= rank < world_size:
         raise KdistillError(f"rank {rank} is not in [0, world_size={world_size})")
     if cfg.train_transform not in TRAIN_TRANSFORMS:
-        raise KdistillError(f"data.train_transform={cfg.train_transform} is unknown: use one of {', '.join(TRAIN_TRANSFORMS)}")
+        raise KdistillError(f"data.train_transform={cfg.train_transform} is unknown: "
+                            f"use one of {', '.join(TRAIN_TRANSFORMS)}")
     if cfg.repeated_augment < 1 or (cfg.repeated_augment > 1 and cfg.train_transform != "deit"):
         raise KdistillError(f"data.repeated_augment={cfg.repeated_augment}: use 1 (off), or a count of at least 2 "
                             f"with data.train_transform=deit")
@@ -255,7 +256,8 @@ def _check_options(cfg: DataConfig, rank: int, world_size: int) -> None:
         raise KdistillError("data.train_transform=deit has no strong view: use data.train_transform=standard "
                             "with a two-view method (crld)")
     if cfg.std is not None and min(cfg.std) <= 0:
-        raise KdistillError(f"data.std={list(cfg.std)} has a value that is not positive: use e.g. [0.229, 0.224, 0.225]")
+        raise KdistillError(f"data.std={list(cfg.std)} has a value that is not positive: "
+                            f"use e.g. [0.229, 0.224, 0.225]")
 
 
 def image_check_cache(cfg: DataConfig) -> Path:

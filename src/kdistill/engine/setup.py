@@ -93,10 +93,11 @@ def build_teacher(cfg: DictConfig, num_classes: int, in_chans: int, needs_head: 
     if cfg.teacher is None:
         raise KdistillError("no teacher: set teacher=<model> and teacher_checkpoint=<file or run folder>")
     if cfg.teacher_checkpoint is None and cfg.teacher_pretrained:
-        if needs_head and cfg.teacher.startswith((TIMM_PREFIX, TV_PREFIX)) and pretrained_classes(cfg.teacher) != num_classes:
-            raise KdistillError(f"the pretrained weights of teacher '{cfg.teacher}' have {pretrained_classes(cfg.teacher)} "
-                                f"classes but data set '{cfg.data.name}' has {num_classes}, so its logits mean "
-                                f"nothing here: use a teacher trained on this data set (teacher_checkpoint=)")
+        weight_classes = pretrained_classes(cfg.teacher) if cfg.teacher.startswith((TIMM_PREFIX, TV_PREFIX)) else None
+        if needs_head and weight_classes not in (None, num_classes):
+            raise KdistillError(f"the pretrained weights of teacher '{cfg.teacher}' have {weight_classes} classes but "
+                                f"data set '{cfg.data.name}' has {num_classes}, so its logits mean nothing here: "
+                                f"use a teacher trained on this data set (teacher_checkpoint=)")
         return create_model(cfg.teacher, num_classes=num_classes, in_chans=in_chans, pretrained=True,
                             **OmegaConf.to_container(cfg.teacher_options))
     if cfg.teacher_checkpoint is None:
