@@ -227,6 +227,17 @@ def command_list(args: argparse.Namespace) -> None:
     from kdistill.methods import list_methods
     from kdistill.models import list_models
 
+    if args.teachers:
+        from kdistill.models.pretrained import published_teachers
+
+        rows = published_teachers()
+        width = max(len(name) for name, _ in rows)
+        print("teachers with public weights (teacher_pretrained=true fetches the timm:/tv: ones; "
+              "the CIFAR-100 files go to teacher_checkpoint=):")
+        for name, url in rows:
+            print(f"  {name.ljust(width)}  {url}")
+        return
+
     for title, names in (("models", list_models()), ("methods", list_methods()), ("datasets", list_datasets())):
         print(f"{title}: {', '.join(names)}")
     print("also: timm:<name> and tv:<name> models; any method X with a KD term added as X+kd")
@@ -301,6 +312,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                         help="also set each measured mean beside its paper's published CIFAR-100 top-1")
     report.set_defaults(handler=command_report)
     listing = commands.add_parser("list", help="the models, methods and data sets")
+    listing.add_argument("--teachers", action="store_true",
+                         help="the recipes' library teachers and the public CIFAR-100 teacher files, with URLs")
     listing.set_defaults(handler=command_list)
     demo = commands.add_parser("demo", help="offline demo on the embedded data: a teacher, then vanilla, KD, DCD "
                                             "and DCD+KD students")

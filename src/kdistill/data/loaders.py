@@ -287,6 +287,10 @@ def build_loaders(
     store = device if cfg.device_resident else torch.device("cpu")
     mean = tuple(cfg.mean) if cfg.mean is not None else source.mean
     std = tuple(cfg.std) if cfg.std is not None else source.std
+    if source.in_chans == 1 and len(mean) == len(std) == 3:
+        # An RGB model's normalisation on a grayscale set: the channels' average, as the model's
+        # first conv (adapted by summing its RGB weights) sees one channel for all three.
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
     if len(mean) != source.in_chans or len(std) != source.in_chans:
         raise KdistillError(f"data.mean / data.std need {source.in_chans} values for '{cfg.name}' "
                             f"(got {len(mean)} and {len(std)})")
