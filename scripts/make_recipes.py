@@ -125,46 +125,88 @@ def cifar100_recipes() -> dict[Path, dict]:
     return recipes
 
 
-# ImageNet-style recipes (CRLD's ImageNet setting: T = 1, CE weight 2). The teachers' ImageNet
-# weights are the user's files: put them at IMAGENET_TEACHER_FILE (a state dict of kdistill's
-# tv:/timm: model of that name) or pass teacher_checkpoint=<file>; data.root holds train/ and val/.
-IMAGENET_PAIRS = [("tv:resnet34", "tv:resnet18"), ("tv:resnet50", "timm:mobilenetv1_100")]
-IMAGENET_METHODS = {  # method -> pair -> section
-    "crld": {pair: {**CIFAR100_METHODS["crld"], "w_ce": 2.0, "temperature": 1.0} for pair in IMAGENET_PAIRS},
-    "dkd": {pair: {**CIFAR100_METHODS["dkd"], "temperature": 1.0, "beta": beta, "warmup": 1}
-            for pair, beta in zip(IMAGENET_PAIRS, (0.5, 2.0), strict=True)},
+def short_name(model: str) -> str:
+    """A model's name without its library prefix and weights tag: tv:resnet34:IMAGENET1K_V1 -> resnet34."""
+    return model.split(":")[1] if ":" in model else model
+
+
+# ImageNet recipes. The teachers are torchvision's ImageNet weights, fetched and cached by torchvision
+# (teacher_pretrained); the V1 weights are the ones the papers' teachers are (73.3% / 76.1% top-1).
+# data.root holds train/ and val/.
+IMAGENET_PAIRS = [("tv:resnet34:IMAGENET1K_V1", "tv:resnet18"), ("tv:resnet50:IMAGENET1K_V1", "timm:mobilenetv1_100")]
+IMAGENET_DATA = {"name": "imagefolder", "root": "./data/imagenet"}
+STEP_SCHEDULE_30_60_90 = {"name": "step", "milestones": [30, 60, 90], "gamma": 0.1}
+# The mdistiller family's ImageNet setting (CRLD, DKD): batch 512, lr 0.2, 100 epochs.
+MDISTILLER_IMAGENET_TRAINING = {"data": {**IMAGENET_DATA, "batch_size": 512},
+                                "optim": {"lr": 0.2, "weight_decay": 1e-4}, "epochs": 100,
+                                "schedule": STEP_SCHEDULE_30_60_90}
+# DCD's ImageNet setting, also for its baselines (giakoumoglou/distillers, imagenet/README.md's command
+# and imagenet/train_student.py): batch 256, 120 epochs, SGD lr 0.1 (momentum 0.9) x0.1 at 30/60/90,
+# weight decay 1e-4; CE weight 1, KD weight 1 where KD is on, T = 4.
+DCD_IMAGENET_TRAINING = {"data": {**IMAGENET_DATA, "batch_size": 256}, "optim": {"lr": 0.1, "weight_decay": 1e-4},
+                         "epochs": 120, "schedule": STEP_SCHEDULE_30_60_90}
+DCD_IMAGENET_METHODS = {
+    "dcd": method_section("dcd"),
+    "dcd+kd": method_section("dcd+kd", temperature=4.0),
+    "kd": {**method_section("kd", temperature=4.0), "w_ce": 1.0, "w_kd": 1.0},
+    "crd": method_section("crd"),
+}
+IMAGENET_METHODS = {  # method -> ({pair -> method section}, training setting)
+    "crld": ({pair: {**CIFAR100_METHODS["crld"], "w_ce": 2.0, "temperature": 1.0} for pair in IMAGENET_PAIRS},
+             MDISTILLER_IMAGENET_TRAINING),
+    "dkd": ({pair: {**CIFAR100_METHODS["dkd"], "temperature": 1.0, "beta": beta, "warmup": 1}
+             for pair, beta in zip(IMAGENET_PAIRS, (0.5, 2.0), strict=True)}, MDISTILLER_IMAGENET_TRAINING),
+    **{method: ({pair: section for pair in IMAGENET_PAIRS}, DCD_IMAGENET_TRAINING)
+       for method, section in DCD_IMAGENET_METHODS.items()},
 }
 IMAGENET_NOTES = {"crld": "w_ce 2 and T 1: CRLD's ImageNet setting (its paper and code)",
                   "dkd": "T 1, warm-up 1 epoch, beta 0.5 (ResNet-34 -> ResNet-18) or 2 (ResNet-50 -> "
-                         "MobileNetV1): mdistiller's ImageNet DKD recipes"}
-IMAGENET_DATA = {"name": "imagefolder", "root": "./data/imagenet", "batch_size": 512}
-IMAGENET_TRAINING = {"optim": {"lr": 0.2, "weight_decay": 1e-4}, "epochs": 100,
-                     "schedule": {"name": "step", "milestones": [30, 60, 90], "gamma": 0.1}}
-IMAGENET_TEACHER_FILE = "pretrained/imagenet/{teacher}.pth"
+                         "MobileNetV1): mdistiller's ImageNet DKD recipes",
+                  "kd": "w_ce 1 and w_kd 1: the ImageNet KD baseline of the DCD authors' script (CE 1, KD 1, T 4)"}
+# data.batch_size is per process: the recipes give the papers' global batch for one process.
+GLOBAL_BATCH_NOTE = "data.batch_size is per process: with N processes set data.batch_size={batch}/N"
 
 
 def imagenet_recipes() -> dict[Path, dict]:
     recipes = {}
-    for method, sections in IMAGENET_METHODS.items():
+    for method, (sections, training) in IMAGENET_METHODS.items():
         for (teacher, student), section in sections.items():
-            pair = f"{teacher.split(':')[-1]}_{student.split(':')[-1]}"
+            pair = f"{short_name(teacher)}_{short_name(student)}"
             recipes[Path("imagenet") / method / f"{pair}.yaml"] = {
-                "teacher": teacher, "teacher_checkpoint": IMAGENET_TEACHER_FILE.format(teacher=teacher.split(":")[-1]),
-                "student": student, "method": section, "data": IMAGENET_DATA, **IMAGENET_TRAINING,
-                "out": f"runs/imagenet/{method}/{pair}",
+                COMMENT: GLOBAL_BATCH_NOTE.format(batch=training["data"]["batch_size"]),
+                "teacher": teacher, "teacher_pretrained": True, "student": student, "method": section,
+                **training, "out": f"runs/imagenet/{method}/{pair}",
                 **({"note": IMAGENET_NOTES[method]} if method in IMAGENET_NOTES else {}),
             }
     return recipes
 
 
-# Label-free recipes: TinTeM and its Proteus baseline. ImageNet: the TinTeM paper's DINOv2 ViT-S/14
-# teacher -> ViT-Ti/14 student at 224 px. The teacher's weights are the user's file (nothing is
-# downloaded): a state dict of timm's vit_small_patch14_dinov2 at LABEL_FREE_VIT_TEACHER_FILE, or pass
-# teacher_checkpoint=<file>. dynamic_img_size keeps the teacher's 518 px position embedding (so its
-# file loads) and resamples it to the input's grid; the student takes any input size likewise. The
-# embedded recipes run here; their teacher is the embedded teacher recipe's run.
+# Label-free recipes: TinTeM and its Proteus baseline. ImageNet: the reference's (the cospress code's
+# configs: R/proteus.yaml with model/augmentations/224px_proteus_train.yaml, optimizer/adamw_proteus.yaml,
+# scheduler/cosine_proteus.yaml, networks/proteus_vit_s_t.yaml) DINOv2 ViT-S/14 teacher -> ViT-Ti/14
+# student at 224 px. The teacher is timm's DINOv2 weights (teacher_pretrained); dynamic_img_size resamples
+# its 518 px position embedding to the input's grid. The student is DINOv2's ViT-Ti/14 as the reference
+# builds it: LayerScale init 1.0, 16x16 patches of 14 px at 224. The embedded recipes run here, with the
+# lighter standard augmentation; their teacher is the embedded teacher recipe's run.
 LABEL_FREE_METHODS = ("tintem", "proteus")
-LABEL_FREE_VIT_TEACHER_FILE = "pretrained/imagenet/dinov2_vits14.pth"
+LABEL_FREE_VIT = {
+    "teacher": "timm:vit_small_patch14_dinov2.lvd142m", "teacher_options": {"dynamic_img_size": True},
+    "teacher_pretrained": True,
+    "student": "timm:vit_tiny_patch16_224",
+    "student_options": {"patch_size": 14, "img_size": 224, "init_values": 1.0, "dynamic_img_size": True},
+}
+LABEL_FREE_VIT_DATA = {
+    **IMAGENET_DATA, "batch_size": 1024, "image_size": 224,
+    # DeiT's augmentation as the reference's timm transform factory builds it, and repeated augmentation.
+    "train_transform": "deit", "rand_augment": "rand-m9-mstd0.5-inc1", "color_jitter": 0.3, "random_erasing": 0.25,
+    "interpolation": "bicubic", "repeated_augment": 3,
+    # The reference's evaluation: resize to 224 / 0.875 (bicubic), center-crop 224, ImageNet mean/std.
+    "eval_crop_pct": 0.875, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+}
+LABEL_FREE_VIT_TRAINING = {
+    "optim": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.05}, "epochs": 300,
+    "schedule": {"name": "cosine", "warmup_epochs": 5, "warmup_lr": 1e-6, "min_lr": 1e-5}, "amp": True,
+}
 EMBEDDED_TRAINING = {"data": {"name": "embedded", "batch_size": 128}, "optim": {"lr": 0.05}, "epochs": 10,
                      "schedule": {"name": "cosine"}}
 
@@ -176,14 +218,9 @@ def label_free_recipes() -> dict[Path, dict]:
     }}
     for method in LABEL_FREE_METHODS:
         recipes[Path("imagenet") / method / "vit_small14_vit_tiny14.yaml"] = {
-            "teacher": "timm:vit_small_patch14_dinov2", "teacher_options": {"dynamic_img_size": True},
-            "teacher_checkpoint": LABEL_FREE_VIT_TEACHER_FILE,
-            "student": "timm:vit_tiny_patch16_224", "student_options": {"patch_size": 14, "dynamic_img_size": True},
-            "method": method_section(method),
-            "data": {"name": "imagefolder", "root": "./data/imagenet", "batch_size": 256},
-            "optim": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.05}, "epochs": 300,
-            "schedule": {"name": "cosine", "warmup_epochs": 5}, "amp": True,
-            "out": f"runs/imagenet/{method}/vit_small14_vit_tiny14",
+            COMMENT: GLOBAL_BATCH_NOTE.format(batch=LABEL_FREE_VIT_DATA["batch_size"]),
+            **LABEL_FREE_VIT, "method": method_section(method), "data": LABEL_FREE_VIT_DATA,
+            **LABEL_FREE_VIT_TRAINING, "out": f"runs/imagenet/{method}/vit_small14_vit_tiny14",
         }
         recipes[Path("embedded") / method / "resnet20_resnet8.yaml"] = {
             "teacher": "resnet20", "teacher_checkpoint": "runs/embedded/teachers/resnet20",
@@ -193,12 +230,17 @@ def label_free_recipes() -> dict[Path, dict]:
     return recipes
 
 
+COMMENT = "__comment__"  # a recipe's note, written as a YAML comment under the header
+
+
 def main() -> None:
     recipes = {**cifar100_recipes(), **imagenet_recipes(), **label_free_recipes()}
     for relative, recipe in recipes.items():
         path = CONFIGS / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("# generated by scripts/make_recipes.py\n" + yaml.safe_dump(recipe, sort_keys=False))
+        note = recipe.pop(COMMENT, None)
+        header = "# generated by scripts/make_recipes.py\n" + (f"# {note}\n" if note else "")
+        path.write_text(header + yaml.safe_dump(recipe, sort_keys=False))
     print(f"wrote {len(recipes)} recipes under {CONFIGS}")
 
 

@@ -2,11 +2,15 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
-from kdistill.engine.setup import load_config
+from kdistill.data import build_loaders
+from kdistill.engine.schedule import build_optimizer
+from kdistill.engine.setup import default_lr, load_config
 from kdistill.methods import MethodContext, build_distiller, method_class
 from kdistill.models import create_model
 
@@ -24,7 +28,7 @@ def test_every_table_pair_has_every_recipe():
     # FSP needs equal stage widths: the tables' six pairs of one family and width.
     assert len(list((CONFIGS / "cifar100" / "fsp").glob("*.yaml"))) == 6
     assert len(list((CONFIGS / "cifar100" / "teachers").glob("*.yaml"))) == 6
-    for method in ("crld", "dkd"):
+    for method in ("crld", "dkd", "dcd", "dcd+kd", "kd", "crd"):
         assert {p.stem for p in (CONFIGS / "imagenet" / method).glob("*.yaml")} == {"resnet34_resnet18",
                                                                                   "resnet50_mobilenetv1_100"}
 
@@ -46,6 +50,26 @@ def test_logit_family_recipes_carry_the_references_per_pair_settings():
     mlkd = {pair: load_config(str(CONFIGS / f"cifar100/mlkd/{pair}.yaml"))
             for pair in ("resnet32x4_resnet8x4", "resnet32x4_ShuffleV2", "vgg13_MobileNetV2")}
     assert [(cfg.optim.lr, cfg.epochs) for cfg in mlkd.values()] == [(0.025, 240), (0.01, 480), (0.0025, 480)]
+
+
+def test_dcd_imagenet_recipes_have_the_reference_settings():
+    # giakoumoglou/distillers imagenet/README.md: batch 256, 120 epochs, lr 0.1 x0.1 at 30/60/90, wd 1e-4.
+    for method, w_kd in (("dcd", 0.0), ("dcd+kd", 1.0), ("kd", 1.0)):
+        cfg = load_config(str(CONFIGS / "imagenet" / method / "resnet34_resnet18.yaml"))
+        assert (cfg.data.batch_size, cfg.epochs, cfg.optim.lr, cfg.optim.weight_decay) == (256, 120, 0.1, 1e-4)
+        assert list(cfg.schedule.milestones) == [30, 60, 90] and cfg.schedule.gamma == 0.1
+        assert (cfg.method.w_ce, cfg.method.w_kd) == (1.0, w_kd) and cfg.teacher_pretrained
+        assert cfg.teacher == "tv:resnet34:IMAGENET1K_V1" and cfg.student == "tv:resnet18"
+
+
+def test_label_free_vit_recipes_have_the_reference_settings():
+    for method in ("tintem", "proteus"):
+        cfg = load_config(str(CONFIGS / "imagenet" / method / "vit_small14_vit_tiny14.yaml"))
+        assert (cfg.data.train_transform, cfg.data.repeated_augment, cfg.data.random_erasing) == ("deit", 3, 0.25)
+        assert (cfg.data.rand_augment, cfg.data.interpolation) == ("rand-m9-mstd0.5-inc1", "bicubic")
+        assert (cfg.schedule.warmup_lr, cfg.schedule.min_lr, cfg.schedule.warmup_epochs) == (1e-6, 1e-5, 5)
+        assert cfg.student_options.init_values == 1.0 and cfg.student_options.patch_size == 14
+        assert (cfg.optim.name, cfg.optim.weight_decay, cfg.data.batch_size, cfg.epochs) == ("adamw", 0.05, 1024, 300)
 
 
 # (channels, side, classes) of a tiny stand-in input per data set; 28 suits /14 ViT patches.
@@ -101,3 +125,41 @@ def test_recipe_weights_are_the_methods_defaults_unless_the_recipe_says_why(reci
     departures = sorted(key for key, value in written.items() if value != defaults[key])
     for key in departures:
         assert cfg.note and key in cfg.note, f"{key}={written[key]} differs from the default {defaults[key]}: say why in note"
+
+
+IMAGENET_RECIPES = sorted((CONFIGS / "imagenet").rglob("*.yaml"))
+
+
+def write_tiny_image_folder(root: Path, classes: int = 2, per_class: int = 4) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in range(classes):
+            (root / split / f"c{label}").mkdir(parents=True)
+            for k in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (36, 44, 3), dtype=np.uint8)).save(root / split / f"c{label}" / f"{k}.png")
+
+
+@pytest.mark.parametrize("recipe", IMAGENET_RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_imagenet_recipe_trains_one_step_on_a_tiny_image_folder(recipe, tmp_path):
+    """The recipe's own data pipeline, method and optimizer, one step, on a 2-class folder of tiny
+    images (the teacher random: its weights would be a download)."""
+    write_tiny_image_folder(tmp_path)
+    cfg = load_config(str(recipe), [f"data.root={tmp_path}", "data.batch_size=2", "data.image_size=28",
+                                    "data.num_workers=0", "device=cpu"])
+    method = OmegaConf.to_container(cfg.method)
+    cls = method_class(method["name"])
+    cfg.data.strong_view = cls.needs_strong_view
+    loaders = build_loaders(cfg.data, torch.device("cpu"), seed=0)
+    classes = loaders.info.num_classes
+    torch.manual_seed(0)
+    student = create_model(cfg.student, num_classes=classes, **OmegaConf.to_container(cfg.student_options))
+    teacher = create_model(cfg.teacher, num_classes=classes, **OmegaConf.to_container(cfg.teacher_options))
+    context = MethodContext((3, 28, 28), classes, loaders.train.labels, default_lr(cfg))
+    distiller = build_distiller(method, student, teacher, context).train()
+    optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, default_lr(cfg))
+    before = [p.detach().clone() for p in student.parameters()]
+    loss = distiller(next(iter(loaders.train))).total
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(old, new) for old, new in zip(before, student.parameters()))

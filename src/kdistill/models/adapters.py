@@ -31,7 +31,6 @@ from torch import Tensor, nn
 from kdistill.errors import KdistillError, closest_names
 from kdistill.models.base import FeatureModel, Features, TokenSequence
 from kdistill.models.pretrained import (
-    WEIGHTS_SEPARATOR,
     load_torchvision_pretrained,
     report_timm_head,
     split_weights_name,
@@ -183,11 +182,9 @@ class TorchvisionModel(FeatureModel):
         super().__init__()
         from torchvision import models
 
+        # A weights name matters only with `pretrained`; otherwise (e.g. a teacher_checkpoint file
+        # of that architecture) the model is the architecture alone.
         name, weights_name = split_weights_name(name)
-        if weights_name is not None and not pretrained:
-            raise KdistillError(f"tv:{name}{WEIGHTS_SEPARATOR}{weights_name} names pretrained weights: set "
-                                f"teacher_pretrained=true (or student_pretrained=true), or drop '{WEIGHTS_SEPARATOR}"
-                                f"{weights_name}'")
         available = models.list_models(module=models)
         if name not in available:
             raise _unknown_library_model("torchvision", name, available, "torchvision.models.list_models()")
