@@ -345,6 +345,41 @@ def test_sigterm_before_any_checkpoint_says_none_was_kept(tmp_path):
     assert not RunFolder(run).has_resume_state()
 
 
+def test_ctrl_c_within_a_step_abandons_it_and_says_no_checkpoint_exists(tmp_path, monkeypatch):
+    original, calls = Distiller.supervised_terms, []
+
+    def terms(self, student, teacher, labels):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, student, teacher, labels)
+
+    monkeypatch.setattr(Distiller, "supervised_terms", terms)
+    handler_before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(RunStopped) as stop:
+        train(RUN + ["epochs=2"], tmp_path / "run")
+    assert stop.value.exit_code == 130
+    assert str(stop.value) == "stopped by SIGINT; no checkpoint was saved yet: run the command again to start over"
+    assert len(calls) == 3  # no step after the signal
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the handler is put back
+
+
+def test_a_signal_during_a_save_lets_the_save_finish(tmp_path, monkeypatch):
+    original = RunFolder.save_resume_state
+
+    def save(self, state):
+        os.kill(os.getpid(), signal.SIGTERM)
+        original(self, state)
+
+    monkeypatch.setattr(RunFolder, "save_resume_state", save)
+    with pytest.raises(RunStopped) as stop:
+        train(RUN + ["epochs=2"], tmp_path / "run")
+    assert stop.value.exit_code == 143
+    assert "checkpoint.pt keeps the end of train epoch 1" in str(stop.value)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 0
+    assert [row["global_epoch"] for row in metrics_lines(tmp_path / "run")] == [1]  # the line after the state too
+
+
 def test_bad_crash_safety_options_are_one_line_errors(tmp_path):
     with pytest.raises(KdistillError, match="nonfinite=stop or nonfinite=skip"):
         train(RUN, tmp_path / "a", "nonfinite=ignore")
