@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdistill.distributed import sum_over_ranks
+from kdistill.precision import autocast
 
 
 def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
@@ -19,7 +20,8 @@ def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[dict[str, Tensor]], amp: bool = False) -> dict[str, float]:
+def evaluate(model: nn.Module, batches: Iterable[dict[str, Tensor]],
+             autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Top-1, top-5 (in %) and mean cross-entropy of `model` (logits from `forward`) on all batches.
 
     Under torch.distributed each rank passes its shard of the split; the counts are summed over
@@ -31,7 +33,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict[str, Tensor]], amp: bool =
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@5, count, loss sum
     for batch in batches:
         images, labels = batch["image"], batch["label"]
-        with torch.autocast(images.device.type, enabled=amp):
+        with autocast(images.device, autocast_dtype):
             logits = model(images).float()
         correct1, correct5 = topk_correct(logits, labels)
         loss_sum = F.cross_entropy(logits, labels, reduction="sum")

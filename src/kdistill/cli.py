@@ -15,7 +15,7 @@ EPILOG = """options are config keys given as key=value, e.g.
   kdistill train student=resnet32x4 data.name=cifar100 data.root=./data/cifar100 out=runs/t
   kdistill distill --config configs/cifar100/kd/resnet32x4_resnet8x4.yaml seed=1
 keys: see kdistill.config.RunConfig (student, teacher, teacher_checkpoint, method.name, method.<option>,
-data.name, data.root, epochs, optim.lr, schedule.name, device, amp, out, resume, seed, ...)"""
+data.name, data.root, epochs, optim.lr, schedule.name, device, precision, compile, teacher_cache, out, resume, seed, ...)"""
 
 
 # A config override: a dotted key, '=', a value. A path such as runs/lr=0.1 is not one (its "key"

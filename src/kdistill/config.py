@@ -84,8 +84,13 @@ class RunConfig:
     nonfinite: str = "stop"  # a non-finite loss: stop (exit 3, checkpoint and weights as before it) | skip the step
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = False  # mixed precision (bf16/fp16 autocast on CUDA)
-    channels_last: bool = False
+    precision: str = "fp32"  # fp32 | bf16 (autocast, CUDA or CPU) | fp16 (autocast + loss scaling, CUDA)
+    compile: bool = False  # torch.compile the student's and the teacher's forward passes
+    channels_last: bool = True  # NHWC activations: faster convolutions on CUDA and on this project's CPUs
+    # A folder of the teacher's outputs (logits, pooled feature) per (epoch, sample, view), shared by
+    # runs with the same teacher, data, transform and seed: the teacher runs once per epoch (`kdistill cache`).
+    teacher_cache: str | None = None
+    teacher_cache_dtype: str = "float16"  # float16 | bfloat16 | float32 (float32: reads are exact)
     out: str = "runs/run"
     note: str | None = None  # a recipe's reason for departing from its method's default weights
     resume: bool = False

@@ -28,10 +28,12 @@ from tqdm import tqdm
 
 from kdistill.accuracy import evaluate
 from kdistill.data import Loaders
+from kdistill.data.batch import channels_last_views
 from kdistill.distributed import barrier, broadcast_buffers, is_distributed, is_main_process, sum_over_ranks
 from kdistill.engine.schedule import build_optimizer, build_scheduler
 from kdistill.errors import KdistillError, RunStopped
 from kdistill.methods import Distiller
+from kdistill.precision import autocast, autocast_dtype, grad_scaler
 from kdistill.run_folder import RunFolder
 
 NONFINITE_MODES = ("stop", "skip")
@@ -192,8 +194,8 @@ class Trainer:
         self.check_window = 1 if device.type == "cpu" or cfg.nonfinite == "skip" else NONFINITE_CHECK_WINDOW
         self.model = self._data_parallel(distiller, device, find_unused=init is not None)
         self.is_main = is_main_process()
-        self.amp = bool(cfg.amp) and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
+        self.autocast_dtype = autocast_dtype(cfg.precision, device)
+        self.scaler = grad_scaler(device, self.autocast_dtype)
         self.start_epoch = 0  # counted over all phases
         self.start_tally: dict[str, Any] | None = None  # of start_epoch, when resuming within it
         self.last_metrics: dict[str, Any] | None = None  # the last finished epoch's log line
@@ -291,7 +293,7 @@ class Trainer:
         if teacher is None:
             return
         batch = next(iter(self.loaders.test))
-        with torch.autocast(self.device.type, enabled=self.amp):
+        with autocast(self.device, self.autocast_dtype):
             features = self.distiller.teacher_features(batch["image"])
         if not (torch.isfinite(features.pooled).all() and torch.isfinite(features.logits).all()):
             raise KdistillError(f"teacher '{self.cfg.teacher}' from '{self.cfg.teacher_checkpoint}' gives non-finite "
@@ -311,17 +313,19 @@ class Trainer:
         loader.set_epoch(global_epoch, skip_batches=tally.steps)
         watch = NonFiniteWatch()
         every = self.cfg.checkpoint_every_steps
-        started = time.perf_counter() - tally.seconds
+        resumed_at = fetch_start = time.perf_counter()
+        started = resumed_at - tally.seconds
+        data_wait = 0.0  # time this process's steps waited for the loader's next batch
         bar = tqdm(total=self.steps_per_epoch, initial=tally.steps,
                    desc=f"{self.run.path}: {phase.name} epoch {epoch + 1}/{phase.epochs}", leave=False,
                    disable=not (self.cfg.progress and self.is_main), mininterval=1.0, dynamic_ncols=True)
         for step, batch in enumerate(loader, start=tally.steps):
             if step == self.steps_per_epoch:
                 break
-            if self.cfg.channels_last:  # every view of the batch ("image", "image_strong")
-                batch = {key: value.contiguous(memory_format=torch.channels_last) if key.startswith("image") else value
-                         for key, value in batch.items()}
-            with torch.autocast(self.device.type, enabled=self.amp):
+            data_wait += time.perf_counter() - fetch_start
+            if self.cfg.channels_last:
+                batch = channels_last_views(batch)
+            with autocast(self.device, self.autocast_dtype):
                 output = self.model(batch)
             logits, loss, logged = output.logits, output.total, {**output.terms, **output.extras}
             phase.optimizer.zero_grad(set_to_none=True)
@@ -350,7 +354,7 @@ class Trainer:
             tally.seen += batch["image"].shape[0]
             tally.steps = step + 1
             bar.update(1)
-            if bar.n % BAR_REFRESH_STEPS == 0 and not bar.disable:
+            if bar.n % BAR_REFRESH_STEPS == 0 and not bar.disable:  # the loop's only host-device synchronisation
                 counted = max(tally.steps - tally.skipped, 1)
                 bar.set_postfix({name: f"{float(value) / counted:.3f}" for name, value in tally.sums.items()}
                                 | {"img/s": f"{tally.seen / (time.perf_counter() - started):.0f}"})
@@ -358,6 +362,7 @@ class Trainer:
                 tally.seconds = time.perf_counter() - started
                 with self.signals.deferred():
                     self._save_state(global_epoch, tally)
+            fetch_start = time.perf_counter()
         bar.close()
         elapsed = time.perf_counter() - started
         counted = max(tally.steps - tally.skipped, 1)
@@ -368,6 +373,9 @@ class Trainer:
             metrics["nonfinite_steps"] = tally.skipped
         metrics["img_per_s"] = tally.seen / elapsed
         metrics["epoch_time_s"] = elapsed
+        # Near 1: the input pipeline, not the step, is the wall (this process's part of the epoch).
+        metrics["data_wait_fraction"] = data_wait / max(time.perf_counter() - resumed_at, 1e-9)
+        metrics["precision"] = self.cfg.precision
         return metrics
 
     def _non_finite_stop(self, phase: Phase, epoch: int, step: int, terms: list[str]) -> RunStopped:
@@ -422,7 +430,7 @@ class Trainer:
         for split in ("test", "val"):
             loader = getattr(self.loaders, split)
             if loader is not None:
-                for name, value in evaluate(student, loader, amp=self.amp).items():
+                for name, value in evaluate(student, loader, self.autocast_dtype).items():
                     metrics[f"{split}/{name}"] = value
         improved = phase.name == "train" and metrics.get("test/top1", -1.0) > self.best["top1"]
         if improved:
@@ -444,7 +452,7 @@ class Trainer:
         self.run.append_metrics(metrics)
         if self.writer is not None:
             for name, value in metrics.items():
-                if name not in ("phase", "epoch", "global_epoch"):
+                if isinstance(value, (int, float)) and name not in ("epoch", "global_epoch"):
                     self.writer.add_scalar(f"{metrics['phase']}/{name}", value, metrics["global_epoch"])
             self.writer.flush()
         if self.cfg.progress:

@@ -28,6 +28,7 @@ from kdistill.engine.setup import (
 from kdistill.errors import KdistillError
 from kdistill.methods import method_class
 from kdistill.models.base import FeatureModel
+from kdistill.precision import autocast, autocast_dtype
 from kdistill.run_folder import CONFIG_FILE, RunFolder
 
 
@@ -106,8 +107,8 @@ class Evaluation:
         return self.target.cfg
 
     @property
-    def amp(self) -> bool:
-        return bool(self.cfg.amp) and self.device.type == "cuda"
+    def autocast_dtype(self) -> torch.dtype | None:
+        return autocast_dtype(self.cfg.precision, self.device)
 
 
 def load_evaluation(target: Target, teacher: str = "optional") -> Evaluation:
@@ -212,7 +213,7 @@ class Outputs:
 
 @torch.no_grad()
 def collect_outputs(models: dict[str, LoadedModel], batches: Iterable[dict[str, Tensor]], total: int, desc: str,
-                    progress: bool, amp: bool = False) -> dict[str, Outputs]:
+                    progress: bool, autocast_dtype: torch.dtype | None = None) -> dict[str, Outputs]:
     """Run every model on every batch (one pass over the data for all models)."""
     parts: dict[str, list[tuple[Tensor, Tensor]]] = {role: [] for role in models}
     labels = []
@@ -220,7 +221,7 @@ def collect_outputs(models: dict[str, LoadedModel], batches: Iterable[dict[str, 
                       mininterval=1.0):
         images = batch["image"]
         for role, loaded in models.items():
-            with torch.autocast(images.device.type, enabled=amp):
+            with autocast(images.device, autocast_dtype):
                 features = loaded.model.extract(images)
             parts[role].append((features.logits.float().cpu(), features.pooled.float().cpu()))
         labels.append(batch["label"].cpu())

@@ -64,7 +64,7 @@ def run_correlate(targets: list[str], overrides: list[str], which: str = "last",
         evaluation = load_evaluation(resolved, teacher="required")
         test = evaluation.loaders.test
         outputs = collect_outputs(evaluation.models, test, len(test), f"{resolved.path.name} logits",
-                                  evaluation.cfg.progress, evaluation.amp)
+                                  evaluation.cfg.progress, evaluation.autocast_dtype)
         difference = correlation_difference(outputs["teacher"].logits, outputs["student"].logits)
         cfg = resolved.cfg
         run = {"weights": str(resolved.path), "method": cfg.method["name"], "teacher": cfg.teacher,

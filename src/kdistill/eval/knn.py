@@ -67,12 +67,12 @@ def run_knn(target: str, overrides: list[str], which: str = "last", ks: tuple[in
     resolved = resolve_target(target, run_items, which)
     evaluation = load_evaluation(resolved)
     loaders = build_other_loaders("knn", knn_items, evaluation) if knn_items else evaluation.loaders
-    progress, amp = evaluation.cfg.progress, evaluation.amp
+    progress, autocast_dtype = evaluation.cfg.progress, evaluation.autocast_dtype
     outputs = {}
     for split in ("train", "test"):
         loader = getattr(loaders, split)
         outputs[split] = collect_outputs(evaluation.models, model_inputs(loader, loaders.info, evaluation.loaders.info),
-                                         len(loader), f"{split} features", progress, amp)
+                                         len(loader), f"{split} features", progress, autocast_dtype)
     bank, test = outputs["train"], outputs["test"]
     top1 = {role: weighted_knn_accuracy(bank[role].pooled.to(evaluation.device), bank[role].labels,
                                         test[role].pooled.to(evaluation.device), test[role].labels,

@@ -85,12 +85,12 @@ def run_ood(target: str, overrides: list[str], which: str = "last") -> dict[str,
     resolved = resolve_target(target, run_items, which)
     evaluation = load_evaluation(resolved)
     ood_loaders = build_other_loaders("ood", ood_items, evaluation)
-    models, progress, amp = evaluation.models, evaluation.cfg.progress, evaluation.amp
+    models, progress, autocast_dtype = evaluation.models, evaluation.cfg.progress, evaluation.autocast_dtype
     loaders = evaluation.loaders
-    bank = collect_outputs(models, loaders.train, len(loaders.train), "in-distribution train", progress, amp)
-    inside = collect_outputs(models, loaders.test, len(loaders.test), "in-distribution test", progress, amp)
+    bank = collect_outputs(models, loaders.train, len(loaders.train), "in-distribution train", progress, autocast_dtype)
+    inside = collect_outputs(models, loaders.test, len(loaders.test), "in-distribution test", progress, autocast_dtype)
     ood_batches = model_inputs(ood_loaders.test, ood_loaders.info, loaders.info)
-    outside = collect_outputs(models, ood_batches, len(ood_loaders.test), "OOD test", progress, amp)
+    outside = collect_outputs(models, ood_batches, len(ood_loaders.test), "OOD test", progress, autocast_dtype)
     warning = same_images_warning(inside["student"], outside["student"])
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

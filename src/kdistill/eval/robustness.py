@@ -154,7 +154,7 @@ def outputs_under_corruptions(evaluation: Evaluation, names: list[str],
         for severity in severities:
             batches = corrupted_batches(test, info, name, severity, evaluation.cfg.seed)
             yield name, severity, collect_outputs(evaluation.models, batches, len(test), f"{name} s{severity}",
-                                                  evaluation.cfg.progress, evaluation.amp)
+                                                  evaluation.cfg.progress, evaluation.autocast_dtype)
 
 
 def run_robustness(target: str, overrides: list[str], which: str = "last",
@@ -167,7 +167,7 @@ def run_robustness(target: str, overrides: list[str], which: str = "last",
     resolved = resolve_target(target, overrides, which)
     evaluation = load_evaluation(resolved)
     test = evaluation.loaders.test
-    clean = collect_outputs(evaluation.models, test, len(test), "clean", evaluation.cfg.progress, evaluation.amp)
+    clean = collect_outputs(evaluation.models, test, len(test), "clean", evaluation.cfg.progress, evaluation.autocast_dtype)
     accuracy = {role: {} for role in evaluation.models}
     for name, severity, outputs in outputs_under_corruptions(evaluation, names, severities):
         for role, output in outputs.items():

@@ -165,9 +165,12 @@ class Distiller(nn.Module):
                                 "build the loaders with data.strong_view=true")
         return batch["image_strong"]
 
-    @torch.no_grad()
     def teacher_features(self, x: Tensor, preact: bool = False) -> Features:
-        return self.teacher.extract(x, preact=preact)
+        """The frozen teacher's features of `x`, computed without autograd bookkeeping. Inference
+        tensors cannot be saved for a backward pass, so the student's graph gets ordinary copies."""
+        with torch.inference_mode():
+            features = self.teacher.extract(x, preact=preact)
+        return features.map(torch.Tensor.clone)
 
     def supervised_terms(self, student: Features, teacher: Features | None, labels: Tensor) -> dict[str, Tensor]:
         """CE on the labels, and KD when its weight is on: the terms most methods add to theirs."""

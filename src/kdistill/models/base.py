@@ -23,6 +23,11 @@ class Features:
     pooled: Tensor
     preact: list[Tensor] | None = None
 
+    def map(self, fn) -> "Features":
+        """The same features with `fn` applied to every tensor (e.g. `Tensor.clone`)."""
+        return Features(fn(self.logits), [fn(stage) for stage in self.stages], fn(self.pooled),
+                        None if self.preact is None else [fn(stage) for stage in self.preact])
+
 
 @dataclass
 class TokenSequence:
