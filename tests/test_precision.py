@@ -3,8 +3,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import QUICK_RUN, run_kdistill
+
 from kdistill.errors import KdistillError
 from kdistill.precision import autocast_dtype
 

@@ -93,6 +93,15 @@ def command_distill(args: argparse.Namespace) -> None:
     _print_results(train_run(cfg))
 
 
+def command_cache(args: argparse.Namespace) -> None:
+    from kdistill.engine import fill_teacher_cache
+
+    cfg = _run_config(args)
+    cache, filled = fill_teacher_cache(cfg)
+    print(f"teacher cache {cache.folder}: epochs 1-{cfg.epochs} of view(s) {', '.join(cache.views)} ready "
+          f"({filled} epoch files computed now)")
+
+
 def _print_results(results: dict) -> None:
     print(f"{results['method']} {results['student']}: top-1 last {results['top1_last']:.2f}, "
           f"best {results['top1_best']:.2f} (epoch {results['best_epoch']}), "
@@ -311,6 +320,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     report.add_argument("--published", action="store_true",
                         help="also set each measured mean beside its paper's published CIFAR-100 top-1")
     report.set_defaults(handler=command_report)
+    cache = commands.add_parser("cache", help="fill a teacher cache (teacher_cache=<folder>) for a run's config ahead of time")
+    _add_run_arguments(cache)
+    cache.set_defaults(handler=command_cache)
     listing = commands.add_parser("list", help="the models, methods and data sets")
     listing.add_argument("--teachers", action="store_true",
                          help="the recipes' library teachers and the public CIFAR-100 teacher files, with URLs")

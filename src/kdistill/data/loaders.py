@@ -78,14 +78,24 @@ class BatchOrder:
         """The CPU int64 index (view id) tensors of this rank's batches in `epoch`."""
         if not self.train:
             return list(torch.arange(self.rank, self.size, self.world_size).split(self.batch_size))
-        generator = torch.Generator().manual_seed(int(keyed_bits(self.seed, epoch, 0, Stream.SHUFFLE)))
-        order = torch.randperm(self.size, generator=generator)
+        order = self._permutation(epoch)
         if self.repeats > 1:
             order = order.repeat_interleave(self.repeats) + torch.arange(self.repeats).repeat(self.size) * self.size
         padded_size = math.ceil(len(order) / self.world_size) * self.world_size
         order = order.repeat(math.ceil(padded_size / len(order)))[:padded_size]
         mine = order[self.rank :: self.world_size][: self.per_rank()]
         return list(mine.split(self.batch_size))[: len(self)]
+
+    def covering_batches(self, epoch: int) -> list[Tensor]:
+        """Every sample of the split once, in `epoch`'s shuffle order, in batches of batch_size
+        (the last one partial): in one process without repeats, the training batches followed by
+        the samples they drop. For passes that must see every sample's view of an epoch (the
+        teacher cache)."""
+        return list(self._permutation(epoch).split(self.batch_size))
+
+    def _permutation(self, epoch: int) -> Tensor:
+        generator = torch.Generator().manual_seed(int(keyed_bits(self.seed, epoch, 0, Stream.SHUFFLE)))
+        return torch.randperm(self.size, generator=generator)
 
 
 class Normalizer:
@@ -129,13 +139,17 @@ class Loader:
         return len(self.order)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        for images, labels, index, strong in self._uint8_batches():
+        return self.batches_of(self._epoch_batches())
+
+    def batches_of(self, index_batches: list[Tensor]) -> Iterator[dict[str, Tensor]]:
+        """The batches of the given sample indices (CPU int64 tensors), augmented as in the current epoch."""
+        for images, labels, index, strong in self._uint8_batches(index_batches):
             batch = {"image": self.normalize(images), "label": labels, "index": index}
             if strong is not None:
                 batch["image_strong"] = self.normalize(strong)
             yield batch
 
-    def _uint8_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
+    def _uint8_batches(self, index_batches: list[Tensor]) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
         """(images, labels, index, strong view or None) per batch, uint8 images on the device."""
         raise NotImplementedError
 
@@ -154,8 +168,8 @@ class ArrayLoader(Loader):
         self._stored_labels = arrays.labels.to(arrays.images.device)  # gathered where the images are
         self.seed, self.augment, self.hflip, self.strong_fill = seed, augment, hflip, strong_fill
 
-    def _uint8_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
-        for cpu_index in self._epoch_batches():
+    def _uint8_batches(self, index_batches: list[Tensor]) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
+        for cpu_index in index_batches:
             stored = cpu_index.to(self.images.device)
             images = self.images[stored].to(self.device, non_blocking=True)
             labels = self._stored_labels[stored].to(self.device, non_blocking=True)
@@ -178,11 +192,11 @@ class StreamLoader(Loader):
         super().__init__(order, dataset.files.labels, normalize, device)
         self.dataset, self.num_workers = dataset, num_workers
 
-    def _uint8_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
+    def _uint8_batches(self, index_batches: list[Tensor]) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
         # The epoch rides along with each index, so the workers need no state of their own.
         # Its own generator: the DataLoader draws its workers' base seed from it, not from the
         # global RNG a method may use (augmentation is keyed, so that seed changes nothing).
-        keys = [[(i, self.epoch) for i in batch.tolist()] for batch in self._epoch_batches()]
+        keys = [[(i, self.epoch) for i in batch.tolist()] for batch in index_batches]
         loader = DataLoader(
             self.dataset, batch_sampler=keys, num_workers=self.num_workers, collate_fn=collate_or_error,
             pin_memory=self.device.type == "cuda", generator=torch.Generator(),

@@ -8,10 +8,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdistill.distributed import barrier, is_main_process
 from kdistill.engine.setup import build_run
+from kdistill.engine.teacher_cache import TeacherCache
 from kdistill.engine.trainer import Trainer, prepare_out_dir
+from kdistill.errors import KdistillError
 from kdistill.run_folder import RunFolder
 
-PATH_KEYS = ("teacher_checkpoint", "student_checkpoint", "data.root")
+PATH_KEYS = ("teacher_checkpoint", "student_checkpoint", "data.root", "teacher_cache")
 
 
 def with_absolute_paths(cfg: DictConfig) -> DictConfig:
@@ -41,3 +43,19 @@ def train_run(cfg: DictConfig) -> dict[str, Any]:
         return Trainer(cfg, parts.distiller, parts.loaders, parts.device, parts.lr, run).fit()
     finally:
         run.unlock()
+
+
+def fill_teacher_cache(cfg: DictConfig) -> tuple[TeacherCache, int]:
+    """Fill cfg.teacher_cache with every epoch of the run `cfg` describes, ahead of the runs
+    (on any device); returns the cache and how many epoch files were computed."""
+    if cfg.teacher_cache is None:
+        raise KdistillError("`kdistill cache` needs teacher_cache=<folder>")
+    if cfg.method["name"] == "vanilla":
+        raise KdistillError("`kdistill cache` fills a distillation run's teacher outputs: give the runs' method.name "
+                            "(e.g. kd; crld for both views), teacher= and teacher_checkpoint=")
+    cache = build_run(cfg).distiller.teacher_outputs
+    filled = 0
+    for epoch in range(cfg.epochs):
+        filled += len(cache.missing_views(epoch))
+        cache.fill_epoch(epoch)
+    return cache, filled

@@ -12,12 +12,14 @@ from omegaconf.errors import OmegaConfBaseException
 from kdistill.config import RunConfig
 from kdistill.data import Loaders, build_loaders
 from kdistill.distributed import init_from_environment, rank, world_size
+from kdistill.engine.teacher_cache import open_teacher_cache
 from kdistill.errors import KdistillError
 from kdistill.methods import Distiller, MethodContext, build_distiller, method_class
 from kdistill.models import TIMM_PREFIX, TV_PREFIX, create_model
 from kdistill.models.base import FeatureModel
 from kdistill.models.checkpoint import load_checkpoint, load_state_into, read_state_dict, stored_classes
 from kdistill.models.pretrained import pretrained_classes, preprocessing
+from kdistill.precision import autocast_dtype
 from kdistill.run_folder import RunFolder
 from kdistill.yaml_file import read_yaml_mapping
 
@@ -161,4 +163,7 @@ def build_run(cfg: DictConfig) -> RunParts:
         for model in (student, distiller.teacher):
             if model is not None:
                 compile_extract(model)
+    if cfg.teacher_cache is not None:
+        distiller.teacher_outputs = open_teacher_cache(cfg, distiller, loaders, device,
+                                                       autocast_dtype(cfg.precision, device))
     return RunParts(distiller, loaders, device, lr)

@@ -309,6 +309,8 @@ class Trainer:
         else:
             self.distiller.train()
             self.distiller.on_epoch_start(epoch + 1, phase.epochs)
+            if self.distiller.teacher_outputs is not None:  # the teacher cache: filled here if this epoch is new
+                self.distiller.teacher_outputs.prepare_epoch(global_epoch)
         loader = self.loaders.train
         loader.set_epoch(global_epoch, skip_batches=tally.steps)
         watch = NonFiniteWatch()

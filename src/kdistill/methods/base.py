@@ -1,7 +1,7 @@
 """The Distiller base: a method owns the student, the frozen teacher and its own trainable parts."""
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,19 @@ class MethodContext:
     teacher_shapes: Features | None = None
 
 
+LOGITS_AND_POOLED = frozenset({"logits", "pooled"})  # what logit- and embedding-level methods read of the teacher
+
+
+class TeacherOutputs(Protocol):
+    """A store of the teacher's outputs that stands in for running it (the teacher cache)."""
+
+    def prepare_epoch(self, epoch: int) -> None:
+        """Called by the Trainer before each distillation epoch with the loader's data epoch."""
+
+    def read(self, index: Tensor, view: str) -> Features:
+        """Logits and pooled feature of the samples `index` [B] on `view` ("image", "image_strong")."""
+
+
 def embedding_source(features: Features, which: str | int) -> Tensor:
     """A [B, D] vector per sample: the pooled penultimate feature, or a stage map averaged over space."""
     if which == "pooled":
@@ -103,6 +116,8 @@ class Distiller(nn.Module):
     uses_teacher_logits: ClassVar[bool] = True  # False: a backbone-only teacher file will do (label-free)
     offers_kd_variant: ClassVar[bool] = False  # register "<name>+kd": this method with Hinton's KD term on
     matches_logits: ClassVar[bool] = False  # its own terms compare teacher and student logits (KD, DKD, CRLD, ...)
+    # Which fields of the teacher's Features the method reads; a teacher cache holds "logits" and "pooled".
+    teacher_reads: ClassVar[frozenset[str]] = LOGITS_AND_POOLED | {"stages", "preact"}
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, options: MethodOptions,
                  context: MethodContext):
@@ -120,6 +135,7 @@ class Distiller(nn.Module):
             teacher.requires_grad_(False)
             teacher.eval()
         self.teacher = teacher
+        self.teacher_outputs: TeacherOutputs | None = None  # set: read the teacher's outputs instead of running it
         self.phase = "train"
         self.epoch, self.epochs = 1, 1  # where training stands (`on_epoch_start`)
 
@@ -172,6 +188,12 @@ class Distiller(nn.Module):
             features = self.teacher.extract(x, preact=preact)
         return features.map(torch.Tensor.clone)
 
+    def teacher_view(self, batch: Batch, view: str = "image") -> Features:
+        """The teacher's features of one view of the batch, from `teacher_outputs` when the run has them."""
+        if self.teacher_outputs is not None:
+            return self.teacher_outputs.read(batch["index"], view)
+        return self.teacher_features(batch[view], preact=self.needs_preact)
+
     def supervised_terms(self, student: Features, teacher: Features | None, labels: Tensor) -> dict[str, Tensor]:
         """CE on the labels, and KD when its weight is on: the terms most methods add to theirs."""
         terms = {}
@@ -214,7 +236,7 @@ class Distiller(nn.Module):
         methods with their own views or inputs (CRLD, label-free) override this."""
         x = batch["image"]
         student = self.student.extract(x, preact=self.needs_preact)
-        teacher = self.teacher_features(x, preact=self.needs_preact) if self.teacher is not None else None
+        teacher = self.teacher_view(batch) if self.teacher is not None else None
         losses = self.supervised_terms(student, teacher, batch["label"])
         own = self.method_terms(student, teacher, batch) if teacher is not None else Terms({})
         return self.output(student.logits, Terms({**losses, **own.losses}, own.extras))

@@ -12,7 +12,7 @@ from kdistill.data import Batch
 from kdistill.distributed import all_gather_detached, is_distributed
 from kdistill.errors import KdistillError
 from kdistill.losses import crd_loss
-from kdistill.methods.base import Distiller, MethodContext, MethodOptions, Terms, embedding_source, embedding_width
+from kdistill.methods.base import LOGITS_AND_POOLED, Distiller, MethodContext, MethodOptions, Terms, embedding_source, embedding_width
 from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
 
@@ -88,10 +88,13 @@ class CRD(Distiller):
 
     offers_kd_variant = True
     Options = CRDOptions
+    teacher_reads = LOGITS_AND_POOLED
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 0.8}
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel, options: CRDOptions, context: MethodContext):
         super().__init__(student, teacher, options, context)
+        if options.teacher_feature != "pooled":  # a stage map averaged over space
+            self.teacher_reads = self.teacher_reads | {"stages"}
         if context.train_labels is None:
             raise KdistillError("method crd needs the training labels by sample index: use a labelled data set")
         if options.negatives not in ("exact", "any"):

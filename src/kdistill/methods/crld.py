@@ -14,7 +14,7 @@ from dataclasses import dataclass, make_dataclass
 from kdistill.data import Batch
 from kdistill.errors import KdistillError
 from kdistill.losses import crld_loss
-from kdistill.methods.base import Distiller, DistillOutput, MethodOptions, Terms
+from kdistill.methods.base import LOGITS_AND_POOLED, Distiller, DistillOutput, MethodOptions, Terms
 from kdistill.methods.dcd import DCD
 from kdistill.methods.dkd import DKD
 from kdistill.methods.registry import register_method
@@ -57,13 +57,14 @@ class CRLD(Distiller):
     # The regulariser carries its own weights, so w_method is free for a combined method.
     fixed_term_weights = {CROSS_VIEW_TERM: 1.0}
     offers_kd_variant = True
+    teacher_reads = LOGITS_AND_POOLED
 
     def distill(self, batch: Batch) -> DistillOutput:
         weak, strong, labels = batch["image"], self.strong_view(batch), batch["label"]
         student = self.student.extract(weak, preact=self.needs_preact)
-        teacher = self.teacher_features(weak, preact=self.needs_preact)
+        teacher = self.teacher_view(batch)
         options = self.options
-        parts = crld_loss(student.logits, self.student(strong), teacher.logits, self.teacher_features(strong).logits,
+        parts = crld_loss(student.logits, self.student(strong), teacher.logits, self.teacher_view(batch, "image_strong").logits,
                           labels, options.temperature, options.weak_threshold, options.strong_threshold,
                           standardize=options.logit_standardize)
         losses = self.supervised_terms(student, teacher, labels)  # KD on the weak view when w_kd > 0
@@ -89,6 +90,7 @@ def with_cross_view(method: type[Distiller]) -> type[Distiller]:
     return type(f"CRLDPlus{method.__name__}", (CRLD, method), {
         "Options": options,
         "default_weights": dict(method.default_weights),
+        "teacher_reads": CRLD.teacher_reads | method.teacher_reads,
         "__doc__": f"CRLD's cross-view regulariser added to {method.__name__}; see CRLD and {method.__name__}.",
     })
 

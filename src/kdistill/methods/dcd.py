@@ -12,7 +12,7 @@ from kdistill.data import Batch
 from kdistill.distributed import gather_with_grad
 from kdistill.errors import KdistillError
 from kdistill.losses import dcd_loss
-from kdistill.methods.base import Distiller, MethodContext, MethodOptions, Terms, embedding_source, embedding_width
+from kdistill.methods.base import LOGITS_AND_POOLED, Distiller, MethodContext, MethodOptions, Terms, embedding_source, embedding_width
 from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
 
@@ -45,10 +45,13 @@ class DCD(Distiller):
 
     offers_kd_variant = True
     Options = DCDOptions
+    teacher_reads = LOGITS_AND_POOLED
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel, options: DCDOptions, context: MethodContext):
         super().__init__(student, teacher, options, context)
+        if options.teacher_feature != "pooled":  # a stage map averaged over space
+            self.teacher_reads = self.teacher_reads | {"stages"}
         if options.form not in ("softmax", "sigmoid"):
             raise KdistillError(f"method dcd: form '{options.form}' is unknown; use form=softmax or form=sigmoid")
         self.embed_s = nn.Linear(embedding_width(context.student_shapes, options.student_feature), options.proj_dim)

@@ -1,6 +1,6 @@
 """Hinton et al. 2015, "Distilling the Knowledge in a Neural Network": match softened teacher logits."""
 
-from kdistill.methods.base import Distiller
+from kdistill.methods.base import LOGITS_AND_POOLED, Distiller
 from kdistill.methods.registry import register_method, with_logit_standardization
 
 
@@ -11,6 +11,7 @@ class KD(Distiller):
 
     default_weights = {"w_ce": 0.1, "w_kd": 0.9, "w_method": 0.0}
     matches_logits = True
+    teacher_reads = LOGITS_AND_POOLED
 
 
 # The LS paper's KD recipe: base temperature 2, KD weight 9, CE weight 0.1.

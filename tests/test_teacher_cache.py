@@ -1,0 +1,136 @@
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from conftest import kdistill_command, run_kdistill
+from PIL import Image
+
+from kdistill.engine import load_config, train_run
+from kdistill.engine.teacher_cache import MANIFEST_FILE
+from kdistill.models import create_model
+from kdistill.models.checkpoint import save_model_weights
+from kdistill.models.wrn import WideResNet
+
+TEACHER = "wrn_16_1"  # a class of its own (the student is a CIFAR ResNet): its forwards can be counted
+TRAIN_PER_CLASS, CLASSES = 24, 4  # 96 training images, 3 batches of 32 per epoch
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny image folder (4 classes, 16 x 16) and two different random teachers."""
+    root = tmp_path_factory.mktemp("cache_data")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", TRAIN_PER_CLASS), ("val", 4)):
+        for label in range(CLASSES):
+            folder = root / "images" / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    teachers = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        path = root / f"teacher{seed}.pth"
+        save_model_weights(create_model(TEACHER, num_classes=CLASSES), path)
+        teachers.append(path)
+    return root, teachers
+
+
+def run_args(setup, method: str, out, *extra: str) -> list[str]:
+    root, teachers = setup
+    return ["student=resnet8", f"teacher={TEACHER}", f"teacher_checkpoint={teachers[0]}", f"method.name={method}",
+            "data.name=imagefolder", f"data.root={root / 'images'}", "data.image_size=16", "data.batch_size=32",
+            "data.num_workers=0", "epochs=2", "progress=false", "tensorboard=false", "device=cpu", f"out={out}",
+            *extra]
+
+
+METHOD_OPTIONS = {
+    "kd": [], "dcd+kd": [], "crd": ["method.num_negatives=32"],
+    # Thresholds 0: every sample passes CRLD's confidence gates, so the teacher's values all count.
+    "crld": ["method.weak_threshold=0.0", "method.strong_threshold=0.0"],
+}
+
+
+@pytest.mark.parametrize("method", list(METHOD_OPTIONS))
+def test_a_run_reading_an_fp32_cache_ends_with_the_weights_of_a_run_computing_the_teacher(setup, tmp_path, method):
+    options = METHOD_OPTIONS[method]
+    cache = [f"teacher_cache={tmp_path / 'cache'}", "teacher_cache_dtype=float32"]
+    weights = {}
+    for name, extra in (("teacher", []), ("fill", cache), ("read", cache)):
+        train_run(load_config(None, run_args(setup, method, tmp_path / name, *options, *extra)))
+        weights[name] = torch.load(tmp_path / name / "student_last.pth", weights_only=True)["model"]
+    views = ["image", "image_strong"] if method == "crld" else ["image"]
+    assert sorted(p.name for p in (tmp_path / "cache").glob("epoch_*")) == [
+        f"epoch_{epoch:04d}.{view}.bin" for epoch in (0, 1) for view in sorted(views)]
+    for name in ("fill", "read"):
+        difference = max((weights[name][key].float() - weights["teacher"][key].float()).abs().max().item()
+                         for key in weights["teacher"])
+        assert difference <= 1e-6, (name, difference)
+    # Training moved the weights, so equality says something.
+    initial = create_model("resnet8", num_classes=CLASSES).state_dict()
+    assert not torch.equal(initial["fc.weight"], weights["read"]["fc.weight"])
+
+
+def test_a_grid_runs_the_teacher_once_per_seed_and_epoch(setup, tmp_path, monkeypatch):
+    samples = []
+    original = WideResNet.extract
+
+    def counting_extract(self, x, preact=False):
+        if x.abs().sum() > 0:  # not a zero probe batch that sizes a method's parts
+            samples.append(x.shape[0])
+        return original(self, x, preact)
+
+    monkeypatch.setattr(WideResNet, "extract", counting_extract)
+    for seed in (0, 1):  # a cache per seed: the views depend on it
+        for method in ("kd", "dcd+kd", "crd"):
+            args = run_args(setup, method, tmp_path / f"{method}_{seed}", *METHOD_OPTIONS[method], f"seed={seed}",
+                            f"teacher_cache={tmp_path / f'cache_seed{seed}'}", "steps_per_epoch=2")
+            train_run(load_config(None, args))
+    # One pass over the 96 training samples per (seed, epoch), not one per run.
+    assert sum(samples) == 2 * 2 * TRAIN_PER_CLASS * CLASSES
+
+
+def test_a_feature_map_method_refuses_the_cache(setup, tmp_path):
+    result = run_kdistill("distill", *run_args(setup, "fitnet", tmp_path / "run", f"teacher_cache={tmp_path / 'cache'}"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "kdistill: error: method 'fitnet' reads the teacher's preact and stages, which teacher_cache= does not store "
+        "(only logits and the pooled feature): drop teacher_cache= for this method"]
+
+
+def test_a_cache_of_another_seed_or_teacher_is_refused(setup, tmp_path):
+    _, teachers = setup
+    cache = f"teacher_cache={tmp_path / 'cache'}"
+    filled = run_kdistill("cache", *run_args(setup, "kd", tmp_path / "unused", cache, "epochs=1"))
+    assert filled.returncode == 0, filled.stderr
+    assert "teacher cache" in filled.stdout and "MB (logits" in filled.stdout  # the disk use, before filling
+    for override, mismatch in ((["seed=1"], "seed is 0 there but 1 in this run"),
+                               ([f"teacher_checkpoint={teachers[1]}"], "teacher.weights_sha256 is ")):
+        result = run_kdistill("distill", *run_args(setup, "kd", tmp_path / "run", cache, *override))
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and mismatch in lines[0] and "use another teacher_cache=" in lines[0], lines
+
+
+def test_two_processes_filling_one_cache_at_once_leave_a_valid_cache(setup, tmp_path):
+    cache = tmp_path / "cache"
+    args = run_args(setup, "kd", tmp_path / "unused", f"teacher_cache={cache}", "teacher_cache_dtype=float32")
+    processes = [subprocess.Popen(kdistill_command() + ["cache", *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr
+    assert not list(cache.glob(".*"))  # no temporary file left
+    manifest = json.loads((cache / MANIFEST_FILE).read_text())
+    assert manifest["dtype"] == "float32" and manifest["seed"] == 0
+    # The files hold what a fresh single fill computes.
+    reference = tmp_path / "reference"
+    single = run_kdistill("cache", *run_args(setup, "kd", tmp_path / "unused", f"teacher_cache={reference}",
+                                             "teacher_cache_dtype=float32"))
+    assert single.returncode == 0, single.stderr
+    for epoch in (0, 1):
+        name = f"epoch_{epoch:04d}.image.bin"
+        table = np.fromfile(cache / name, dtype=np.float32)
+        assert table.size == TRAIN_PER_CLASS * CLASSES * (CLASSES + 64)  # logits + wrn_16_1's 64-wide pooled feature
+        assert np.array_equal(table, np.fromfile(reference / name, dtype=np.float32))
