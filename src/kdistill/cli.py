@@ -252,6 +252,29 @@ def command_list(args: argparse.Namespace) -> None:
     print("also: timm:<name> and tv:<name> models; any method X with a KD term added as X+kd")
 
 
+def command_bench(args: argparse.Namespace) -> None:
+    from kdistill.bench import bench_command
+
+    bench_command(args)
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", default="kd")
+    parser.add_argument("--teacher", default="wrn_40_2")
+    parser.add_argument("--student", default="resnet8x4")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per row")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per row (compilation happens here)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-classes", type=int, default=100)
+    parser.add_argument("--train-size", type=int, default=50000, help="synthetic samples (CRD's memory banks)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional row")
+    parser.add_argument("--rows", nargs="+", default=list("abcde"), choices=list("abcde"))
+    parser.add_argument("--data-batches", type=int, default=20, help="batches per data-pipeline row (0: skip)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
+    parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s, for MFU")
+    parser.add_argument("--out", help="JSON file of the rows")
+
+
 def command_demo(args: argparse.Namespace) -> None:
     from kdistill.demo import run_demo
 
@@ -323,6 +346,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     cache = commands.add_parser("cache", help="fill a teacher cache (teacher_cache=<folder>) for a run's config ahead of time")
     _add_run_arguments(cache)
     cache.set_defaults(handler=command_cache)
+    bench = commands.add_parser("bench", help="img/s of a training step: conventional loop vs kdistill's paths, side by side")
+    add_bench_arguments(bench)
+    bench.set_defaults(handler=command_bench)
     listing = commands.add_parser("list", help="the models, methods and data sets")
     listing.add_argument("--teachers", action="store_true",
                          help="the recipes' library teachers and the public CIFAR-100 teacher files, with URLs")
