@@ -205,7 +205,7 @@ LABEL_FREE_VIT_DATA = {
 }
 LABEL_FREE_VIT_TRAINING = {
     "optim": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.05}, "epochs": 300,
-    "schedule": {"name": "cosine", "warmup_epochs": 5, "warmup_lr": 1e-6, "min_lr": 1e-5}, "amp": True,
+    "schedule": {"name": "cosine", "warmup_epochs": 5, "warmup_lr": 1e-6, "min_lr": 1e-5}, "precision": "bf16",
 }
 EMBEDDED_TRAINING = {"data": {"name": "embedded", "batch_size": 128}, "optim": {"lr": 0.05}, "epochs": 10,
                      "schedule": {"name": "cosine"}}
