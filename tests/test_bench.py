@@ -20,7 +20,8 @@ def test_bench_runs_every_row_and_writes_json(tmp_path):
     assert rows["d-bf16"]["flops_per_image"] == rows["b"]["flops_per_image"]
     assert rows["c"]["flops_per_image"] < rows["b"]["flops_per_image"]
     assert rows["a"]["vs_a"] == 1.0 and rows["a"]["mfu"] is None  # MFU only against a GPU's peak
-    assert [row["pipeline"].split(":")[0].split(" ")[0] for row in report["data_pipeline"]] == ["per-image", "in-memory", "folder"]
+    pipelines = [row["pipeline"].split(":")[0].split(" ")[0] for row in report["data_pipeline"]]
+    assert pipelines == ["per-image", "in-memory", "folder"]
     assert "x1.00 vs a" in result.stdout  # the table on screen
 
 
@@ -28,4 +29,5 @@ def test_bench_refuses_the_conventional_row_for_a_method_it_does_not_cover(tmp_p
     result = run_kdistill("bench", "--method", "crld", *TINY)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "kdistill: error: bench: row a (the conventional loop) is written for kd and crd; for 'crld' pass --rows b c d e"]
+        "kdistill: error: bench: row a (the conventional loop) is written for kd and crd; "
+        "for 'crld' pass --rows b c d e"]

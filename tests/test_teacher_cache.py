@@ -87,12 +87,14 @@ def test_a_grid_runs_the_teacher_once_per_seed_and_epoch(setup, tmp_path, monkey
             args = run_args(setup, method, tmp_path / f"{method}_{seed}", *METHOD_OPTIONS[method], f"seed={seed}",
                             f"teacher_cache={tmp_path / f'cache_seed{seed}'}", "steps_per_epoch=2")
             train_run(load_config(None, args))
-    # One pass over the 96 training samples per (seed, epoch), not one per run.
-    assert sum(samples) == 2 * 2 * TRAIN_PER_CLASS * CLASSES
+    # One pass over the 96 training samples per (seed, epoch), not one per run; besides that, each
+    # run's start-up check of the teacher's outputs on one test batch (the 16 val images).
+    assert sum(samples) == 2 * 2 * TRAIN_PER_CLASS * CLASSES + 6 * 4 * CLASSES
 
 
 def test_a_feature_map_method_refuses_the_cache(setup, tmp_path):
-    result = run_kdistill("distill", *run_args(setup, "fitnet", tmp_path / "run", f"teacher_cache={tmp_path / 'cache'}"))
+    cache = f"teacher_cache={tmp_path / 'cache'}"
+    result = run_kdistill("distill", *run_args(setup, "fitnet", tmp_path / "run", cache))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "kdistill: error: method 'fitnet' reads the teacher's preact and stages, which teacher_cache= does not store "

@@ -226,7 +226,8 @@ def conventional_row(setup: BenchSetup) -> tuple[Callable[[], None], Callable[[]
             features_t = teacher.extract(images)
         features_s = student.extract(images)
         if crd is None:  # KD: 0.1 CE + 0.9 KD at T = 4, as the tables
-            loss = 0.1 * F.cross_entropy(features_s.logits, labels) + 0.9 * kd_loss(features_s.logits, features_t.logits)
+            loss = (0.1 * F.cross_entropy(features_s.logits, labels)
+                    + 0.9 * kd_loss(features_s.logits, features_t.logits))
         else:  # CE + 0.8 CRD
             loss = F.cross_entropy(features_s.logits, labels) + 0.8 * crd(
                 features_s.pooled, features_t.pooled, batch[2].to(device), batch[3].to(device))
@@ -268,8 +269,9 @@ def kdistill_row(setup: BenchSetup, precision: str = "fp32", compiled: bool = Fa
     covered = args.warmup + args.steps + 2 if cached else None
     order = FirstBatchesOrder(len(setup.labels), args.batch_size, covered)
     strong_fill = mean_fill(CIFAR_MEAN) if distiller.needs_strong_view else None
-    loader = ArrayLoader(ImageArrays(setup.images.to(device), setup.labels), order, Normalizer(CIFAR_MEAN, CIFAR_STD, device),
-                         device, seed=0, augment=True, hflip=True, strong_fill=strong_fill)
+    normalize = Normalizer(CIFAR_MEAN, CIFAR_STD, device)
+    loader = ArrayLoader(ImageArrays(setup.images.to(device), setup.labels), order, normalize, device, seed=0,
+                         augment=True, hflip=True, strong_fill=strong_fill)
     if cached:
         attach_bench_cache(distiller, loader, dtype, device, cache_folder)
     if compiled:
@@ -384,7 +386,8 @@ def run_bench(args: argparse.Namespace) -> dict:
     images = torch.randint(0, 256, (args.train_size, 3, 32, 32), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, args.num_classes, (args.train_size,), generator=generator)
     if "a" in args.rows and args.method not in CONVENTIONAL_METHODS:
-        raise KdistillError(f"bench: row a (the conventional loop) is written for {' and '.join(CONVENTIONAL_METHODS)}; "
+        covered = " and ".join(CONVENTIONAL_METHODS)
+        raise KdistillError(f"bench: row a (the conventional loop) is written for {covered}; "
                             f"for '{args.method}' pass --rows b c d e")
     setup = BenchSetup(args, device, images, labels)
     peak = peak_tflops(args, device)

@@ -15,7 +15,8 @@ EPILOG = """options are config keys given as key=value, e.g.
   kdistill train student=resnet32x4 data.name=cifar100 data.root=./data/cifar100 out=runs/t
   kdistill distill --config configs/cifar100/kd/resnet32x4_resnet8x4.yaml seed=1
 keys: see kdistill.config.RunConfig (student, teacher, teacher_checkpoint, method.name, method.<option>,
-data.name, data.root, epochs, optim.lr, schedule.name, device, precision, compile, teacher_cache, out, resume, seed, ...)"""
+data.name, data.root, epochs, optim.lr, schedule.name, device, precision, compile, teacher_cache, out, resume,
+seed, ...)"""
 
 
 # A config override: a dotted key, '=', a value. A path such as runs/lr=0.1 is not one (its "key"
@@ -343,10 +344,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     report.add_argument("--published", action="store_true",
                         help="also set each measured mean beside its paper's published CIFAR-100 top-1")
     report.set_defaults(handler=command_report)
-    cache = commands.add_parser("cache", help="fill a teacher cache (teacher_cache=<folder>) for a run's config ahead of time")
+    cache = commands.add_parser("cache", help="fill a run's teacher cache (teacher_cache=<folder>) ahead of time")
     _add_run_arguments(cache)
     cache.set_defaults(handler=command_cache)
-    bench = commands.add_parser("bench", help="img/s of a training step: conventional loop vs kdistill's paths, side by side")
+    bench = commands.add_parser("bench", help="img/s of a training step: the conventional loop beside kdistill's paths")
     add_bench_arguments(bench)
     bench.set_defaults(handler=command_bench)
     listing = commands.add_parser("list", help="the models, methods and data sets")

@@ -171,8 +171,9 @@ class ArrayLoader(Loader):
     def _uint8_batches(self, index_batches: list[Tensor]) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
         for cpu_index in index_batches:
             stored = cpu_index.to(self.images.device)
-            images = self.images[stored].to(self.device, non_blocking=True)
-            labels = self._stored_labels[stored].to(self.device, non_blocking=True)
+            # index_select: a plain row copy, far faster than advanced indexing on a CPU
+            images = self.images.index_select(0, stored).to(self.device, non_blocking=True)
+            labels = self._stored_labels.index_select(0, stored).to(self.device, non_blocking=True)
             index = cpu_index.to(self.device)
             strong = None
             if self.strong_fill is not None:  # from the stored images: its crop is its own

@@ -131,7 +131,8 @@ class TeacherCache:
         """A line on what filling `epochs` epochs of this run's views costs on disk."""
         per_sample = self.num_samples * self.dtype.itemsize * epochs * len(self.views)
         logits, pooled = per_sample * self.num_classes, per_sample * self.feature_dim
-        return (f"teacher cache {self.folder}: {epochs} epochs x {len(self.views)} view(s) x {self.num_samples} samples x "
+        return (f"teacher cache {self.folder}: {epochs} epochs x {len(self.views)} view(s) x "
+                f"{self.num_samples} samples x "
                 f"({self.num_classes} logits + {self.feature_dim} pooled) x {self.dtype.itemsize} B = "
                 f"{_size(logits + pooled)} (logits {_size(logits)}, pooled {_size(pooled)})")
 
@@ -147,7 +148,8 @@ class TeacherCache:
                 self.announced = True
             for view in missing:
                 table = self.compute(epoch, view).to(self.dtype).cpu()
-                _write_atomically(self.folder, self.epoch_file(epoch, view).name, table.view(torch.uint8).numpy().tobytes())
+                data = table.view(torch.uint8).numpy().tobytes()
+                _write_atomically(self.folder, self.epoch_file(epoch, view).name, data)
         barrier()
 
     def prepare_epoch(self, epoch: int) -> None:
@@ -203,24 +205,28 @@ def open_teacher_cache(cfg, distiller: Distiller, loaders: Loaders, device: torc
         raise KdistillError(f"method '{name}' runs no teacher, so teacher_cache= has nothing to store: drop it")
     extra = sorted(distiller.teacher_reads - LOGITS_AND_POOLED)
     if extra:
-        raise KdistillError(f"method '{name}' reads the teacher's {' and '.join(extra)}, which teacher_cache= does not store "
+        raise KdistillError(f"method '{name}' reads the teacher's {' and '.join(extra)}, "
+                            "which teacher_cache= does not store "
                             "(only logits and the pooled feature): drop teacher_cache= for this method")
     if cfg.data.repeated_augment > 1:
         raise KdistillError("teacher_cache= stores one view per sample and epoch, not data.repeated_augment's repeats: "
                             "set data.repeated_augment=1 or drop teacher_cache=")
     if cfg.teacher_cache_dtype not in CACHE_DTYPES:
-        raise KdistillError(f"teacher_cache_dtype={cfg.teacher_cache_dtype} is unknown: use float16, bfloat16 or float32")
+        raise KdistillError(f"teacher_cache_dtype={cfg.teacher_cache_dtype} is unknown: "
+                            "use float16, bfloat16 or float32")
     folder = Path(cfg.teacher_cache)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise KdistillError(f"teacher_cache folder '{folder}' cannot be created ({error.strerror}): choose another") from None
+        raise KdistillError(f"teacher_cache folder '{folder}' cannot be created ({error.strerror}): "
+                            "choose another") from None
     info, loader = loaders.info, loaders.train
     probe = probe_features(distiller.teacher, (info.in_chans, info.image_size, info.image_size))
     manifest = {
         "format": FORMAT_VERSION,
         "kdistill_version": kdistill.__version__,
-        "teacher": {"name": cfg.teacher, "options": OmegaConf.to_container(cfg.teacher_options), "weights_sha256": weights_sha256(distiller.teacher),
+        "teacher": {"name": cfg.teacher, "options": OmegaConf.to_container(cfg.teacher_options),
+                    "weights_sha256": weights_sha256(distiller.teacher),
                     "num_classes": probe.logits.shape[1], "feature_dim": probe.pooled.shape[1]},
         "data": {"name": cfg.data.name, "train_samples": loader.dataset_size, "val_fraction": cfg.data.val_fraction,
                  "image_size": info.image_size, "channels": info.in_chans},

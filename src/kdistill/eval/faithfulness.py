@@ -44,7 +44,8 @@ def run_faithfulness(target: str, overrides: list[str], which: str = "last",
     resolved = resolve_target(target, overrides, which)
     evaluation = load_evaluation(resolved, teacher="required")
     test = evaluation.loaders.test
-    clean = collect_outputs(evaluation.models, test, len(test), "clean", evaluation.cfg.progress, evaluation.autocast_dtype)
+    clean = collect_outputs(evaluation.models, test, len(test), "clean", evaluation.cfg.progress,
+                            evaluation.autocast_dtype)
     student, teacher = clean["student"], clean["teacher"]
     corrupted: dict[str, dict[str, float]] = {}
     for name, severity, outputs in outputs_under_corruptions(evaluation, names, severities):

@@ -84,7 +84,8 @@ def cached_features(evaluation: Evaluation, probe_loaders: Loaders, probe_items:
         for split in ("train", "test"):
             loader = getattr(probe_loaders, split)
             outputs = collect_outputs(stale, model_inputs(loader, probe_info, model_info), len(loader),
-                                      f"{probe_info.name} {split} features", evaluation.cfg.progress, evaluation.autocast_dtype)
+                                      f"{probe_info.name} {split} features", evaluation.cfg.progress,
+                                      evaluation.autocast_dtype)
             for role, output in outputs.items():
                 cache.setdefault(role, {})[split] = (output.pooled, output.labels)
         for role in stale:

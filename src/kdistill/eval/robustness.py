@@ -167,7 +167,8 @@ def run_robustness(target: str, overrides: list[str], which: str = "last",
     resolved = resolve_target(target, overrides, which)
     evaluation = load_evaluation(resolved)
     test = evaluation.loaders.test
-    clean = collect_outputs(evaluation.models, test, len(test), "clean", evaluation.cfg.progress, evaluation.autocast_dtype)
+    clean = collect_outputs(evaluation.models, test, len(test), "clean", evaluation.cfg.progress,
+                            evaluation.autocast_dtype)
     accuracy = {role: {} for role in evaluation.models}
     for name, severity, outputs in outputs_under_corruptions(evaluation, names, severities):
         for role, output in outputs.items():

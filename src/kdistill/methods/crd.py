@@ -12,7 +12,15 @@ from kdistill.data import Batch
 from kdistill.distributed import all_gather_detached, is_distributed
 from kdistill.errors import KdistillError
 from kdistill.losses import crd_loss
-from kdistill.methods.base import LOGITS_AND_POOLED, Distiller, MethodContext, MethodOptions, Terms, embedding_source, embedding_width
+from kdistill.methods.base import (
+    LOGITS_AND_POOLED,
+    Distiller,
+    MethodContext,
+    MethodOptions,
+    Terms,
+    embedding_source,
+    embedding_width,
+)
 from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
 

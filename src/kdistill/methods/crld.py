@@ -64,7 +64,8 @@ class CRLD(Distiller):
         student = self.student.extract(weak, preact=self.needs_preact)
         teacher = self.teacher_view(batch)
         options = self.options
-        parts = crld_loss(student.logits, self.student(strong), teacher.logits, self.teacher_view(batch, "image_strong").logits,
+        teacher_strong = self.teacher_view(batch, "image_strong")
+        parts = crld_loss(student.logits, self.student(strong), teacher.logits, teacher_strong.logits,
                           labels, options.temperature, options.weak_threshold, options.strong_threshold,
                           standardize=options.logit_standardize)
         losses = self.supervised_terms(student, teacher, labels)  # KD on the weak view when w_kd > 0
