@@ -191,8 +191,8 @@ class ConventionalCRD(nn.Module):
         exp_s = torch.exp(torch.bmm(rows_t, z_s[:, :, None])[:, :, 0] / self.temperature)
         exp_t = torch.exp(torch.bmm(rows_s, z_t[:, :, None])[:, :, 0] / self.temperature)
         if self.norm_s is None:
-            self.norm_s = float(exp_s.mean()) * self.num_data  # a host synchronisation, once
-            self.norm_t = float(exp_t.mean()) * self.num_data
+            self.norm_s = float(exp_s.detach().mean()) * self.num_data  # a host synchronisation, once
+            self.norm_t = float(exp_t.detach().mean()) * self.num_data
         with torch.no_grad():
             for bank, z in ((self.bank_s, z_s), (self.bank_t, z_t)):
                 bank[index] = F.normalize(bank[index] * self.momentum + z.detach() * (1 - self.momentum), dim=1)
@@ -320,6 +320,17 @@ def attach_bench_cache(distiller: Distiller, loader: ArrayLoader, dtype, device,
 # ---- the data pipeline alone ----------------------------------------------------------------
 
 def data_rows(setup: BenchSetup, folder: Path) -> list[dict]:
+    """Per worker: one process, one intra-op thread each (a worker's share of the cores; a batched
+    op's second thread also waits for a core on a busy machine, which would measure the machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _data_rows(setup, folder)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _data_rows(setup: BenchSetup, folder: Path) -> list[dict]:
     args, device = setup.args, setup.device
     count = args.data_batches * args.batch_size
 

@@ -269,7 +269,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int, default=100)
     parser.add_argument("--train-size", type=int, default=50000, help="synthetic samples (CRD's memory banks)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional row")
-    parser.add_argument("--rows", nargs="+", default=list("abcde"), choices=list("abcde"))
+    parser.add_argument("--rows", nargs="*", default=list("abcde"), choices=list("abcde"),
+                        help="step rows to run (none: only the data pipeline)")
     parser.add_argument("--data-batches", type=int, default=20, help="batches per data-pipeline row (0: skip)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s, for MFU")
