@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from kdistill.cli import parse_with_overrides
-from kdistill.engine import load_config, train_run
+from kdistill.config_loading import load_config
+from kdistill.engine import train_run
 from kdistill.run_folder import RunFolder
 
 DEFAULT_METHODS = ["vanilla", "kd", "dcd", "dcd+kd", "crd", "crd+kd", "crld"]

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from kdistill.engine import load_config, train_run
+from kdistill.config_loading import load_config
+from kdistill.engine import train_run
 from kdistill.engine.trainer import Trainer
 from kdistill.errors import KdistillError
 from kdistill.methods import MethodContext, build_distiller

@@ -12,7 +12,8 @@ from kdistill.models import create_model
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """One quick vanilla run shared by the eval/distill tests."""
-    from kdistill.engine import load_config, train_run
+    from kdistill.config_loading import load_config
+    from kdistill.engine import train_run
 
     run = tmp_path_factory.mktemp("runs") / "teacher"
     train_run(load_config(None, QUICK_RUN + ["epochs=1", f"out={run}"]))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import QUICK_RUN, RunsCommand, assert_user_error, run_kdistill
 
-from kdistill.engine import load_config
+from kdistill.config_loading import load_config
 from kdistill.errors import KdistillError
 from kdistill.yaml_file import read_yaml_mapping
 
@@ -48,10 +48,11 @@ def test_a_config_file_that_cannot_be_used_is_one_line_and_nothing_runs(tmp_path
 
 def test_a_good_config_still_reads_as_before(tmp_path):
     config = tmp_path / "recipe.yaml"
-    config.write_text("epochs: 3\noptim:\n  lr: 1e-3\nmethod:\n  name: kd\n  T: 4e0\nschedule:\n  milestones: [1, 2]\n")
+    config.write_text("epochs: 3\noptim:\n  lr: 1e-3\nmethod:\n  name: kd\n  temperature: 2e0\n"
+                      "schedule:\n  milestones: [1, 2]\n")
     cfg = load_config(str(config), ["seed=5"])
     assert (cfg.epochs, cfg.optim.lr, cfg.seed, list(cfg.schedule.milestones)) == (3, 0.001, 5, [1, 2])
-    assert cfg.method == {"name": "kd", "T": 4.0}  # YAML 1.2 floats, as OmegaConf reads them
+    assert (cfg.method.name, cfg.method.options.temperature) == ("kd", 2.0)  # YAML 1.2 floats, as OmegaConf reads them
     (tmp_path / "empty.yaml").write_text("")
     assert read_yaml_mapping(tmp_path / "empty.yaml") == {}
 

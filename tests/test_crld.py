@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from helpers import QUICK_RUN
-from kdistill.engine import load_config, train_run
+from kdistill.config_loading import load_config
+from kdistill.engine import train_run
 from kdistill.errors import KdistillError
 from kdistill.losses import crld_loss
 from kdistill.methods import MethodContext, build_distiller, method_class
@@ -163,7 +164,7 @@ def test_teacher_gets_no_gradient_and_stays_in_eval_mode():
 def test_a_batch_without_strong_view_is_refused_with_the_fix():
     batch = two_view_batch()
     del batch["image_strong"]
-    with pytest.raises(KdistillError, match="strong_view=true"):
+    with pytest.raises(KdistillError, match="with_strong_view=True"):
         make("crld")(batch)
 
 

@@ -211,7 +211,7 @@ def test_unknown_corruption_and_severity_are_user_errors(images):
 # ---- data plumbing of the evaluations
 
 def test_pixels_round_trip_and_train_split_is_read_whole_and_in_order():
-    data = DataConfig(name="embedded", eval_batch_size=3000, strong_view=True)  # as a two-view run's config
+    data = DataConfig(name="embedded", eval_batch_size=3000)
     loaders = build_eval_loaders(data, torch.device("cpu"), seed=0)
     source = DATASETS.get("embedded")(None, False)
     batches = list(loaders.train)

@@ -14,7 +14,8 @@ from test_crld import (  # the CRLD tests' tiny distiller and two-view batch
     two_view_batch,
 )
 
-from kdistill.engine import load_config, train_run
+from kdistill.config_loading import load_config
+from kdistill.engine import train_run
 from kdistill.errors import KdistillError
 from kdistill.losses import (
     dkd_loss,

@@ -1,17 +1,17 @@
 """Every shipped recipe loads, and builds its models and method on a tiny input."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
+from kdistill.config_loading import load_config
 from kdistill.data import build_loaders
 from kdistill.engine.schedule import build_optimizer
-from kdistill.engine.setup import default_lr, load_config
-from kdistill.methods import MethodContext, build_distiller, method_class
+from kdistill.methods import MethodContext, distiller_from_options, method_class
 from kdistill.models import create_model
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -35,7 +35,7 @@ def test_every_table_pair_has_every_recipe():
 
 def test_logit_family_recipes_carry_the_references_per_pair_settings():
     def method_of(path: str) -> dict:
-        return OmegaConf.to_container(load_config(str(CONFIGS / path)).method)
+        return dataclasses.asdict(load_config(str(CONFIGS / path)).method.options)
 
     # mdistiller's DKD beta by pair; the LS code scales it (and alpha) by its KD weight 9.
     assert [method_of(f"cifar100/dkd/{pair}.yaml")["beta"] for pair in
@@ -93,14 +93,12 @@ def models():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_recipe_builds_and_runs_one_forward(recipe, models):
     cfg = load_config(str(recipe))
-    method = OmegaConf.to_container(cfg.method)
-    cls = method_class(method["name"])
+    cls = method_class(cfg.method.name)
     chans, side, classes = INPUTS[cfg.data.name]
-    student = models(cfg.student, chans, classes, OmegaConf.to_container(cfg.student_options))
-    teacher_options = OmegaConf.to_container(cfg.teacher_options)
-    teacher = models(cfg.teacher, chans, classes, teacher_options) if cls.needs_teacher else None
+    student = models(cfg.student, chans, classes, cfg.student_options)
+    teacher = models(cfg.teacher, chans, classes, cfg.teacher_options) if cls.needs_teacher else None
     context = MethodContext((chans, side, side), classes, torch.arange(CIFAR100_TRAIN_SIZE) % classes, cfg.optim.lr)
-    distiller = build_distiller(method, student, teacher, context)
+    distiller = distiller_from_options(cfg.method.name, cfg.method.options, student, teacher, context)
     batch = {"image": torch.randn(2, chans, side, side), "label": torch.tensor([0, 1]), "index": torch.tensor([0, 1])}
     if cls.needs_strong_view:
         batch["image_strong"] = torch.randn(2, chans, side, side)
@@ -111,7 +109,7 @@ def test_recipe_builds_and_runs_one_forward(recipe, models):
     if cfg.data.name == "cifar100" and cfg.method.name != "mlkd":  # the tables' learning rates (MLKD: its own)
         expected_lr = 0.01 if cfg.student in ("MobileNetV2", "ShuffleV1", "ShuffleV2") else 0.05
         assert cfg.optim.lr == expected_lr
-        if method["name"] == "ft":  # the benchmark trains the paraphraser at 0.01 under CIFAR ResNet/WRN students
+        if cfg.method.name == "ft":  # the benchmark trains the paraphraser at 0.01 under CIFAR ResNet/WRN students
             small_init = cfg.student.startswith(("resnet", "wrn_"))
             assert distiller.init_phase().lr == (0.01 if small_init else expected_lr)
 
@@ -119,8 +117,9 @@ def test_recipe_builds_and_runs_one_forward(recipe, models):
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_recipe_weights_are_the_methods_defaults_unless_the_recipe_says_why(recipe):
     cfg = load_config(str(recipe))
-    defaults = method_class(cfg.method["name"]).default_weights
-    written = {key: cfg.method[key] for key in defaults if key in cfg.method}
+    defaults = method_class(cfg.method.name).default_weights
+    options = cfg.method.options  # a weight the recipe leaves out is None (the default)
+    written = {key: getattr(options, key) for key in defaults if getattr(options, key) is not None}
     assert written, "a recipe writes its weights out"
     departures = sorted(key for key, value in written.items() if value != defaults[key])
     for key in departures:
@@ -146,17 +145,15 @@ def test_imagenet_recipe_trains_one_step_on_a_tiny_image_folder(recipe, tmp_path
     write_tiny_image_folder(tmp_path)
     cfg = load_config(str(recipe), [f"data.root={tmp_path}", "data.batch_size=2", "data.image_size=28",
                                     "data.num_workers=0", "device=cpu"])
-    method = OmegaConf.to_container(cfg.method)
-    cls = method_class(method["name"])
-    cfg.data.strong_view = cls.needs_strong_view
-    loaders = build_loaders(cfg.data, torch.device("cpu"), seed=0)
+    cls = method_class(cfg.method.name)
+    loaders = build_loaders(cfg.data, torch.device("cpu"), seed=0, with_strong_view=cls.needs_strong_view)
     classes = loaders.info.num_classes
     torch.manual_seed(0)
-    student = create_model(cfg.student, num_classes=classes, **OmegaConf.to_container(cfg.student_options))
-    teacher = create_model(cfg.teacher, num_classes=classes, **OmegaConf.to_container(cfg.teacher_options))
-    context = MethodContext((3, 28, 28), classes, loaders.train.labels, default_lr(cfg))
-    distiller = build_distiller(method, student, teacher, context).train()
-    optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, default_lr(cfg))
+    student = create_model(cfg.student, num_classes=classes, **cfg.student_options)
+    teacher = create_model(cfg.teacher, num_classes=classes, **cfg.teacher_options)
+    context = MethodContext((3, 28, 28), classes, loaders.train.labels, cfg.optim.lr)
+    distiller = distiller_from_options(cfg.method.name, cfg.method.options, student, teacher, context).train()
+    optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, cfg.optim.lr)
     before = [p.detach().clone() for p in student.parameters()]
     loss = distiller(next(iter(loaders.train))).total
     loss.backward()

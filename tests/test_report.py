@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 from helpers import assert_nonblank_png
-from omegaconf import OmegaConf
 
+from kdistill.config import config_to_dict
 from kdistill.errors import KdistillError
 from kdistill.report import build_report, relative_improvement
+from kdistill.run_folder import RunFolder
 
 
 def write_run(folder: Path, method: str, student: str, teacher: str | None, top1_last: float,
@@ -19,11 +20,11 @@ def write_run(folder: Path, method: str, student: str, teacher: str | None, top1
     (the default config with `config` overrides) if given."""
     folder.mkdir(parents=True)
     if config is not None:
-        from kdistill.engine import load_config
+        from kdistill.config_loading import load_config
 
         cfg = load_config(None, [f"student={student}", f"method.name={method}", "data.name=cifar100", f"seed={seed}",
                                  f"out={folder}", *([f"teacher={teacher}"] if teacher else []), *config])
-        (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        RunFolder(folder).write_config(config_to_dict(cfg))
     results = {"method": method, "student": student, "teacher": teacher, "dataset": "cifar100", "seed": seed,
                "top1_last": top1_last, "top1_best": top1_last if top1_best is None else top1_best}
     (folder / "results.json").write_text(json.dumps(results))

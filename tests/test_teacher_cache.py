@@ -7,7 +7,8 @@ import torch
 from conftest import kdistill_command, run_kdistill
 from PIL import Image
 
-from kdistill.engine import load_config, train_run
+from kdistill.config_loading import load_config
+from kdistill.engine import train_run
 from kdistill.engine.teacher_cache import MANIFEST_FILE
 from kdistill.models import create_model
 from kdistill.models.checkpoint import save_model_weights

@@ -11,7 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from kdistill.engine import load_config, train_run
+from kdistill.config_loading import load_config
+from kdistill.engine import train_run
 from kdistill.errors import KdistillError
 from kdistill.losses import (
     MASKED_SIMILARITY,

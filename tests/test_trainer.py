@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from helpers import QUICK_RUN, kdistill_command
-from kdistill.engine import load_config, train_run
+from kdistill.config_loading import load_config
+from kdistill.engine import train_run
 from kdistill.models.checkpoint import atomic_save
 from kdistill.errors import KdistillError
 from kdistill.models import create_model, load_checkpoint

@@ -194,7 +194,7 @@ def by_index(loader, key: str, epoch: int = 0) -> dict[int, torch.Tensor]:
 def test_in_memory_loader_adds_the_strong_view_of_each_stored_image(tmp_path):
     stored = write_cifar10(tmp_path)
     config = {"name": "cifar10", "root": str(tmp_path), "batch_size": 8}
-    loaders = build_loaders(DataConfig(**config, strong_view=True), CPU, seed=SEED)
+    loaders = build_loaders(DataConfig(**config), CPU, seed=SEED, with_strong_view=True)
     batch = next(iter(loaders.train))
     assert batch.keys() == {"image", "label", "index", "image_strong"}
     assert batch["image_strong"].dtype == torch.float32 and batch["image_strong"].shape == batch["image"].shape
@@ -210,7 +210,7 @@ def test_in_memory_loader_adds_the_strong_view_of_each_stored_image(tmp_path):
     assert "image_strong" not in next(iter(plain.train))
     weak_alone, weak_with_strong = by_index(plain.train, "image", 1), by_index(loaders.train, "image", 1)
     assert all(torch.equal(weak_alone[i], weak_with_strong[i]) for i in weak_alone)  # the weak view is unchanged
-    other_batching = build_loaders(DataConfig(**config | {"batch_size": 5}, strong_view=True), CPU, seed=SEED)
+    other_batching = build_loaders(DataConfig(**config | {"batch_size": 5}), CPU, seed=SEED, with_strong_view=True)
     strong = by_index(loaders.train, "image_strong", 1)
     strong_rebatched = by_index(other_batching.train, "image_strong", 1)
     shared = strong.keys() & strong_rebatched.keys()
@@ -230,7 +230,7 @@ def write_image_folder(root: Path) -> None:
 def test_streamed_loader_adds_the_strong_view_and_keeps_the_weak_one(tmp_path):
     write_image_folder(tmp_path)
     config = {"name": "imagefolder", "root": str(tmp_path), "batch_size": 4, "image_size": 16, "num_workers": 0}
-    loaders = build_loaders(DataConfig(**config, strong_view=True), CPU, seed=SEED)
+    loaders = build_loaders(DataConfig(**config), CPU, seed=SEED, with_strong_view=True)
     batch = next(iter(loaders.train))
     assert batch["image_strong"].shape == batch["image"].shape == (4, 3, 16, 16)
     assert all(not torch.equal(batch["image"][i], batch["image_strong"][i]) for i in range(4))
@@ -240,7 +240,7 @@ def test_streamed_loader_adds_the_strong_view_and_keeps_the_weak_one(tmp_path):
     weak_alone, weak_with_strong = by_index(plain.train, "image"), by_index(loaders.train, "image")
     assert weak_alone.keys() == weak_with_strong.keys() == set(range(8))
     assert all(torch.equal(weak_alone[i], weak_with_strong[i]) for i in weak_alone)
-    rebatched = build_loaders(DataConfig(**config | {"batch_size": 3}, strong_view=True), CPU, seed=SEED)
+    rebatched = build_loaders(DataConfig(**config | {"batch_size": 3}), CPU, seed=SEED, with_strong_view=True)
     strong, strong_rebatched = by_index(loaders.train, "image_strong"), by_index(rebatched.train, "image_strong")
     shared = strong.keys() & strong_rebatched.keys()
     assert len(shared) >= 5 and all(torch.equal(strong[i], strong_rebatched[i]) for i in shared)

@@ -1,10 +1,60 @@
-"""Typed run configuration: every CLI option is a key here, settable from YAML or `key=value`."""
+"""Typed run configuration: every CLI option is a key here, settable from YAML or `key=value`.
 
+A loaded configuration (`kdistill.config_loading.load_config`) is a tree of these frozen
+dataclasses whose annotations hold at run time: enum-like keys are Enums, `method.options` is
+the method's own Options dataclass. Values derived from it (the learning-rate rule, the strong
+view a method needs) are computed by the engine and passed explicitly, never written back.
+"""
+
+import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdistill.errors import KdistillError
 
-@dataclass
+
+def enum_value(choices: type[enum.Enum], value: Any, key: str) -> enum.Enum:
+    """`value` as a member of `choices`; a one-line error naming the valid values otherwise."""
+    try:
+        return choices(value)
+    except ValueError:
+        valid = ", ".join(member.value for member in choices)
+        raise KdistillError(f"{key}={value!r} is not one of: {valid}") from None
+
+
+class OptimName(enum.StrEnum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class ScheduleName(enum.StrEnum):
+    step = "step"
+    cosine = "cosine"
+
+
+class BadImages(enum.StrEnum):
+    error = "error"  # stop before training, naming the files that cannot be decoded
+    skip = "skip"  # leave them out, counted in the log
+
+
+class TrainTransform(enum.StrEnum):
+    standard = "standard"  # keyed random-resized crop + flip (pad-4 crop + flip for small images)
+    deit = "deit"  # DeiT's (timm's transform factory), keyed per sample
+
+
+class Interpolation(enum.StrEnum):
+    nearest = "nearest"
+    bilinear = "bilinear"
+    bicubic = "bicubic"
+
+
+class NonFinite(enum.StrEnum):
+    stop = "stop"  # exit 3, checkpoint and weights as before the step
+    skip = "skip"  # skip the step, counted in the metrics
+
+
+@dataclass(frozen=True)
 class DataConfig:
     name: str = "embedded"
     root: str | None = None  # folder of the data set; None = the data set's default location
@@ -16,16 +66,15 @@ class DataConfig:
     augment: bool = True  # standard train augmentation (pad-4 crop + flip / random-resized crop)
     image_size: int | None = None  # resize to this side (None = the data set's own size)
     device_resident: bool = True  # keep small data sets on the training device
-    strong_view: bool = False  # also yield a strongly augmented view (set by methods that need it)
     # Image files that cannot be decoded (found by a check at start): error = stop before training,
     # naming them; skip = leave them out.
-    bad_images: str = "error"
+    bad_images: BadImages = BadImages.error
     cache_dir: str | None = None  # where that check's result is kept (None: <data root>/.kdistill-cache)
     # Train augmentation of streamed (folder) data sets: "standard" = keyed random-resized crop +
     # flip (pad-4 crop + flip for small images), light enough for small data sets; "deit" = DeiT's,
     # built by timm's transform factory (random-resized crop, flip, RandAugment, random erasing),
     # every random choice seeded per sample by (seed, epoch, index) (`kdistill.data.deit`).
-    train_transform: str = "standard"
+    train_transform: TrainTransform = TrainTransform.standard
     rand_augment: str = "rand-m9-mstd0.5-inc1"  # deit: timm's RandAugment string ("" = none)
     color_jitter: float = 0.3  # deit: as timm, used only when rand_augment is off
     random_erasing: float = 0.25  # deit: probability of erasing a random box with pixel noise
@@ -34,26 +83,37 @@ class DataConfig:
     repeated_augment: int = 1
     # Preprocessing; None = the data set's, or the library config of a pretrained model (the
     # student's when student_pretrained, else the teacher's when teacher_pretrained).
-    mean: list[float] | None = None  # normalisation, per channel
-    std: list[float] | None = None
-    interpolation: str | None = None  # resizing: bilinear | bicubic (None: bilinear)
+    mean: tuple[float, ...] | None = None  # normalisation, per channel
+    std: tuple[float, ...] | None = None
+    interpolation: Interpolation | None = None  # resizing (None: bilinear)
     eval_crop_pct: float | None = None  # streamed ImageNet-style sets: evaluate on a center crop of image_size
     # from the image resized to image_size / eval_crop_pct (None: 224/256)
 
+    def __post_init__(self):
+        object.__setattr__(self, "bad_images", enum_value(BadImages, self.bad_images, "data.bad_images"))
+        object.__setattr__(self, "train_transform",
+                           enum_value(TrainTransform, self.train_transform, "data.train_transform"))
+        if self.interpolation is not None:
+            object.__setattr__(self, "interpolation",
+                               enum_value(Interpolation, self.interpolation, "data.interpolation"))
 
-@dataclass
+
+@dataclass(frozen=True)
 class OptimConfig:
-    name: str = "sgd"  # sgd | adamw
+    name: OptimName = OptimName.sgd
     lr: float = 0.05  # the tables' rate; their recipes set 0.01 for MobileNetV2/ShuffleNet students
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
 
+    def __post_init__(self):
+        object.__setattr__(self, "name", enum_value(OptimName, self.name, "optim.name"))
 
-@dataclass
+
+@dataclass(frozen=True)
 class ScheduleConfig:
-    name: str = "step"  # step | cosine
-    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    name: ScheduleName = ScheduleName.step
+    milestones: tuple[int, ...] = (150, 180, 210)
     gamma: float = 0.1
     warmup_epochs: int = 0
     # Learning rate of the first warm-up step, rising linearly to optim.lr (timm's warmup_lr);
@@ -61,8 +121,36 @@ class ScheduleConfig:
     warmup_lr: float | None = None
     min_lr: float = 0.0  # cosine floor
 
+    def __post_init__(self):
+        object.__setattr__(self, "name", enum_value(ScheduleName, self.name, "schedule.name"))
+
 
 @dataclass
+class MethodOptions:
+    """Options every method has; a method extends this with its own fields (its `Options`).
+
+    The loss is `w_ce * CE + w_kd * KD + w_method * (method terms)`; None takes the method's
+    table default (`Distiller.default_weights`).
+    """
+
+    w_ce: float | None = None
+    w_kd: float | None = None
+    w_method: float | None = None
+    temperature: float = 4.0  # of the KD term
+    # Logit standardisation (Sun et al., CVPR 2024): z-score each sample's teacher and student
+    # logits before the softmax of every logit-matching term (KD, DKD, MLKD, CRLD).
+    logit_standardize: bool = False
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """`method.name` and the method's options, written `method.<option>` in YAML and overrides."""
+
+    name: str = "vanilla"
+    options: MethodOptions = field(default_factory=MethodOptions)  # the method's Options subclass
+
+
+@dataclass(frozen=True)
 class RunConfig:
     student: str = "resnet8"  # the model that is trained
     student_checkpoint: str | None = None  # start the student from these weights
@@ -74,14 +162,14 @@ class RunConfig:
     teacher_options: dict[str, Any] = field(default_factory=dict)
     # method.name picks the method; its other keys are that method's options and the loss
     # weights w_ce / w_kd / w_method (None = the method's table default).
-    method: dict[str, Any] = field(default_factory=lambda: {"name": "vanilla"})
+    method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     epochs: int = 240
     steps_per_epoch: int | None = None  # cap on steps per epoch (quick runs, smoke tests)
     checkpoint_every_steps: int = 0  # also save a resume state every N steps within an epoch (0: at epoch ends only)
-    nonfinite: str = "stop"  # a non-finite loss: stop (exit 3, checkpoint and weights as before it) | skip the step
+    nonfinite: NonFinite = NonFinite.stop  # what a non-finite loss does: stop | skip the step
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast, CUDA or CPU) | fp16 (autocast + loss scaling, CUDA)
@@ -94,5 +182,56 @@ class RunConfig:
     out: str = "runs/run"
     note: str | None = None  # a recipe's reason for departing from its method's default weights
     resume: bool = False
+    resume_force: bool = False  # resume although the configuration differs from the saved one
     tensorboard: bool = True  # written when tensorboard is installed
     progress: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "nonfinite", enum_value(NonFinite, self.nonfinite, "nonfinite"))
+
+
+# Keys that say how a run executes, not what it computes: a resume may change them, and a grid
+# does not take a saved run that differs only in them for another experiment.
+EXECUTION_KEYS = frozenset({"out", "resume", "resume_force", "progress", "tensorboard", "device", "note",
+                            "checkpoint_every_steps", "data.root", "data.download", "data.num_workers",
+                            "data.cache_dir"})
+
+
+def recorded_config(cfg: RunConfig) -> RunConfig:
+    """What a run folder's config.yaml records: `cfg` without the resume flags of one invocation
+    (so a copied config.yaml starts a fresh run)."""
+    return dataclasses.replace(cfg, resume=False, resume_force=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The configuration as plain YAML values, in the shape a user writes it (`method: {name, <options>}`)."""
+    values = {item.name: getattr(cfg, item.name) for item in dataclasses.fields(cfg)}
+    values = {name: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+              for name, value in values.items()}
+    values["method"] = {"name": cfg.method.name, **dataclasses.asdict(cfg.method.options)}
+    return _plain(values)
+
+
+def flat_config(cfg: RunConfig) -> dict[str, Any]:
+    """`config_to_dict` with dotted keys (`data.root`, `method.temperature`), for comparing configurations."""
+    flat: dict[str, Any] = {}
+
+    def add(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value and prefix not in ("student_options", "teacher_options"):
+            for key, item in value.items():
+                add(f"{prefix}.{key}" if prefix else key, item)
+        else:
+            flat[prefix] = value
+
+    add("", config_to_dict(cfg))
+    return flat

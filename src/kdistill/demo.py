@@ -4,7 +4,8 @@ import json
 import shutil
 from pathlib import Path
 
-from kdistill.engine import load_config, train_run
+from kdistill.config_loading import load_config
+from kdistill.engine import train_run
 from kdistill.run_folder import RunFolder
 
 TEACHER = "resnet14"

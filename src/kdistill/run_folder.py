@@ -24,8 +24,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kdistill.errors import KdistillError
 from kdistill.models.checkpoint import UnreadableCheckpoint, atomic_save, read_torch_file, save_model_weights
+from kdistill.yaml_file import read_yaml_mapping
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -123,14 +126,13 @@ class RunFolder:
                 if not any(other != path and other.is_relative_to(path) for other in found)]
 
     # ---- config ---------------------------------------------------------------------------
-    def write_config(self, text: str) -> None:
-        atomic_write_text(self.config_path, text)
+    def write_config(self, values: dict[str, Any]) -> None:
+        """config.yaml from plain values (`kdistill.config.config_to_dict`)."""
+        atomic_write_text(self.config_path, yaml.safe_dump(values, sort_keys=False))
 
     def read_config(self) -> dict[str, Any]:
-        """The saved configuration as plain nested dicts."""
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(OmegaConf.load(self.config_path))
+        """The saved configuration as plain nested dicts (`kdistill.config_loading.load_config` types it)."""
+        return read_yaml_mapping(self.config_path)
 
     def record_config_change(self, change: dict[str, Any]) -> None:
         with open(self.path / CONFIG_CHANGES_FILE, "a") as file:

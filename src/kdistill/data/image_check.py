@@ -24,7 +24,6 @@ from kdistill.data.sources import ImageFiles, Source, Split
 from kdistill.distributed import barrier
 from kdistill.errors import KdistillError, first_line
 
-BAD_IMAGE_POLICIES = ("error", "skip")
 CACHE_FORMAT = 1  # bump when the check or the cache file changes
 FILES_PER_TASK = 256  # files one thread checks per task: keeps the pool's queue short on huge trees
 LARGE_TREE = 10_000  # files from which the check shows a progress bar

@@ -1,7 +1,7 @@
 """The training engine: one Trainer for teachers and for every method."""
 
 from kdistill.engine.run import fill_teacher_cache, train_run
-from kdistill.engine.setup import build_run, load_config
+from kdistill.engine.setup import ResolvedRun, build_run, resolve_run
 from kdistill.engine.trainer import Trainer, prepare_out_dir
 
-__all__ = ["Trainer", "build_run", "fill_teacher_cache", "load_config", "prepare_out_dir", "train_run"]
+__all__ = ["ResolvedRun", "Trainer", "build_run", "fill_teacher_cache", "prepare_out_dir", "resolve_run", "train_run"]

@@ -1,59 +1,42 @@
 """One call from a configuration to a finished run folder."""
 
-import copy
-from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
+from kdistill.config import RunConfig
 from kdistill.distributed import barrier, is_main_process
-from kdistill.engine.setup import build_run
+from kdistill.engine.setup import build_run, resolve_run
 from kdistill.engine.teacher_cache import TeacherCache
 from kdistill.engine.trainer import Trainer, prepare_out_dir
 from kdistill.errors import KdistillError
 from kdistill.run_folder import RunFolder
 
-PATH_KEYS = ("teacher_checkpoint", "student_checkpoint", "data.root", "teacher_cache")
 
-
-def with_absolute_paths(cfg: DictConfig) -> DictConfig:
-    """`cfg` with the files and folders it names made absolute, so that the saved config.yaml names
-    the same files from any working directory (a teacher-based evaluation run elsewhere)."""
-    resolved = copy.deepcopy(cfg)
-    for key in PATH_KEYS:
-        value = OmegaConf.select(cfg, key)
-        if value is not None:
-            OmegaConf.update(resolved, key, str(Path(value).expanduser().resolve()))
-    return resolved
-
-
-def train_run(cfg: DictConfig) -> dict[str, Any]:
+def train_run(cfg: RunConfig) -> dict[str, Any]:
     """Train (or resume) the run that `cfg` describes; returns its results, also in results.json.
 
     Under torchrun every process calls this; `data.batch_size` is per process and only rank 0
     writes the run folder."""
-    cfg = with_absolute_paths(cfg)
+    resolved = resolve_run(cfg)
     run = RunFolder(cfg.out)
-    parts = build_run(cfg)  # joins the torchrun process group, if any
+    parts = build_run(resolved)  # joins the torchrun process group, if any
     try:
         if is_main_process():
             prepare_out_dir(run, cfg.resume)  # takes the run's lock
         barrier()
-        cfg.optim.lr = parts.lr  # the saved config records the learning rate actually used
-        return Trainer(cfg, parts.distiller, parts.loaders, parts.device, parts.lr, run).fit()
+        return Trainer(resolved.cfg, parts.distiller, parts.loaders, parts.device, cfg.optim.lr, run).fit()
     finally:
         run.unlock()
 
 
-def fill_teacher_cache(cfg: DictConfig) -> tuple[TeacherCache, int]:
+def fill_teacher_cache(cfg: RunConfig) -> tuple[TeacherCache, int]:
     """Fill cfg.teacher_cache with every epoch of the run `cfg` describes, ahead of the runs
     (on any device); returns the cache and how many epoch files were computed."""
     if cfg.teacher_cache is None:
         raise KdistillError("`kdistill cache` needs teacher_cache=<folder>")
-    if cfg.method["name"] == "vanilla":
+    if cfg.method.name == "vanilla":
         raise KdistillError("`kdistill cache` fills a distillation run's teacher outputs: give the runs' method.name "
                             "(e.g. kd; crld for both views), teacher= and teacher_checkpoint=")
-    cache = build_run(cfg).distiller.teacher_outputs
+    cache = build_run(resolve_run(cfg)).distiller.teacher_outputs
     filled = 0
     for epoch in range(cfg.epochs):
         filled += len(cache.missing_views(epoch))

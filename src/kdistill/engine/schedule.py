@@ -5,8 +5,7 @@ import math
 import torch
 from torch import nn
 
-from kdistill.config import OptimConfig, ScheduleConfig
-from kdistill.errors import KdistillError
+from kdistill.config import OptimConfig, OptimName, ScheduleConfig, ScheduleName
 
 
 def weight_decay_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
@@ -22,12 +21,10 @@ def build_optimizer(params: list[nn.Parameter], cfg: OptimConfig, lr: float) -> 
     """SGD: every trainable tensor gets the same weight decay, as in the tables' reference code
     (this includes DCD's log_scale and bias, as the method's spec says). AdamW: timm's groups
     (`weight_decay_groups`), as the ViT recipes' reference code (timm's optimizer factory) uses."""
-    if cfg.name == "sgd":
+    if cfg.name is OptimName.sgd:
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.nesterov)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(weight_decay_groups(list(params), cfg.weight_decay), lr=lr)
-    raise KdistillError(f"unknown optimizer '{cfg.name}': use optim.name=sgd or optim.name=adamw")
+    return torch.optim.AdamW(weight_decay_groups(list(params), cfg.weight_decay), lr=lr)
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig, floor: float = 0.0,
@@ -45,13 +42,11 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig,
         if warmup_start is None:
             return (step + 1) / warmup_steps
         return warmup_start + (1.0 - warmup_start) * step / warmup_steps
-    if cfg.name == "step":
+    if cfg.name is ScheduleName.step:
         passed = sum(1 for milestone in cfg.milestones if int(epoch_float) >= milestone)
         return cfg.gamma**passed
-    if cfg.name == "cosine":
-        progress = (epoch_float - cfg.warmup_epochs) / max(epochs - cfg.warmup_epochs, 1e-12)
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    raise KdistillError(f"unknown schedule '{cfg.name}': use schedule.name=step or schedule.name=cosine")
+    progress = (epoch_float - cfg.warmup_epochs) / max(epochs - cfg.warmup_epochs, 1e-12)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int,
@@ -59,6 +54,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps
     """Stepped once per optimizer step; `min_lr` (the cosine floor) and `warmup_lr` are absolute."""
     floor = cfg.min_lr / base_lr if base_lr else 0.0
     warmup_start = cfg.warmup_lr / base_lr if cfg.warmup_lr is not None and base_lr else None
-    lr_factor(0, steps_per_epoch, epochs, cfg)  # fail early on a bad schedule name
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, cfg, floor, warmup_start))

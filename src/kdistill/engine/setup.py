@@ -1,47 +1,26 @@
 """From a configuration to the parts of a run: device, data, models, method."""
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from kdistill.config import RunConfig
 from kdistill.data import Loaders, build_loaders
 from kdistill.distributed import init_from_environment, rank, world_size
 from kdistill.engine.teacher_cache import open_teacher_cache
 from kdistill.errors import KdistillError
-from kdistill.methods import Distiller, MethodContext, build_distiller, method_class
+from kdistill.methods import Distiller, MethodContext, distiller_from_options, method_class
 from kdistill.models import TIMM_PREFIX, TV_PREFIX, create_model
 from kdistill.models.base import FeatureModel
 from kdistill.models.checkpoint import load_checkpoint, load_state_into, read_state_dict, stored_classes
-from kdistill.models.pretrained import pretrained_classes, preprocessing
+from kdistill.models.pretrained import preprocessing, pretrained_classes
 from kdistill.precision import autocast_dtype
 from kdistill.run_folder import RunFolder
-from kdistill.yaml_file import read_yaml_mapping
-
-
-def load_config(config_file: str | None = None, overrides: list[str] = ()) -> DictConfig:
-    """The typed defaults, then the YAML file, then `key=value` overrides; unknown keys are errors."""
-    cfg = OmegaConf.structured(RunConfig)
-    try:
-        if config_file is not None:
-            path = Path(config_file)
-            if not path.is_file():
-                raise KdistillError(f"config file '{config_file}' not found: give the path of a YAML recipe")
-            cfg = OmegaConf.merge(cfg, read_yaml_mapping(path))
-        for override in overrides:
-            if "=" not in override:
-                raise KdistillError(f"override '{override}' is not key=value (e.g. epochs=10, method.name=kd)")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or ""
-        raise KdistillError(f"config key '{key}' is invalid ({error.msg.splitlines()[0]}); "
-                            "see the keys in kdistill.config.RunConfig") from None
-    return cfg
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,8 +41,40 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_lr(cfg: DictConfig) -> float:
-    return float(cfg.optim.lr)
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def library_preprocessing(cfg: RunConfig) -> dict[str, Any]:
+    """The preprocessing keys of `cfg.data` left unset (None), filled from the library config of
+    the pretrained model: the student's when student_pretrained, else the teacher's when
+    teacher_pretrained. The recipe's own values win."""
+    name = cfg.student if cfg.student_pretrained else cfg.teacher if cfg.teacher_pretrained else None
+    library = preprocessing(name) if name is not None else None
+    if library is None:
+        return {}
+    values = {"mean": tuple(library.mean), "std": tuple(library.std), "image_size": library.image_size,
+              "eval_crop_pct": library.crop_pct, "interpolation": library.interpolation}
+    return {key: value for key, value in values.items() if getattr(cfg.data, key) is None}
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """A run's configuration completed once, and what is derived from it (never written back
+    into the loaded configuration)."""
+
+    cfg: RunConfig  # with absolute paths and the library preprocessing filled in: what config.yaml saves
+    strong_view: bool  # the method's batches also carry "image_strong"
+
+
+def resolve_run(cfg: RunConfig) -> ResolvedRun:
+    """The files and folders `cfg` names made absolute, so that the saved config.yaml names the
+    same files from any working directory; the preprocessing of a pretrained model filled in."""
+    data = dataclasses.replace(cfg.data, root=_absolute(cfg.data.root), **library_preprocessing(cfg))
+    resolved = dataclasses.replace(cfg, data=data, teacher_checkpoint=_absolute(cfg.teacher_checkpoint),
+                                   student_checkpoint=_absolute(cfg.student_checkpoint),
+                                   teacher_cache=_absolute(cfg.teacher_cache))
+    return ResolvedRun(resolved, method_class(cfg.method.name).needs_strong_view)
 
 
 def teacher_weights_path(path: str, which: str = "last") -> Path:
@@ -90,7 +101,7 @@ def load_trained_model(name: str, checkpoint: str, num_classes: int, in_chans: i
     return model
 
 
-def build_teacher(cfg: DictConfig, num_classes: int, in_chans: int, needs_head: bool = True) -> FeatureModel:
+def build_teacher(cfg: RunConfig, num_classes: int, in_chans: int, needs_head: bool = True) -> FeatureModel:
     """The teacher from teacher_checkpoint, else (teacher_pretrained) from its library's weights."""
     if cfg.teacher is None:
         raise KdistillError("no teacher: set teacher=<model> and teacher_checkpoint=<file or run folder>")
@@ -101,26 +112,12 @@ def build_teacher(cfg: DictConfig, num_classes: int, in_chans: int, needs_head: 
                                 f"data set '{cfg.data.name}' has {num_classes}, so its logits mean nothing here: "
                                 f"use a teacher trained on this data set (teacher_checkpoint=)")
         return create_model(cfg.teacher, num_classes=num_classes, in_chans=in_chans, pretrained=True,
-                            **OmegaConf.to_container(cfg.teacher_options))
+                            **cfg.teacher_options)
     if cfg.teacher_checkpoint is None:
         raise KdistillError(f"teacher '{cfg.teacher}' has no weights: set teacher_checkpoint=<file or run folder> "
                             f"(or teacher_pretrained=true for a timm:/tv: model)")
     return load_trained_model(cfg.teacher, cfg.teacher_checkpoint, num_classes, in_chans, cfg.data.name,
-                              options=OmegaConf.to_container(cfg.teacher_options), needs_head=needs_head)
-
-
-def resolve_preprocessing(cfg: DictConfig) -> None:
-    """Fill the preprocessing keys of `cfg.data` left unset (None) from the library config of the
-    pretrained model: the student's when student_pretrained, else the teacher's when
-    teacher_pretrained. The recipe's own values win."""
-    name = cfg.student if cfg.student_pretrained else cfg.teacher if cfg.teacher_pretrained else None
-    library = preprocessing(name) if name is not None else None
-    if library is None:
-        return
-    for key, value in (("mean", list(library.mean)), ("std", list(library.std)), ("image_size", library.image_size),
-                       ("eval_crop_pct", library.crop_pct), ("interpolation", library.interpolation)):
-        if cfg.data[key] is None:
-            cfg.data[key] = value
+                              options=cfg.teacher_options, needs_head=needs_head)
 
 
 def compile_extract(model: FeatureModel) -> None:
@@ -134,29 +131,25 @@ class RunParts:
     distiller: Distiller
     loaders: Loaders
     device: torch.device
-    lr: float
 
 
-def build_run(cfg: DictConfig) -> RunParts:
+def build_run(run: ResolvedRun) -> RunParts:
     """Everything a Trainer needs, built from a resolved configuration."""
+    cfg = run.cfg
     device = resolve_device(init_from_environment(cfg.device))
     seed_everything(cfg.seed)
-    method = OmegaConf.to_container(cfg.method)
-    cls = method_class(method.get("name", ""))  # unknown names fail before any data is read
-    if cls.needs_strong_view:
-        cfg.data.strong_view = True
-    resolve_preprocessing(cfg)
-    loaders = build_loaders(cfg.data, device, seed=cfg.seed, rank=rank(), world_size=world_size())
+    cls = method_class(cfg.method.name)
+    loaders = build_loaders(cfg.data, device, seed=cfg.seed, rank=rank(), world_size=world_size(),
+                            with_strong_view=run.strong_view)
     info = loaders.info
     student = create_model(cfg.student, num_classes=info.num_classes, in_chans=info.in_chans,
-                           pretrained=cfg.student_pretrained, **OmegaConf.to_container(cfg.student_options))
+                           pretrained=cfg.student_pretrained, **cfg.student_options)
     if cfg.student_checkpoint is not None:
         load_checkpoint(student, Path(cfg.student_checkpoint))
     teacher = build_teacher(cfg, info.num_classes, info.in_chans, cls.uses_teacher_logits) if cls.needs_teacher else None
-    lr = default_lr(cfg)
     context = MethodContext((info.in_chans, info.image_size, info.image_size), info.num_classes,
-                            loaders.train.labels, lr)
-    distiller = build_distiller(method, student, teacher, context).to(device)
+                            loaders.train.labels, cfg.optim.lr)
+    distiller = distiller_from_options(cfg.method.name, cfg.method.options, student, teacher, context).to(device)
     if cfg.channels_last:
         distiller.to(memory_format=torch.channels_last)
     if cfg.compile:
@@ -166,4 +159,4 @@ def build_run(cfg: DictConfig) -> RunParts:
     if cfg.teacher_cache is not None:
         distiller.teacher_outputs = open_teacher_cache(cfg, distiller, loaders, device,
                                                        autocast_dtype(cfg.precision, device))
-    return RunParts(distiller, loaders, device, lr)
+    return RunParts(distiller, loaders, device)

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 
 import kdistill
+from kdistill.config import RunConfig
 from kdistill.data import Loader, Loaders
 from kdistill.data.batch import channels_last_views
 from kdistill.distributed import barrier, is_main_process
@@ -196,11 +196,11 @@ def epoch_table_function(distiller: Distiller, loader: Loader, channels_last: bo
     return compute
 
 
-def open_teacher_cache(cfg, distiller: Distiller, loaders: Loaders, device: torch.device,
+def open_teacher_cache(cfg: RunConfig, distiller: Distiller, loaders: Loaders, device: torch.device,
                        autocast_dtype: torch.dtype | None) -> TeacherCache:
     """The cache at cfg.teacher_cache for this run: created (manifest) if new, else checked
     against this run's teacher, data, transform, seed, precision and dtype."""
-    name = cfg.method["name"]
+    name = cfg.method.name
     if distiller.teacher is None:
         raise KdistillError(f"method '{name}' runs no teacher, so teacher_cache= has nothing to store: drop it")
     extra = sorted(distiller.teacher_reads - LOGITS_AND_POOLED)
@@ -225,7 +225,7 @@ def open_teacher_cache(cfg, distiller: Distiller, loaders: Loaders, device: torc
     manifest = {
         "format": FORMAT_VERSION,
         "kdistill_version": kdistill.__version__,
-        "teacher": {"name": cfg.teacher, "options": OmegaConf.to_container(cfg.teacher_options),
+        "teacher": {"name": cfg.teacher, "options": dict(cfg.teacher_options),
                     "weights_sha256": weights_sha256(distiller.teacher),
                     "num_classes": probe.logits.shape[1], "feature_dim": probe.pooled.shape[1]},
         "data": {"name": cfg.data.name, "train_samples": loader.dataset_size, "val_fraction": cfg.data.val_fraction,

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from kdistill.accuracy import evaluate
+from kdistill.config import NonFinite, RunConfig, config_to_dict, recorded_config
 from kdistill.data import Loaders
 from kdistill.data.batch import channels_last_views
 from kdistill.distributed import barrier, broadcast_buffers, is_distributed, is_main_process, sum_over_ranks
@@ -36,7 +36,6 @@ from kdistill.methods import Distiller
 from kdistill.precision import autocast, autocast_dtype, grad_scaler
 from kdistill.run_folder import RunFolder
 
-NONFINITE_MODES = ("stop", "skip")
 EXIT_NONFINITE = 3
 BAR_REFRESH_STEPS = 20  # steps between progress-bar postfix updates (each reads the sums: a host sync)
 # Reading whether a step's loss was finite is a host synchronisation. On the CPU it costs
@@ -167,7 +166,7 @@ class StopSignals:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, distiller: Distiller, loaders: Loaders, device: torch.device,
+    def __init__(self, cfg: RunConfig, distiller: Distiller, loaders: Loaders, device: torch.device,
                  lr: float, run: RunFolder):
         self.cfg = cfg
         self.distiller = distiller
@@ -186,12 +185,10 @@ class Trainer:
         optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, lr)
         scheduler = build_scheduler(optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs, lr)
         self.phases.append(Phase("train", cfg.epochs, optimizer, scheduler))
-        if cfg.nonfinite not in NONFINITE_MODES:
-            raise KdistillError(f"unknown nonfinite='{cfg.nonfinite}': use nonfinite=stop or nonfinite=skip")
         if cfg.checkpoint_every_steps < 0:
             raise KdistillError(f"checkpoint_every_steps={cfg.checkpoint_every_steps} is negative: "
                                 "use 0 (at epoch ends only) or a number of steps")
-        self.check_window = 1 if device.type == "cpu" or cfg.nonfinite == "skip" else NONFINITE_CHECK_WINDOW
+        self.check_window = 1 if device.type == "cpu" or cfg.nonfinite is NonFinite.skip else NONFINITE_CHECK_WINDOW
         self.model = self._data_parallel(distiller, device, find_unused=init is not None)
         self.is_main = is_main_process()
         self.autocast_dtype = autocast_dtype(cfg.precision, device)
@@ -338,7 +335,7 @@ class Trainer:
             skip = False
             if (step + 1) % self.check_window == 0 or save_due or last_step:
                 non_finite = watch.first_non_finite()
-                if non_finite is not None and self.cfg.nonfinite == "stop":
+                if non_finite is not None and self.cfg.nonfinite is NonFinite.stop:
                     raise self._non_finite_stop(phase, epoch, *non_finite)
                 skip = non_finite is not None  # in skip mode the window is this one step
             if skip:
@@ -371,7 +368,7 @@ class Trainer:
         metrics = {f"train/{name}": float(value) / counted for name, value in tally.sums.items()}
         if tally.labelled:
             metrics["train/top1"] = 100.0 * float(tally.correct) / tally.labelled
-        if self.cfg.nonfinite == "skip":
+        if self.cfg.nonfinite is NonFinite.skip:
             metrics["nonfinite_steps"] = tally.skipped
         metrics["img_per_s"] = tally.seen / elapsed
         metrics["epoch_time_s"] = elapsed
@@ -410,7 +407,7 @@ class Trainer:
                 if self.is_main:
                     if not resumed:
                         self.run.trim_metrics(0)  # lines of a start killed before its first checkpoint
-                    self.run.write_config(OmegaConf.to_yaml(self.cfg))
+                    self.run.write_config(config_to_dict(recorded_config(self.cfg)))
                 global_epoch = 0
                 for phase in self.phases:
                     for epoch in range(phase.epochs):
@@ -469,7 +466,7 @@ class Trainer:
         trained = [entry for entry in history if entry["phase"] == "train"]
         last = trained[-1]
         results = {
-            "student": self.cfg.student, "teacher": self.cfg.teacher, "method": self.cfg.method["name"],
+            "student": self.cfg.student, "teacher": self.cfg.teacher, "method": self.cfg.method.name,
             "dataset": self.cfg.data.name, "seed": self.cfg.seed, "epochs": self.cfg.epochs,
             "top1_last": last.get("test/top1"), "top5_last": last.get("test/top5"),
             "top1_best": self.best["top1"], "top5_best": self.best["top5"], "best_epoch": self.best["epoch"],

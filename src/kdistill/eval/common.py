@@ -1,6 +1,7 @@
 """What every evaluation command shares: the target (a run folder or a weight file), its models
 and data, a second data set given as `<prefix>.*` keys, and logits/features over a loader."""
 
+import dataclasses
 import json
 import sys
 from collections.abc import Iterable, Iterator
@@ -9,20 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 from tqdm import tqdm
 
-from kdistill.config import DataConfig
+from kdistill.config import DataConfig, RunConfig
+from kdistill.config_loading import load_config
 from kdistill.data import DatasetInfo, Loader, Loaders, build_loaders
 from kdistill.data.loaders import Normalizer
 from kdistill.engine.setup import (
     build_teacher,
-    load_config,
+    library_preprocessing,
     load_trained_model,
     resolve_device,
-    resolve_preprocessing,
     teacher_weights_path,
 )
 from kdistill.errors import KdistillError
@@ -38,7 +39,7 @@ class Target:
     given as overrides), resolved to the configuration its evaluations use."""
 
     path: Path
-    cfg: DictConfig
+    cfg: RunConfig
     which: str  # the run folder's weights: "last" or "best"
 
     @property
@@ -73,7 +74,7 @@ def split_overrides(items: list[str], prefix: str) -> tuple[list[str], list[str]
     return own, [item for item in items if not item.startswith(marker)]
 
 
-def build_eval_loaders(data: DataConfig | DictConfig, device: torch.device, seed: int) -> Loaders:
+def build_eval_loaders(data: DataConfig, device: torch.device, seed: int) -> Loaders:
     """The data set's loaders with the train split read like a test split (a feature bank or a
     probe's training set needs every sample once, unaugmented)."""
     return build_loaders(data, device, seed=seed, train_as_eval=True)
@@ -103,7 +104,7 @@ class Evaluation:
     models: dict[str, LoadedModel]
 
     @property
-    def cfg(self) -> DictConfig:
+    def cfg(self) -> RunConfig:
         return self.target.cfg
 
     @property
@@ -116,15 +117,15 @@ def load_evaluation(target: Target, teacher: str = "optional") -> Evaluation:
     one), "required" (an error without one) or "none"."""
     cfg = target.cfg
     device = resolve_device(cfg.device)
-    resolve_preprocessing(cfg)  # a weight file evaluated with a pretrained teacher: its library's transform
-    loaders = build_eval_loaders(cfg.data, device, cfg.seed)
+    # A weight file evaluated with a pretrained teacher: its library's transform.
+    loaders = build_eval_loaders(dataclasses.replace(cfg.data, **library_preprocessing(cfg)), device, cfg.seed)
     info = loaders.info
     student = load_trained_model(cfg.student, str(target.path), info.num_classes, info.in_chans, cfg.data.name,
-                                 target.which, options=OmegaConf.to_container(cfg.student_options))
+                                 target.which, options=cfg.student_options)
     models = {"student": LoadedModel(cfg.student, target.weights, student.to(device).eval())}
     if teacher == "required" or (teacher == "optional" and cfg.teacher is not None):
         model = build_teacher(cfg, info.num_classes, info.in_chans,
-                              needs_head=method_class(cfg.method["name"]).uses_teacher_logits)
+                              needs_head=method_class(cfg.method.name).uses_teacher_logits)
         models["teacher"] = LoadedModel(cfg.teacher, teacher_weights_path(cfg.teacher_checkpoint),
                                         model.to(device).eval())
     return Evaluation(target, device, loaders, models)
@@ -138,7 +139,7 @@ def build_other_loaders(prefix: str, own: list[str], evaluation: Evaluation) -> 
     """
     model_info = evaluation.loaders.info
     try:
-        data = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.from_dotlist(own))
+        data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.from_dotlist(own)))
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or ""
         raise KdistillError(f"key '{prefix}.{key}' is invalid ({error.msg.splitlines()[0]}); "
@@ -146,10 +147,9 @@ def build_other_loaders(prefix: str, own: list[str], evaluation: Evaluation) -> 
     given = {item.split("=", 1)[0] for item in own}
     if "name" not in given:
         raise KdistillError(f"no {prefix} data set: set {prefix}.name=<data set> (and {prefix}.root=<folder>)")
-    if data.image_size is None:
-        data.image_size = model_info.image_size
-    if "eval_batch_size" not in given:
-        data.eval_batch_size = evaluation.cfg.data.eval_batch_size
+    data = dataclasses.replace(
+        data, image_size=data.image_size or model_info.image_size,
+        eval_batch_size=data.eval_batch_size if "eval_batch_size" in given else evaluation.cfg.data.eval_batch_size)
     loaders = build_eval_loaders(data, evaluation.device, evaluation.cfg.seed)
     channels = loaders.info.in_chans
     if channels != model_info.in_chans:

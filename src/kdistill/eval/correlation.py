@@ -67,7 +67,7 @@ def run_correlate(targets: list[str], overrides: list[str], which: str = "last",
                                   evaluation.cfg.progress, evaluation.autocast_dtype)
         difference = correlation_difference(outputs["teacher"].logits, outputs["student"].logits)
         cfg = resolved.cfg
-        run = {"weights": str(resolved.path), "method": cfg.method["name"], "teacher": cfg.teacher,
+        run = {"weights": str(resolved.path), "method": cfg.method.name, "teacher": cfg.teacher,
                "student": cfg.student, "dataset": cfg.data.name, "mean_abs_difference": float(difference.mean())}
         runs.append(run)
         panels.append(((f"{run['method']}: {run['teacher']} -> {run['student']}\n"

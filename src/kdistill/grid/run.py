@@ -9,40 +9,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
+from kdistill.config import EXECUTION_KEYS, flat_config
 from kdistill.errors import KdistillError
 from kdistill.grid.launch import Launch, LocalLauncher, last_line
 from kdistill.grid.spec import LAUNCHERS, REPORT_DIR, VANILLA, GridRun, GridSpec, expand
 from kdistill.run_folder import RunFolder
 
-# Keys that say how a run executes, not what it computes (or that the engine derives from others):
-# a difference in them does not make a saved run another experiment.
-EXECUTION_KEYS = {"out", "resume", "progress", "tensorboard", "device", "data.num_workers", "data.strong_view",
-                  "checkpoint_every_steps", "note", "teacher_cache"}
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict) and (tree or not prefix):
-        return {key: value for name, child in tree.items() for key, value in _flat(child, f"{prefix}{name}.").items()}
-    return {prefix[:-1]: tree}
-
 
 def planned_config(run: GridRun) -> tuple[str, dict[str, Any]]:
     """The entry point (train | distill) and the flat configuration the run will save."""
-    from kdistill.engine import load_config
-    from kdistill.engine.setup import default_lr
+    from kdistill.config_loading import load_config
 
     cfg = load_config(run.recipe, run.overrides)
-    flat = _flat(OmegaConf.to_container(cfg, resolve=True))
-    flat["optim.lr"] = default_lr(cfg)  # the engine saves the learning rate it used
-    return ("train" if cfg.method["name"] == VANILLA else "distill"), flat
+    return ("train" if cfg.method.name == VANILLA else "distill"), flat_config(cfg)
 
 
 def saved_config(run: GridRun) -> dict[str, Any]:
-    from kdistill.engine import load_config
+    from kdistill.config_loading import load_config
 
-    return _flat(OmegaConf.to_container(load_config(str(RunFolder(run.folder).config_path)), resolve=True))
+    return flat_config(load_config(str(RunFolder(run.folder).config_path)))
 
 
 def config_differences(planned: dict[str, Any], saved: dict[str, Any]) -> list[str]:
@@ -79,10 +64,11 @@ def plan(runs: list[GridRun], state: GridState) -> list[Launch]:
         folder = RunFolder(run.folder)
         try:
             entry, planned = planned_config(run)
-        except KdistillError as error:
+        except KdistillError as error:  # the line a launched run would have logged
+            line = f"kdistill: error: {error}"
             run.log.parent.mkdir(parents=True, exist_ok=True)
-            run.log.write_text(f"kdistill: error: {error}\n")
-            state.fail(run, str(error))
+            run.log.write_text(line + "\n")
+            state.fail(run, line)
             continue
         if folder.is_run():
             try:

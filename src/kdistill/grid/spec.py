@@ -240,10 +240,10 @@ def _teacher_checkpoint(spec: GridSpec, teacher: str | None, teacher_runs: dict[
 
 def _recipe_models(path: Path) -> tuple[str, str | None, str]:
     """Method name, teacher and student of a recipe file (for its run folder's name)."""
-    from kdistill.engine import load_config
+    from kdistill.config_loading import load_config
 
     cfg = load_config(str(path))
-    return str(cfg.method["name"]), cfg.teacher, cfg.student
+    return cfg.method.name, cfg.teacher, cfg.student
 
 
 def expand(spec: GridSpec) -> list[GridRun]:

@@ -40,10 +40,15 @@ def build_distiller(method: dict[str, Any], student: FeatureModel, teacher: Feat
     name = values.pop("name", None)
     if not name:
         raise KdistillError("no method name: set method.name=<name> (`kdistill list` shows all)")
+    return distiller_from_options(name, parse_method_options(name, values), student, teacher, context)
+
+
+def distiller_from_options(name: str, options: MethodOptions, student: FeatureModel, teacher: FeatureModel | None,
+                           context: MethodContext) -> Distiller:
+    """Build method `name` with its parsed options (a loaded configuration's `method`)."""
     cls = method_class(name)
     if cls.needs_teacher and teacher is None:
         raise KdistillError(f"method '{name}' needs a teacher: set teacher=<model> and teacher_checkpoint=<file>")
-    options = parse_method_options(name, values)
     teacher = teacher if cls.needs_teacher else None
     context = replace(context, student_shapes=probe_shapes(student, context.input_shape),
                       teacher_shapes=None if teacher is None else probe_shapes(teacher, context.input_shape))
@@ -53,4 +58,5 @@ def build_distiller(method: dict[str, Any], student: FeatureModel, teacher: Feat
 _import_method_modules()
 
 __all__ = ["METHODS", "Distiller", "DistillOutput", "InitPhase", "MethodContext", "MethodOptions", "Terms",
-           "build_distiller", "list_methods", "method_class", "parse_method_options", "register_method"]
+           "build_distiller", "distiller_from_options", "list_methods", "method_class", "parse_method_options",
+           "register_method"]

@@ -7,27 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdistill.config import MethodOptions
 from kdistill.data.batch import Batch
 from kdistill.errors import KdistillError
 from kdistill.losses import kd_loss
 from kdistill.models.base import FeatureModel, Features
-
-
-@dataclass
-class MethodOptions:
-    """Options every method has; a method extends this with its own fields.
-
-    The loss is `w_ce * CE + w_kd * KD + w_method * (method terms)`; None takes the method's
-    table default (`Distiller.default_weights`).
-    """
-
-    w_ce: float | None = None
-    w_kd: float | None = None
-    w_method: float | None = None
-    temperature: float = 4.0  # of the KD term
-    # Logit standardisation (Sun et al., CVPR 2024): z-score each sample's teacher and student
-    # logits before the softmax of every logit-matching term (KD, DKD, MLKD, CRLD).
-    logit_standardize: bool = False
 
 
 @dataclass
@@ -178,7 +162,7 @@ class Distiller(nn.Module):
         """The batch's strong view, for methods with `needs_strong_view`; a clear error without one."""
         if "image_strong" not in batch:
             raise KdistillError(f"method '{type(self).__name__}' needs batches with a strong view ('image_strong'): "
-                                "build the loaders with data.strong_view=true")
+                                "build the loaders with with_strong_view=True")
         return batch["image_strong"]
 
     def teacher_features(self, x: Tensor, preact: bool = False) -> Features:

@@ -44,8 +44,8 @@ class CRLD(Distiller):
     logged. The returned logits are the student's on the weak view; at test time the student
     sees the test transform as usual.
 
-    Needs batches with "image_strong" (`needs_strong_view`: the engine turns on
-    `data.strong_view`, see `kdistill.data.two_view`). The student sees the views in two
+    Needs batches with "image_strong" (`needs_strong_view`: the engine builds
+    the loaders `with_strong_view`, see `kdistill.data.two_view`). The student sees the views in two
     passes, so batch-norm statistics stay per view as in the reference code.
     """
 

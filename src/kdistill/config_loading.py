@@ -1,0 +1,71 @@
+"""Load a run configuration: typed defaults, then a YAML file, then `key=value` overrides.
+
+This sits above `kdistill.methods` (it parses the method section with the method registry) and
+below `engine` and `eval`, which both load configurations; `kdistill.config` itself stays a leaf
+that the data layer can import.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kdistill.config import MethodConfig, RunConfig
+from kdistill.errors import KdistillError
+from kdistill.methods import parse_method_options
+from kdistill.yaml_file import read_yaml_mapping
+
+CONFIG_KEYS_HINT = "see the keys in kdistill.config.RunConfig"
+
+
+def _user_values(config_file: str | None, overrides: list[str]) -> dict[str, Any]:
+    """The YAML file merged with the overrides, untyped (checked against RunConfig afterwards)."""
+    values: Any = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise KdistillError(f"config file '{config_file}' not found: give the path of a YAML recipe")
+        values = read_yaml_mapping(path)
+    for override in overrides:
+        if "=" not in override:
+            raise KdistillError(f"override '{override}' is not key=value (e.g. epochs=10, method.name=kd)")
+    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(values), OmegaConf.from_dotlist(list(overrides))))
+
+
+def _check_values(cfg: RunConfig) -> None:
+    if cfg.epochs < 1:
+        raise KdistillError(f"epochs={cfg.epochs}: a run needs at least one epoch; set epochs=N with N >= 1")
+    if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
+        raise KdistillError(f"steps_per_epoch={cfg.steps_per_epoch} is below 1: set steps_per_epoch=N >= 1, "
+                            "or leave it unset for whole epochs")
+    if cfg.device != "auto":
+        try:
+            torch.device(cfg.device)
+        except RuntimeError:
+            raise KdistillError(f"unknown device '{cfg.device}': use device=auto, cpu, cuda or cuda:N") from None
+
+
+def load_config(config_file: str | None = None, overrides: list[str] = ()) -> RunConfig:
+    """The resolved, read-only configuration; unknown keys, bad values and unknown method
+    options are one-line errors (KdistillError)."""
+    try:
+        values = _user_values(config_file, overrides)
+        method = values.pop("method", None) or {}
+        if not isinstance(method, dict):
+            raise KdistillError(f"method={method!r} is not a section: set method.name=<name> and method.<option>=...")
+        schema = OmegaConf.structured(RunConfig)
+        cfg = OmegaConf.to_object(OmegaConf.merge(schema, values))
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or ""
+        message = error.msg.splitlines()[0]
+        raise KdistillError(f"config key '{key}' is invalid ({message}); {CONFIG_KEYS_HINT}") from None
+    method = dict(method)
+    name = method.pop("name", MethodConfig.name)
+    if not name:
+        raise KdistillError("no method name: set method.name=<name> (`kdistill list` shows all)")
+    cfg = dataclasses.replace(cfg, method=MethodConfig(str(name), parse_method_options(str(name), method)))
+    _check_values(cfg)
+    return cfg
