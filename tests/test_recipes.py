@@ -58,7 +58,7 @@ def test_dcd_imagenet_recipes_have_the_reference_settings():
         cfg = load_config(str(CONFIGS / "imagenet" / method / "resnet34_resnet18.yaml"))
         assert (cfg.data.batch_size, cfg.epochs, cfg.optim.lr, cfg.optim.weight_decay) == (256, 120, 0.1, 1e-4)
         assert list(cfg.schedule.milestones) == [30, 60, 90] and cfg.schedule.gamma == 0.1
-        assert (cfg.method.w_ce, cfg.method.w_kd) == (1.0, w_kd) and cfg.teacher_pretrained
+        assert (cfg.method.options.w_ce, cfg.method.options.w_kd) == (1.0, w_kd) and cfg.teacher_pretrained
         assert cfg.teacher == "tv:resnet34:IMAGENET1K_V1" and cfg.student == "tv:resnet18"
 
 
@@ -68,7 +68,7 @@ def test_label_free_vit_recipes_have_the_reference_settings():
         assert (cfg.data.train_transform, cfg.data.repeated_augment, cfg.data.random_erasing) == ("deit", 3, 0.25)
         assert (cfg.data.rand_augment, cfg.data.interpolation) == ("rand-m9-mstd0.5-inc1", "bicubic")
         assert (cfg.schedule.warmup_lr, cfg.schedule.min_lr, cfg.schedule.warmup_epochs) == (1e-6, 1e-5, 5)
-        assert cfg.student_options.init_values == 1.0 and cfg.student_options.patch_size == 14
+        assert cfg.student_options["init_values"] == 1.0 and cfg.student_options["patch_size"] == 14
         assert (cfg.optim.name, cfg.optim.weight_decay, cfg.data.batch_size, cfg.epochs) == ("adamw", 0.05, 1024, 300)
 
 

@@ -190,11 +190,11 @@ class RunConfig:
         object.__setattr__(self, "nonfinite", enum_value(NonFinite, self.nonfinite, "nonfinite"))
 
 
-# Keys that say how a run executes, not what it computes: a resume may change them, and a grid
-# does not take a saved run that differs only in them for another experiment.
+# Keys that say how a run executes, not what it computes: a resume may change them, a grid does
+# not take a saved run that differs only in them for another experiment, a report pools over them.
 EXECUTION_KEYS = frozenset({"out", "resume", "resume_force", "progress", "tensorboard", "device", "note",
-                            "checkpoint_every_steps", "data.root", "data.download", "data.num_workers",
-                            "data.cache_dir"})
+                            "checkpoint_every_steps", "teacher_cache", "data.root", "data.download",
+                            "data.num_workers", "data.cache_dir", "data.device_resident", "data.eval_batch_size"})
 
 
 def recorded_config(cfg: RunConfig) -> RunConfig:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdistill.config import EXECUTION_KEYS
 from kdistill.errors import KdistillError
 from kdistill.run_folder import RESULTS_FILE, RunFolder
 
@@ -28,8 +29,7 @@ Pair = tuple[str, str]  # (teacher, student)
 Setting = tuple[tuple[str, str], ...]  # sorted (dotted config key, value) pairs
 
 # Config keys that do not change what a run trains: not part of the setting its cells pool by.
-UNPOOLED_KEYS = {"seed", "out", "resume", "resume_force", "progress", "tensorboard", "device", "data.root",
-                 "data.download", "data.num_workers", "data.device_resident", "data.eval_batch_size"}
+UNPOOLED_KEYS = EXECUTION_KEYS | {"seed"}
 # What a hand-made run folder without config.yaml is identified by, from its results.json.
 RESULT_SETTING_KEYS = ("method", "student", "teacher", "dataset", "epochs")
 
