@@ -10,6 +10,7 @@ from PIL import Image
 from kdistill.config_loading import load_config
 from kdistill.engine import train_run
 from kdistill.engine.teacher_cache import MANIFEST_FILE
+from kdistill.methods import method_class
 from kdistill.models import create_model
 from kdistill.models.checkpoint import save_model_weights
 from kdistill.models.wrn import WideResNet
@@ -50,6 +51,8 @@ METHOD_OPTIONS = {
     "kd": [], "dcd+kd": [], "crd": ["method.num_negatives=32"],
     # Thresholds 0: every sample passes CRLD's confidence gates, so the teacher's values all count.
     "crld": ["method.weak_threshold=0.0", "method.strong_threshold=0.0"],
+    "dkd": ["method.warmup=1"],
+    "mlkd": [],  # two views, read through the cache like CRLD's
 }
 
 
@@ -61,7 +64,7 @@ def test_a_run_reading_an_fp32_cache_ends_with_the_weights_of_a_run_computing_th
     for name, extra in (("teacher", []), ("fill", cache), ("read", cache)):
         train_run(load_config(None, run_args(setup, method, tmp_path / name, *options, *extra)))
         weights[name] = torch.load(tmp_path / name / "student_last.pth", weights_only=True)["model"]
-    views = ["image", "image_strong"] if method == "crld" else ["image"]
+    views = ["image", "image_strong"] if method_class(method).needs_strong_view else ["image"]
     assert sorted(p.name for p in (tmp_path / "cache").glob("epoch_*")) == [
         f"epoch_{epoch:04d}.{view}.bin" for epoch in (0, 1) for view in sorted(views)]
     for name in ("fill", "read"):

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from kdistill.data import Batch
 from kdistill.losses import dkd_loss
-from kdistill.methods.base import Distiller, MethodOptions, Terms
+from kdistill.methods.base import LOGITS_AND_POOLED, Distiller, MethodOptions, Terms
 from kdistill.methods.registry import register_method, with_logit_standardization
 from kdistill.models.base import Features
 
@@ -32,6 +32,7 @@ class DKD(Distiller):
     Options = DKDOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
     matches_logits = True
+    teacher_reads = LOGITS_AND_POOLED  # so a teacher cache serves it
 
     def warmup_factor(self) -> float:
         warmup = self.options.warmup

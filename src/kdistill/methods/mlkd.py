@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from kdistill.data import Batch
 from kdistill.losses import mlkd_loss
-from kdistill.methods.base import Distiller, DistillOutput, MethodOptions, Terms
+from kdistill.methods.base import LOGITS_AND_POOLED, Distiller, DistillOutput, MethodOptions, Terms
 from kdistill.methods.registry import register_method
 
 
@@ -33,12 +33,13 @@ class MLKD(Distiller):
     default_weights = {"w_ce": 0.1, "w_kd": 0.0, "w_method": 0.9}
     needs_strong_view = True
     matches_logits = True
+    teacher_reads = LOGITS_AND_POOLED  # so a teacher cache (both views) serves it
 
     def distill(self, batch: Batch) -> DistillOutput:
         weak, strong, labels = batch["image"], self.strong_view(batch), batch["label"]
         student = self.student.extract(weak)
-        teacher = self.teacher_features(weak)
-        s_strong, t_strong = self.student(strong), self.teacher_features(strong).logits
+        teacher = self.teacher_view(batch)
+        s_strong, t_strong = self.student(strong), self.teacher_view(batch, "image_strong").logits
         options = self.options
         parts = mlkd_loss(student.logits, s_strong, teacher.logits, t_strong, labels,
                           (options.temperature, *options.extra_temperatures), options.logit_standardize)
