@@ -4,7 +4,6 @@ import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -13,26 +12,12 @@ from kdistill.config import RunConfig
 from kdistill.data import Loaders, build_loaders
 from kdistill.distributed import init_from_environment, rank, world_size
 from kdistill.engine.teacher_cache import open_teacher_cache
-from kdistill.errors import KdistillError
+from kdistill.loading import build_teacher, library_preprocessing, resolve_device
 from kdistill.methods import Distiller, MethodContext, distiller_from_options, method_class
-from kdistill.models import TIMM_PREFIX, TV_PREFIX, create_model
+from kdistill.models import create_model
 from kdistill.models.base import FeatureModel
-from kdistill.models.checkpoint import load_checkpoint, load_state_into, read_state_dict, stored_classes
-from kdistill.models.pretrained import preprocessing, pretrained_classes
+from kdistill.models.checkpoint import load_checkpoint
 from kdistill.precision import autocast_dtype
-from kdistill.run_folder import RunFolder
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise KdistillError(f"unknown device '{name}': use device=auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise KdistillError(f"device '{name}' asked for, but this machine has no CUDA device: use device=cpu or device=auto")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -43,19 +28,6 @@ def seed_everything(seed: int) -> None:
 
 def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
-
-
-def library_preprocessing(cfg: RunConfig) -> dict[str, Any]:
-    """The preprocessing keys of `cfg.data` left unset (None), filled from the library config of
-    the pretrained model: the student's when student_pretrained, else the teacher's when
-    teacher_pretrained. The recipe's own values win."""
-    name = cfg.student if cfg.student_pretrained else cfg.teacher if cfg.teacher_pretrained else None
-    library = preprocessing(name) if name is not None else None
-    if library is None:
-        return {}
-    values = {"mean": tuple(library.mean), "std": tuple(library.std), "image_size": library.image_size,
-              "eval_crop_pct": library.crop_pct, "interpolation": library.interpolation}
-    return {key: value for key, value in values.items() if getattr(cfg.data, key) is None}
 
 
 @dataclass(frozen=True)
@@ -75,49 +47,6 @@ def resolve_run(cfg: RunConfig) -> ResolvedRun:
                                    student_checkpoint=_absolute(cfg.student_checkpoint),
                                    teacher_cache=_absolute(cfg.teacher_cache))
     return ResolvedRun(resolved, method_class(cfg.method.name).needs_strong_view)
-
-
-def teacher_weights_path(path: str, which: str = "last") -> Path:
-    """A weight file, or a run folder (its last-epoch weights by default, as the tables' teachers are)."""
-    resolved = RunFolder(path).weights_path(which) if Path(path).is_dir() else Path(path)
-    if not resolved.is_file():
-        raise KdistillError(f"checkpoint '{resolved}' not found: give a .pth file or a finished run folder")
-    return resolved
-
-
-def load_trained_model(name: str, checkpoint: str, num_classes: int, in_chans: int, data_name: str,
-                       which: str = "last", options: dict | None = None, needs_head: bool = True) -> FeatureModel:
-    """A zoo/timm/torchvision model with trained weights, checked against the data's class count.
-
-    `needs_head=False` (label-free methods) accepts a backbone-only file and skips that check."""
-    model = create_model(name, num_classes=num_classes, in_chans=in_chans, **(options or {}))
-    path = teacher_weights_path(checkpoint, which)
-    state_dict = read_state_dict(path)
-    classes = stored_classes(state_dict, model) if needs_head else None
-    if classes is not None and classes != num_classes:
-        raise KdistillError(f"checkpoint '{path}' has {classes} classes but data set "
-                            f"'{data_name}' has {num_classes}: use a model trained on this data set")
-    load_state_into(model, state_dict, path, allow_missing_head=not needs_head)
-    return model
-
-
-def build_teacher(cfg: RunConfig, num_classes: int, in_chans: int, needs_head: bool = True) -> FeatureModel:
-    """The teacher from teacher_checkpoint, else (teacher_pretrained) from its library's weights."""
-    if cfg.teacher is None:
-        raise KdistillError("no teacher: set teacher=<model> and teacher_checkpoint=<file or run folder>")
-    if cfg.teacher_checkpoint is None and cfg.teacher_pretrained:
-        weight_classes = pretrained_classes(cfg.teacher) if cfg.teacher.startswith((TIMM_PREFIX, TV_PREFIX)) else None
-        if needs_head and weight_classes not in (None, num_classes):
-            raise KdistillError(f"the pretrained weights of teacher '{cfg.teacher}' have {weight_classes} classes but "
-                                f"data set '{cfg.data.name}' has {num_classes}, so its logits mean nothing here: "
-                                f"use a teacher trained on this data set (teacher_checkpoint=)")
-        return create_model(cfg.teacher, num_classes=num_classes, in_chans=in_chans, pretrained=True,
-                            **cfg.teacher_options)
-    if cfg.teacher_checkpoint is None:
-        raise KdistillError(f"teacher '{cfg.teacher}' has no weights: set teacher_checkpoint=<file or run folder> "
-                            f"(or teacher_pretrained=true for a timm:/tv: model)")
-    return load_trained_model(cfg.teacher, cfg.teacher_checkpoint, num_classes, in_chans, cfg.data.name,
-                              options=cfg.teacher_options, needs_head=needs_head)
 
 
 def compile_extract(model: FeatureModel) -> None:

@@ -19,14 +19,14 @@ from kdistill.config import DataConfig, RunConfig
 from kdistill.config_loading import load_config
 from kdistill.data import DatasetInfo, Loader, Loaders, build_loaders
 from kdistill.data.loaders import Normalizer
-from kdistill.engine.setup import (
+from kdistill.errors import KdistillError
+from kdistill.loading import (
     build_teacher,
     library_preprocessing,
     load_trained_model,
     resolve_device,
     teacher_weights_path,
 )
-from kdistill.errors import KdistillError
 from kdistill.methods import method_class
 from kdistill.models.base import FeatureModel
 from kdistill.precision import autocast, autocast_dtype

@@ -1,0 +1,40 @@
+"""The package's layers: lower ones never import upper ones, and the evaluations run without the engine."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "kdistill"
+# Each layer may import the ones before it, never those after it.
+LAYERS = [{"losses", "models", "data"}, {"methods"}, {"engine"}, {"eval", "report"}, {"grid"}]
+
+
+def imported_packages(folder: Path) -> set[str]:
+    """The kdistill subpackages that the modules under `folder` import."""
+    found = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            found |= {name.split(".")[1] for name in names if name.startswith("kdistill.")}
+    return found
+
+
+@pytest.mark.parametrize("level", range(len(LAYERS)))
+def test_a_layer_imports_no_layer_above_it(level):
+    above = set().union(*LAYERS[level + 1:])
+    for package in LAYERS[level]:
+        assert not imported_packages(PACKAGE / package) & above, package
+
+
+def test_the_evaluations_and_reports_do_not_import_the_engine():
+    code = ("import importlib, pkgutil, sys, kdistill.eval, kdistill.report\n"
+            "for package in (kdistill.eval, kdistill.report):\n"
+            "    for module in pkgutil.iter_modules(package.__path__):\n"
+            "        importlib.import_module(f'{package.__name__}.{module.name}')\n"
+            "print(sorted(name for name in sys.modules if name.startswith('kdistill.engine')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
