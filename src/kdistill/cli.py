@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdistill: {error.prefix}{error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("kdistill: interrupted; the last finished epoch's checkpoint is kept (resume=true continues)", file=sys.stderr)
+        # Training handles Ctrl-C itself (saying what it kept); here nothing was kept or changed.
+        print("kdistill: interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -16,11 +16,14 @@ leaves either the old or the new file, never a torn one; metrics lines are appen
 reader skips a torn last line (what a full disk can leave).
 """
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,23 +128,44 @@ class RunFolder:
         return [RunFolder(path) for path in found
                 if not any(other != path and other.is_relative_to(path) for other in found)]
 
+    # ---- a full disk ----------------------------------------------------------------------
+    def kept_state(self) -> str:
+        """What a run stopped now leaves to continue from, for one-line messages."""
+        if self.has_resume_state():
+            return "the previous checkpoint is intact (resume=true continues)"
+        return "no checkpoint was written yet (run the command again to start over)"
+
+    @contextlib.contextmanager
+    def _writing(self, path: Path) -> Iterator[None]:
+        """A full disk while writing `path` is one line: every write is atomic or a whole line,
+        so what was on disk before stays readable."""
+        try:
+            yield
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            raise KdistillError(f"no space left on device while writing {path}; {self.kept_state()}") from None
+
     # ---- config ---------------------------------------------------------------------------
     def write_config(self, values: dict[str, Any]) -> None:
         """config.yaml from plain values (`kdistill.config.config_to_dict`)."""
-        atomic_write_text(self.config_path, yaml.safe_dump(values, sort_keys=False))
+        with self._writing(self.config_path):
+            atomic_write_text(self.config_path, yaml.safe_dump(values, sort_keys=False))
 
     def read_config(self) -> dict[str, Any]:
         """The saved configuration as plain nested dicts (`kdistill.config_loading.load_config` types it)."""
         return read_yaml_mapping(self.config_path)
 
     def record_config_change(self, change: dict[str, Any]) -> None:
-        with open(self.path / CONFIG_CHANGES_FILE, "a") as file:
+        """Append what a forced (or allowed) resume changed in the configuration."""
+        path = self.path / CONFIG_CHANGES_FILE
+        with self._writing(path), open(path, "a") as file:
             file.write(json.dumps(change) + "\n")
 
     # ---- metrics --------------------------------------------------------------------------
     def append_metrics(self, entry: dict[str, Any]) -> None:
         """Append one epoch's line whole and fsync it, so it is on disk with its checkpoint."""
-        with open(self.metrics_path, "a") as file:
+        with self._writing(self.metrics_path), open(self.metrics_path, "a") as file:
             file.write(json.dumps(entry) + "\n")
             file.flush()
             os.fsync(file.fileno())
@@ -173,11 +197,13 @@ class RunFolder:
         if not self.metrics_path.is_file():
             return
         kept = [entry for entry in self.read_metrics() if entry.get("global_epoch", 0) <= last_global_epoch]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(entry) + "\n" for entry in kept))
+        with self._writing(self.metrics_path):
+            atomic_write_text(self.metrics_path, "".join(json.dumps(entry) + "\n" for entry in kept))
 
     # ---- results --------------------------------------------------------------------------
     def write_results(self, results: dict[str, Any]) -> None:
-        atomic_write_text(self.results_path, json.dumps(results, indent=2) + "\n")
+        with self._writing(self.results_path):
+            atomic_write_text(self.results_path, json.dumps(results, indent=2) + "\n")
 
     def read_results(self) -> dict[str, Any]:
         try:
@@ -192,13 +218,15 @@ class RunFolder:
 
     # ---- weights and resume state ---------------------------------------------------------
     def save_weights(self, model, which: str, **info: Any) -> None:
-        save_model_weights(model, self.weights_path(which), **info)
+        with self._writing(self.weights_path(which)):
+            save_model_weights(model, self.weights_path(which), **info)
 
     def save_resume_state(self, state: dict[str, Any]) -> None:
         """Keep the previous state as a fallback, then write the new one (each step atomic)."""
-        if self.resume_path.is_file():
-            os.replace(self.resume_path, self.previous_resume_path)
-        atomic_save(state, self.resume_path)
+        with self._writing(self.resume_path):
+            if self.resume_path.is_file():
+                os.replace(self.resume_path, self.previous_resume_path)
+            atomic_save(state, self.resume_path)
 
     def load_resume_state(self, map_location) -> dict[str, Any] | None:
         """The newest readable resume state; None when the folder has none. When the newest is
