@@ -27,7 +27,7 @@ from kdistill.models import create_model
 from kdistill.models.checkpoint import save_model_weights
 from kdistill.run_folder import RunFolder
 
-TIMING = ("img_per_s", "epoch_time_s")
+TIMING = ("img_per_s", "epoch_time_s", "data_wait_fraction")
 RUN = QUICK_RUN + ["data.image_size=12"]  # a quarter of the pixels: evaluating each epoch takes 4x less
 THREE_EPOCHS = RUN + ["epochs=3", "schedule.name=cosine"]
 # Long enough epochs to stop a process inside one, with a resume state every 8 steps.
