@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from kdistill.engine.schedule import build_optimizer
 from kdistill.config import OptimConfig
+from kdistill.engine.schedule import build_optimizer
 from kdistill.methods import MethodContext, build_distiller
 from kdistill.models import create_model
 

@@ -90,3 +90,12 @@ def test_a_run_leaves_its_config_unchanged_and_saves_it_without_the_resume_flag(
     assert dataclasses.asdict(cfg) == before
     saved = load_config(str(tmp_path / "run" / "config.yaml"))
     assert saved == dataclasses.replace(cfg, resume=False)
+
+
+def test_a_config_saved_by_an_earlier_version_still_loads(tmp_path):
+    saved = tmp_path / "config.yaml"
+    saved.write_text("student: resnet8\namp: true\ndata:\n  name: embedded\n  strong_view: true\nmethod:\n  name: kd\n")
+    cfg = load_config(str(saved))
+    assert cfg.precision == "fp16" and cfg.data.name == "embedded" and not hasattr(cfg.data, "strong_view")
+    saved.write_text("student: resnet8\namp: false\nmethod:\n  name: kd\n")
+    assert load_config(str(saved)).precision == "fp32"

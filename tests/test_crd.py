@@ -74,7 +74,7 @@ def test_bank_update_and_normalisation_constant():
     distiller = make_crd()
     assert distiller.bank_s.shape == (40, 128) and distiller.bank_s.dtype == torch.float32
     before = distiller.bank_s.clone()
-    batch = {"image": torch.randn(4, 1, 28, 28), "label": torch.tensor([0, 1, 2, 3]), "index": torch.tensor([0, 1, 2, 3])}
+    batch = {"image": torch.randn(4, 1, 28, 28), "label": torch.arange(4), "index": torch.arange(4)}
     distiller.train()
     output = distiller(batch)
     assert set(output.terms) == {"ce", "crd"} and distiller.loss_weight("crd") == 0.8

@@ -3,12 +3,11 @@
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import mean_over_ranks
 
 from kdistill.methods import MethodContext, build_distiller
 from kdistill.models import create_model
 from kdistill.models.base import Features
-
-from helpers import mean_over_ranks
 
 WORLD = 2
 BATCH = 8  # global; each rank holds BATCH // WORLD samples

@@ -39,11 +39,13 @@ def test_identical_models_agree_fully():
 
 def test_faithfulness_metrics_on_hand_computed_cases():
     # KL([.5, .5] || [.75, .25]) = 0.5 ln(.5/.75) + 0.5 ln(.5/.25) = 0.5 ln(4/3)
-    assert mean_kl(torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])) == pytest.approx(0.5 * math.log(4 / 3))
+    kl = mean_kl(torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]]))
+    assert kl == pytest.approx(0.5 * math.log(4 / 3))
     # One-dimensional linear CKA is the squared Pearson correlation: here r = 0.8.
     assert linear_cka(torch.tensor([[1.0], [2.0], [3.0], [4.0]]),
                       torch.tensor([[1.0], [3.0], [2.0], [4.0]])) == pytest.approx(0.64)
-    first, second = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+    first = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    second = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
     assert top1_agreement(first, second) == pytest.approx(1 / 3)
 
 
@@ -182,7 +184,7 @@ def test_corruption_of_floats_keeps_dtype_and_range(images, name):
     floats = images["rgb"].float() / 255
     corrupted = corrupt(floats, name, 5, generator())
     assert corrupted.dtype == torch.float32 and corrupted.shape == floats.shape
-    assert 0.0 <= float(corrupted.min()) and float(corrupted.max()) <= 1.0
+    assert float(corrupted.min()) >= 0.0 and float(corrupted.max()) <= 1.0
     assert float((corrupted - floats).abs().mean()) > 0.01
 
 

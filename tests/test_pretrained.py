@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import QUICK_RUN, run_kdistill
+
 from kdistill.errors import KdistillError
 from kdistill.models import create_model
 from kdistill.models.pretrained import preprocessing, torchvision_weights, torchvision_weights_file

@@ -123,7 +123,8 @@ def test_recipe_weights_are_the_methods_defaults_unless_the_recipe_says_why(reci
     assert written, "a recipe writes its weights out"
     departures = sorted(key for key, value in written.items() if value != defaults[key])
     for key in departures:
-        assert cfg.note and key in cfg.note, f"{key}={written[key]} differs from the default {defaults[key]}: say why in note"
+        why = f"{key}={written[key]} differs from the default {defaults[key]}: say why in note"
+        assert cfg.note and key in cfg.note, why
 
 
 IMAGENET_RECIPES = sorted((CONFIGS / "imagenet").rglob("*.yaml"))
@@ -135,7 +136,8 @@ def write_tiny_image_folder(root: Path, classes: int = 2, per_class: int = 4) ->
         for label in range(classes):
             (root / split / f"c{label}").mkdir(parents=True)
             for k in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (36, 44, 3), dtype=np.uint8)).save(root / split / f"c{label}" / f"{k}.png")
+                pixels = rng.integers(0, 256, (36, 44, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / f"c{label}" / f"{k}.png")
 
 
 @pytest.mark.parametrize("recipe", IMAGENET_RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import QUICK_RUN, kdistill_command
+
 from kdistill.config_loading import load_config
 from kdistill.engine import train_run
-from kdistill.models.checkpoint import atomic_save
 from kdistill.errors import KdistillError
 from kdistill.models import create_model, load_checkpoint
+from kdistill.models.checkpoint import atomic_save
 
 
 def read_metrics(run: Path) -> list[dict]:

@@ -21,6 +21,17 @@ from kdistill.yaml_file import read_yaml_mapping
 CONFIG_KEYS_HINT = "see the keys in kdistill.config.RunConfig"
 
 
+def _upgrade_retired_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """Read a config.yaml of an earlier kdistill: `data.strong_view` is now derived from the method
+    (dropped), and `amp: true` (CUDA autocast with a loss scaler) is now `precision: fp16`."""
+    values = dict(values)
+    if isinstance(values.get("data"), dict):
+        values["data"] = {key: value for key, value in values["data"].items() if key != "strong_view"}
+    if values.pop("amp", None) is True:
+        values.setdefault("precision", "fp16")
+    return values
+
+
 def _user_values(config_file: str | None, overrides: list[str]) -> dict[str, Any]:
     """The YAML file merged with the overrides, untyped (checked against RunConfig afterwards)."""
     values: Any = {}
@@ -28,7 +39,7 @@ def _user_values(config_file: str | None, overrides: list[str]) -> dict[str, Any
         path = Path(config_file)
         if not path.is_file():
             raise KdistillError(f"config file '{config_file}' not found: give the path of a YAML recipe")
-        values = read_yaml_mapping(path)
+        values = _upgrade_retired_keys(read_yaml_mapping(path))
     for override in overrides:
         if "=" not in override:
             raise KdistillError(f"override '{override}' is not key=value (e.g. epochs=10, method.name=kd)")

@@ -23,7 +23,8 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise KdistillError(f"unknown device '{name}': use device=auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise KdistillError(f"device '{name}' asked for, but this machine has no CUDA device: use device=cpu or device=auto")
+        raise KdistillError(f"device '{name}' asked for, but this machine has no CUDA device: "
+                            "use device=cpu or device=auto")
     return device
 
 

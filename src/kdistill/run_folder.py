@@ -171,7 +171,8 @@ class RunFolder:
             os.fsync(file.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """Every whole line of metrics.jsonl; a torn line (a kill or a full disk mid-write) is skipped with a warning."""
+        """Every whole line of metrics.jsonl; a torn line (a kill or a full disk mid-write) is
+        skipped with a warning."""
         if not self.metrics_path.is_file():
             return []
         entries, torn = [], 0

@@ -10,7 +10,8 @@ operation are transformed together on their device, each with its own magnitude.
 The operation pool and magnitude ranges are FixMatch's (Sohn et al. 2020, Table 12). Both
 operations are always applied, each magnitude uniform over its range, as in the mdistiller-family
 code CRLD's reference builds on (kekmodel's FixMatch port instead applies each with probability
-1/2 at a discrete magnitude). The pool: AutoContrast, Brightness / Color / Contrast / Sharpness with factor in [0.05, 0.95],
+1/2 at a discrete magnitude). The pool: AutoContrast, Brightness / Color / Contrast / Sharpness with
+factor in [0.05, 0.95],
 Equalize, Identity, Posterize to [4, 8) bits, Rotate by +-[0, 30] degrees, ShearX / ShearY by
 +-[0, 0.3], Solarize above a threshold in [0, 256), TranslateX / TranslateY by +-[0, 0.3] of
 the side. ShearX / ShearY follow PIL's affine convention, as the reference's PIL code draws them

@@ -75,7 +75,8 @@ def build_run(run: ResolvedRun) -> RunParts:
                            pretrained=cfg.student_pretrained, **cfg.student_options)
     if cfg.student_checkpoint is not None:
         load_checkpoint(student, Path(cfg.student_checkpoint))
-    teacher = build_teacher(cfg, info.num_classes, info.in_chans, cls.uses_teacher_logits) if cls.needs_teacher else None
+    teacher = (build_teacher(cfg, info.num_classes, info.in_chans, cls.uses_teacher_logits)
+               if cls.needs_teacher else None)
     context = MethodContext((info.in_chans, info.image_size, info.image_size), info.num_classes,
                             loaders.train.labels, cfg.optim.lr)
     distiller = distiller_from_options(cfg.method.name, cfg.method.options, student, teacher, context).to(device)

@@ -57,7 +57,8 @@ def prepare_out_dir(run: RunFolder, resume: bool) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise KdistillError(f"output folder '{run.path}' cannot be written ({error.strerror}): choose another out=<folder>") from None
+        raise KdistillError(f"output folder '{run.path}' cannot be written ({error.strerror}): "
+                            "choose another out=<folder>") from None
     run.lock()
     if not resume and (run.has_resume_state() or run.is_finished()):
         raise KdistillError(f"output folder '{run.path}' already holds a run: pass resume=true to continue it, "
@@ -173,7 +174,8 @@ class Trainer:
         self.loaders = loaders
         self.device = device
         self.run = run
-        self.steps_per_epoch = len(loaders.train) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(loaders.train))
+        batches = len(loaders.train)
+        self.steps_per_epoch = batches if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, batches)
         if self.steps_per_epoch == 0:
             raise KdistillError(f"the training set has fewer samples than one batch ({cfg.data.batch_size}): "
                                 "lower data.batch_size")
@@ -181,7 +183,8 @@ class Trainer:
         init = distiller.init_phase()
         if init is not None and init.epochs > 0:
             optimizer = build_optimizer(init.parameters, cfg.optim, init.lr)
-            self.phases.append(Phase("init", init.epochs, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)))
+            constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+            self.phases.append(Phase("init", init.epochs, optimizer, constant))
         optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, lr)
         scheduler = build_scheduler(optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs, lr)
         self.phases.append(Phase("train", cfg.epochs, optimizer, scheduler))
@@ -229,8 +232,8 @@ class Trainer:
             "metrics": self.last_metrics,  # its log line, restored if a kill lost it after the save
             "tally": None if tally is None else vars(tally),
             "method": self.distiller.trainable_state_dict(),
-            "phases": {phase.name: {"optimizer": phase.optimizer.state_dict(), "scheduler": phase.scheduler.state_dict()}
-                       for phase in self.phases},
+            "phases": {phase.name: {"optimizer": phase.optimizer.state_dict(),
+                                    "scheduler": phase.scheduler.state_dict()} for phase in self.phases},
             "scaler": self.scaler.state_dict(),
             "best": self.best,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -455,7 +458,8 @@ class Trainer:
                     self.writer.add_scalar(f"{metrics['phase']}/{name}", value, metrics["global_epoch"])
             self.writer.flush()
         if self.cfg.progress:
-            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(("train/loss", "test/top", "val/top")))
+            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                             if k.startswith(("train/loss", "test/top", "val/top")))
             # Named by the run folder: the demo and the experiments print several runs' lines in a row.
             tqdm.write(f"{self.run.path}: {metrics['phase']} epoch {metrics['epoch']} {shown} "
                        f"({metrics['img_per_s']:.0f} img/s)")

@@ -89,7 +89,8 @@ def tintem_loss(student_tokens: Tensor, teacher_tokens: Tensor, mapped_tokens: T
     """
     if batch_teacher_cls is None:
         batch_teacher_cls, batch_mapped_cls = teacher_tokens[:, 0], mapped_tokens[:, 0]
-    local = vmf_sne_loss(masked_cosine_similarity(teacher_tokens), masked_cosine_similarity(mapped_tokens), temperatures)
+    local = vmf_sne_loss(masked_cosine_similarity(teacher_tokens), masked_cosine_similarity(mapped_tokens),
+                         temperatures)
     global_ = vmf_sne_loss(masked_cosine_similarity(batch_teacher_cls), masked_cosine_similarity(batch_mapped_cls),
                            temperatures)
     target = mapped_tokens.detach()

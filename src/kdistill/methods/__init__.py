@@ -30,7 +30,8 @@ def parse_method_options(name: str, values: dict[str, Any]) -> MethodOptions:
         return OmegaConf.to_object(OmegaConf.merge(schema, values))
     except OmegaConfBaseException as error:
         known = ", ".join(sorted(OmegaConf.to_container(schema)))
-        raise KdistillError(f"method '{name}': bad option ({error.msg.splitlines()[0]}); its options are: {known}") from None
+        reason = error.msg.splitlines()[0]
+        raise KdistillError(f"method '{name}': bad option ({reason}); its options are: {known}") from None
 
 
 def build_distiller(method: dict[str, Any], student: FeatureModel, teacher: FeatureModel | None,

@@ -49,10 +49,8 @@ class Bottleneck(PreactBlock):
         out = channel_shuffle(F.relu(self.bn1(self.conv1(x))), self.first_groups)
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        if self.stride == 2:
-            preact = torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], dim=1)
-        else:
-            preact = out + x
+        # A downsampling unit concatenates the pooled input; the others add it.
+        preact = torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], dim=1) if self.stride == 2 else out + x
         return F.relu(preact), preact
 
 
