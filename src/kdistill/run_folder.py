@@ -22,7 +22,6 @@ import fcntl
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,14 @@ from typing import Any
 import yaml
 
 from kdistill.errors import KdistillError
-from kdistill.models.checkpoint import UnreadableCheckpoint, atomic_save, read_torch_file, save_model_weights
+from kdistill.models.checkpoint import (
+    TEMP_SUFFIX,
+    UnreadableCheckpoint,
+    atomic_save,
+    atomic_write,
+    read_torch_file,
+    save_model_weights,
+)
 from kdistill.yaml_file import read_yaml_mapping
 
 CONFIG_FILE = "config.yaml"
@@ -42,21 +48,10 @@ CONFIG_CHANGES_FILE = "config_changes.jsonl"
 LOCK_FILE = "run.lock"
 TENSORBOARD_DIR = "tensorboard"
 WEIGHTS = ("last", "best")
-_TEMP_SUFFIX = ".tmp"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, fsync, rename into place."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda file: file.write(text), mode="w")
 
 
 class RunFolder:
@@ -280,7 +275,7 @@ class RunFolder:
     def remove_temporary_files(self) -> int:
         """Delete the temporary files a killed save left behind; returns how many."""
         removed = 0
-        for path in self.path.glob(f".*{_TEMP_SUFFIX}"):
+        for path in self.path.glob(f".*{TEMP_SUFFIX}"):
             path.unlink(missing_ok=True)
             removed += 1
         return removed

@@ -11,32 +11,39 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import Tensor, nn
 
 from kdistill.errors import KdistillError, first_line
 
+TEMP_SUFFIX = ".tmp"  # of the files `atomic_write` renames into place
 _ERROR_KEY_LIMIT = 3  # keys named per kind of mismatch in an error message
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # torch words this two ways
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """`torch.save` to a temporary file in the same folder, fsync, then rename over `path`."""
+def atomic_write(path: Path, write: Callable[[IO], None], mode: str = "wb") -> None:
+    """Write through `write(file)` to a temporary file in the same folder, fsync, then rename
+    over `path`: a kill at any instant leaves the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
+        with os.fdopen(handle, mode) as file:
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """`torch.save` through `atomic_write`."""
+    atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def save_model_weights(model: nn.Module, path: Path, **info: Any) -> None:
