@@ -356,7 +356,8 @@ class Trainer:
             tally.seen += batch["image"].shape[0]
             tally.steps = step + 1
             bar.update(1)
-            if bar.n % BAR_REFRESH_STEPS == 0 and not bar.disable:  # the loop's only host-device synchronisation
+            # Host-device syncs: this refresh and the non-finite check once per window (check_window).
+            if bar.n % BAR_REFRESH_STEPS == 0 and not bar.disable:
                 counted = max(tally.steps - tally.skipped, 1)
                 bar.set_postfix({name: f"{float(value) / counted:.3f}" for name, value in tally.sums.items()}
                                 | {"img/s": f"{tally.seen / (time.perf_counter() - started):.0f}"})
