@@ -5,8 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import assert_nonblank_png
+from helpers import assert_nonblank_png, run_kdistill
 
+from kdistill import demo
 from kdistill.config import config_to_dict
 from kdistill.errors import KdistillError
 from kdistill.report import build_report, relative_improvement
@@ -142,11 +143,12 @@ def test_cells_pool_seeds_of_one_configuration_only(tmp_path):
     write_run(runs / "kd_1epoch", "kd", "resnet8", "resnet20", 19.0, config=["epochs=1"])
     write_run(runs / "kd_2epochs_s0", "kd", "resnet8", "resnet20", 70.0, config=["epochs=2", "device=cpu"])
     write_run(runs / "kd_2epochs_s1", "kd", "resnet8", "resnet20", 72.0, seed=1, config=["epochs=2", "device=cuda"])
-    write_run(runs / "dcd", "dcd", "resnet8", "resnet20", 71.0, config=["epochs=2"])
+    write_run(runs / "dcd", "dcd", "resnet8", "resnet20", 73.0, config=["epochs=2"])
     report = build_report([str(runs)], tmp_path / "out")
     rows = report["markdown"].split("### ")[1].splitlines()[4:]
-    assert rows[2:5] == ["| kd (epochs=1) | 19.00 (1) |  |", "| kd (epochs=2) | 71.00 ± 1.41 (2) |  |",
-                         "| dcd | 71.00 (1) |  |"]
+    # DCD (2 epochs) is compared with KD and the vanilla student of 2 epochs: (73 - 71) / (71 - 60).
+    assert rows[1:5] == ["| student (vanilla) | 60.00 (1) |  |", "| kd (epochs=1) | 19.00 (1) |  |",
+                         "| kd (epochs=2) | 71.00 ± 1.41 (2) |  |", "| dcd | 73.00 (1) ↑ | +18.18% |"]
     assert report["tables"][0]["rows"]["kd (epochs=2)"]["resnet20 -> resnet8"]["seeds"] == [0, 1]
 
 
@@ -162,3 +164,35 @@ def test_a_folder_holding_runs_is_no_run_whatever_its_top_holds(two_pair_runs, t
     (two_pair_runs / "results.json").write_text(json.dumps({"teacher": {}, "runs": []}))
     report = build_report([str(two_pair_runs)], tmp_path / "out")
     assert len(report["runs"]) == 11 and str(two_pair_runs) not in report["runs"]
+
+
+def test_a_baseline_of_another_recipe_is_labelled_and_compares_nothing(tmp_path):
+    """The demo's runs (resnet14 -> resnet8, steps_per_epoch=10) beside a user's (resnet20 -> resnet8
+    and again resnet14 -> resnet8, steps_per_epoch=8, no vanilla run): the demo's vanilla student is
+    no baseline of the user's runs, so no improvement of theirs is computed from it."""
+    runs = tmp_path / "runs"
+    common = [*demo.COMMON, f"epochs={demo.STUDENT_EPOCHS}"]
+    write_run(runs / "demo" / "teacher", "vanilla", demo.TEACHER, None, 80.0,
+              config=[*demo.COMMON, f"epochs={demo.TEACHER_EPOCHS}", "steps_per_epoch=10"])
+    for method, top1 in (("vanilla", 60.0), ("kd", 62.0), ("dcd+kd", 64.0)):
+        write_run(runs / "demo" / method, method, demo.STUDENT, None if method == "vanilla" else demo.TEACHER, top1,
+                  config=[*common, "steps_per_epoch=10"])
+    for teacher in ("resnet20", demo.TEACHER):
+        for method, top1 in (("kd", 70.0), ("dcd", 75.0)):
+            write_run(runs / "mine" / teacher / method, method, demo.STUDENT, teacher, top1,
+                      config=[*common, "steps_per_epoch=8"])
+    result = run_kdistill("report", str(runs), "--out", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.split("### ")[1].split("\n\n")[1].splitlines()
+    assert rows == [
+        "|  | resnet14 → resnet8 | resnet20 → resnet8 | rel. improvement over KD |",
+        "|---|---|---|---|",
+        "| teacher | 80.00 (1) | - |  |",
+        "| student (vanilla) | 60.00 (1) | - |  |",  # the demo's baseline of the demo's runs
+        "| student (vanilla) (steps_per_epoch=10) | - | 60.00 (1) |  |",  # ... labelled under the user's pair
+        "| kd | - | 70.00 (1) |  |",  # a row's label says what sets it apart within a column
+        "| kd (steps_per_epoch=10) | 62.00 (1) | - |  |",
+        "| kd (steps_per_epoch=8) | 70.00 (1) | - |  |",
+        "| dcd | 75.00 (1) ↑ | 75.00 (1) ↑ |  |",  # above the user's KD; no vanilla of its recipe
+        "| dcd+kd | 64.00 (1) ↑ | - | +100.00% |",  # the demo's own: (64 - 62) / (62 - 60)
+    ]

@@ -7,6 +7,11 @@ A cell pools the runs whose whole configuration is the same except the seed (and
 do not change what is trained: where the run and its data live, the device, progress output).
 Runs of one method and pair that differ in anything else (epochs, an option) get separate rows,
 labelled by what differs; two runs of the same configuration and seed are refused.
+
+A baseline is a baseline only for runs of its recipe: the vanilla student row of a pair holds the
+runs whose configuration outside the method and the teacher equals that of the pair's distillation
+runs, and a vanilla run of another recipe gets a row labelled by what differs. The arrow and the
+relative improvement of a cell compare it only with the KD and vanilla cells of its own recipe.
 """
 
 import csv
@@ -32,6 +37,22 @@ Setting = tuple[tuple[str, str], ...]  # sorted (dotted config key, value) pairs
 UNPOOLED_KEYS = EXECUTION_KEYS | {"seed"}
 # What a hand-made run folder without config.yaml is identified by, from its results.json.
 RESULT_SETTING_KEYS = ("method", "student", "teacher", "dataset", "epochs")
+
+
+def is_method_key(key: str) -> bool:
+    """`method.*` (and a hand-made folder's `method`): how the student is distilled."""
+    return key == "method" or key.startswith("method.")
+
+
+def without_method(setting: Setting) -> Setting:
+    """What a method's cell and the KD cell it is compared with share: all but the method."""
+    return tuple(item for item in setting if not is_method_key(item[0]))
+
+
+def student_recipe(setting: Setting) -> Setting:
+    """What a distillation run and its vanilla baseline share: all but the method and the teacher
+    (`teacher`, `teacher_checkpoint`, `teacher_options`, ...)."""
+    return tuple(item for item in without_method(setting) if not item[0].startswith("teacher"))
 
 
 @dataclass
@@ -118,6 +139,15 @@ class Table:
     rows: dict[str, dict[Pair, Cell]]  # by label: teacher, student, kd, then the other methods
     bases: dict[str, str]  # row label -> its row kind (teacher, student or the method)
     relative: dict[str, float | None]  # row label -> relative improvement over KD (a fraction)
+    settings: dict[str, dict[Pair, Setting]] = field(default_factory=dict)  # the setting of each cell
+
+    def matching(self, kind: str, row: str, pair: Pair) -> Cell | None:
+        """The cell of row kind `kind` (kd or the vanilla student) on `pair` of the recipe of `row`'s
+        cell there: the same configuration outside the method (and, for the student, the teacher)."""
+        recipe = student_recipe if kind == STUDENT_ROW else without_method
+        wanted = recipe(self.settings[row][pair])
+        return next((self.rows[label][pair] for label, base in self.bases.items() if base == kind
+                     and pair in self.rows[label] and recipe(self.settings[label][pair]) == wanted), None)
 
 
 def relative_improvement(method: list[float], kd: list[float], vanilla: list[float]) -> float | None:
@@ -142,9 +172,11 @@ def _cell_runs(runs: list[RunResult], pairs: list[Pair]) -> dict[tuple[str, Pair
     return cells
 
 
-def _by_setting(kind: str, runs: list[RunResult]) -> dict[str, list[RunResult]]:
+def _by_setting(kind: str, runs: list[RunResult], recipes: set[Setting]) -> dict[str, list[RunResult]]:
     """One cell's runs by setting, under their row labels: the row kind alone when they share one
-    setting, else followed by the keys that differ. Two runs of one setting and seed are refused."""
+    setting, else followed by the keys that differ. A vanilla student is labelled unless its recipe
+    is that of the pair's distillation runs (`recipes`), so a baseline of another recipe says what
+    sets it apart. Two runs of one setting and seed are refused."""
     groups: dict[Setting, list[RunResult]] = {}
     for run in runs:
         group = groups.setdefault(run.setting, [])
@@ -153,13 +185,20 @@ def _by_setting(kind: str, runs: list[RunResult]) -> dict[str, list[RunResult]]:
             raise KdistillError(f"runs '{twin.path}' and '{run.path}' have the same configuration and seed {run.seed}: "
                                 "give only one of them")
         group.append(run)
-    if len(groups) == 1:
+    baselines = recipes if kind == STUDENT_ROW else set()
+    if len(groups) == 1 and (not baselines or student_recipe(next(iter(groups))) in baselines):
         return {kind: runs}
     settings = [dict(setting) for setting in groups]
-    differing = sorted({key for setting in settings for key in setting
-                        if len({str(other.get(key)) for other in settings}) > 1})
-    labels = [", ".join(f"{key}={setting.get(key, '-')}" for key in differing) for setting in settings]
+    differing = _differing_keys(settings)
+    for recipe in baselines:  # what sets a vanilla run's recipe apart from the distillation runs'
+        differing |= _differing_keys([dict(student_recipe(tuple(setting.items()))) for setting in settings]
+                                     + [dict(recipe)])
+    labels = [", ".join(f"{key}={setting.get(key, '-')}" for key in sorted(differing)) for setting in settings]
     return {f"{kind} ({label})": group for label, group in zip(labels, groups.values())}
+
+
+def _differing_keys(settings: list[dict[str, str]]) -> set[str]:
+    return {key for setting in settings for key in setting if len({str(other.get(key)) for other in settings}) > 1}
 
 
 def build_tables(results: list[RunResult]) -> list[Table]:
@@ -175,39 +214,48 @@ def build_tables(results: list[RunResult]) -> list[Table]:
                  *sorted({run.method for run in distilled}, key=lambda name: (name != REFERENCE, name))]
         labelled: dict[str, dict[Pair, list[RunResult]]] = {}
         bases = {TEACHER_ROW: TEACHER_ROW, STUDENT_ROW: STUDENT_ROW}
+        recipes = {pair: {student_recipe(run.setting) for run in distilled if (run.teacher, run.student) == pair}
+                   for pair in pairs}
         for (kind, pair), cell_runs in _cell_runs(runs, pairs).items():
-            for label, group in _by_setting(kind, cell_runs).items():
+            for label, group in _by_setting(kind, cell_runs, recipes[pair]).items():
                 labelled.setdefault(label, {})[pair] = group
                 bases[label] = kind
         order = sorted(bases, key=lambda label: (kinds.index(bases[label]), label != bases[label], label))
         # The teacher and student rows stay (as "-") when no run fills them; a split row replaces its plain one.
         order = [label for label in order if label in labelled or not any(
             other != label and bases[other] == label for other in labelled)]
-        methods = [label for label in order if bases[label] not in (TEACHER_ROW, STUDENT_ROW, REFERENCE)]
+        settings = {label: {pair: group[0].setting for pair, group in labelled.get(label, {}).items()}
+                    for label in order}
         for variant in VARIANTS:
             rows = {label: {pair: Cell([run.top1[variant] for run in group], [run.seed for run in group])
                             for pair, group in labelled.get(label, {}).items()} for label in order}
-            tables.append(Table(dataset, variant, pairs, rows, {label: bases[label] for label in order},
-                                _relative_improvements(rows, pairs, methods)))
+            table = Table(dataset, variant, pairs, rows, {label: bases[label] for label in order}, {}, settings)
+            table.relative = _relative_improvements(table)
+            tables.append(table)
     return tables
 
 
-def _relative_improvements(rows: dict[str, dict[Pair, Cell]], pairs: list[Pair],
-                           methods: list[str]) -> dict[str, float | None]:
+def _is_method_row(table: Table, row: str) -> bool:
+    return table.bases[row] not in (TEACHER_ROW, STUDENT_ROW, REFERENCE)
+
+
+def _relative_improvements(table: Table) -> dict[str, float | None]:
+    """Each method row's improvement over KD, over the pairs where KD and the vanilla student of
+    its recipe were run."""
     improvements = {}
-    for method in methods:
-        if method == REFERENCE:
-            continue
-        usable = [pair for pair in pairs if all(pair in rows.get(row, {}) for row in (method, REFERENCE, STUDENT_ROW))]
-        improvements[method] = relative_improvement(*[[rows[row][pair].mean for pair in usable]
-                                                      for row in (method, REFERENCE, STUDENT_ROW)])
+    for row in filter(lambda label: _is_method_row(table, label), table.rows):
+        means = [(cell, table.matching(REFERENCE, row, pair), table.matching(STUDENT_ROW, row, pair))
+                 for pair, cell in table.rows[row].items()]
+        usable = [[cell.mean for cell in cells] for cells in means if None not in cells]
+        improvements[row] = relative_improvement(*zip(*usable, strict=True)) if usable else None
     return improvements
 
 
 def _arrow(table: Table, row: str, pair: Pair) -> str:
-    """↑ / ↓ where a method's mean is above / below KD's on the pair, as the tables mark them."""
-    kd = table.rows.get(REFERENCE, {}).get(pair)
-    if table.bases[row] in (TEACHER_ROW, STUDENT_ROW, REFERENCE) or kd is None:
+    """↑ / ↓ where a method's mean is above / below that of KD of its recipe on the pair, as the
+    tables mark them."""
+    kd = table.matching(REFERENCE, row, pair) if _is_method_row(table, row) else None
+    if kd is None:
         return ""
     mean = table.rows[row][pair].mean
     return " ↑" if mean > kd.mean else " ↓" if mean < kd.mean else ""
