@@ -38,3 +38,12 @@ def test_the_evaluations_and_reports_do_not_import_the_engine():
             "print(sorted(name for name in sys.modules if name.startswith('kdistill.engine')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_leaf_modules_import_only_the_errors():
+    """Every layer writes files through `kdistill.files`, so it may import nothing above it."""
+    for name in ("errors", "files"):
+        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        assert {module for module in imported if module.startswith("kdistill")} <= {"kdistill.errors"}, name

@@ -55,8 +55,9 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError):
+    with pytest.raises(KdistillError) as raised:
         atomic_save({"epoch": 2}, path)
+    assert str(raised.value) == f"disk full while writing {path}; the previous checkpoint.pt is untouched"
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert list(tmp_path.iterdir()) == [path]

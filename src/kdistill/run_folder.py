@@ -17,26 +17,18 @@ reader skips a torn last line (what a full disk can leave).
 """
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kdistill.errors import KdistillError
-from kdistill.models.checkpoint import (
-    TEMP_SUFFIX,
-    UnreadableCheckpoint,
-    atomic_save,
-    atomic_write,
-    read_torch_file,
-    save_model_weights,
-)
+from kdistill.files import TEMP_SUFFIX, atomic_write_text, reported_write
+from kdistill.models.checkpoint import UnreadableCheckpoint, atomic_save, read_torch_file, save_model_weights
 from kdistill.yaml_file import read_yaml_mapping
 
 CONFIG_FILE = "config.yaml"
@@ -48,10 +40,6 @@ CONFIG_CHANGES_FILE = "config_changes.jsonl"
 LOCK_FILE = "run.lock"
 TENSORBOARD_DIR = "tensorboard"
 WEIGHTS = ("last", "best")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda file: file.write(text), mode="w")
 
 
 class RunFolder:
@@ -130,16 +118,10 @@ class RunFolder:
             return "the previous checkpoint is intact (resume=true continues)"
         return "no checkpoint was written yet (run the command again to start over)"
 
-    @contextlib.contextmanager
-    def _writing(self, path: Path) -> Iterator[None]:
-        """A full disk while writing `path` is one line: every write is atomic or a whole line,
-        so what was on disk before stays readable."""
-        try:
-            yield
-        except OSError as error:
-            if error.errno != errno.ENOSPC:
-                raise
-            raise KdistillError(f"no space left on device while writing {path}; {self.kept_state()}") from None
+    def _writing(self, path: Path) -> contextlib.AbstractContextManager[None]:
+        """A failed write of `path` (a full disk...) is one line saying what the run keeps: every
+        write is atomic or a whole line, so what was on disk before stays readable."""
+        return reported_write(path, self.kept_state())
 
     # ---- config ---------------------------------------------------------------------------
     def write_config(self, values: dict[str, Any]) -> None:
@@ -253,7 +235,9 @@ class RunFolder:
         """Hold an exclusive lock on the run until `unlock` or this process's end (the OS releases
         it when the process dies, however it dies). KdistillError naming the holder's pid if
         another process holds it."""
-        file = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 (stays open: the lock lives as long as the file)
+        path = self.path / LOCK_FILE
+        with self._writing(path):
+            file = open(path, "a+")  # noqa: SIM115 (stays open: the lock lives as long as the file)
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -262,9 +246,14 @@ class RunFolder:
             file.close()
             raise KdistillError(f"'{self.path}' is in use by another kdistill process (pid {holder}): wait for it "
                                 "to end or stop it, or choose another out=") from None
-        file.truncate(0)
-        file.write(f"{os.getpid()}\n")
-        file.flush()
+        try:
+            with self._writing(path):
+                file.truncate(0)
+                file.write(f"{os.getpid()}\n")
+                file.flush()
+        except KdistillError:
+            file.close()
+            raise
         self._lock_file = file
 
     def unlock(self) -> None:

@@ -19,8 +19,6 @@ gathers its rows without a host-device synchronisation.
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from kdistill.data import Loader, Loaders
 from kdistill.data.batch import channels_last_views
 from kdistill.distributed import barrier, is_main_process
 from kdistill.errors import KdistillError
+from kdistill.files import atomic_write_bytes
 from kdistill.methods.base import LOGITS_AND_POOLED, Distiller
 from kdistill.models.base import Features, probe_features
 from kdistill.precision import autocast
@@ -77,28 +76,6 @@ def manifest_mismatch(stored: dict[str, Any], wanted: dict[str, Any]) -> str | N
         if stored_flat.get(key) != wanted_flat.get(key):
             return f"{key} is {stored_flat.get(key)!r} there but {wanted_flat.get(key)!r} in this run"
     return None
-
-
-def _write_atomically(folder: Path, name: str, data: bytes, replace: bool = True) -> bool:
-    """Write `folder/name` under a temporary name, then move it into place: replacing what is
-    there, or (`replace=False`) only if nothing is (False: another process was first)."""
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        if replace:
-            os.replace(temporary, folder / name)
-            return True
-        try:
-            os.link(temporary, folder / name)  # atomic create-if-absent
-            return True
-        except FileExistsError:
-            return False
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 class TeacherCache:
@@ -149,7 +126,7 @@ class TeacherCache:
             for view in missing:
                 table = self.compute(epoch, view).to(self.dtype).cpu()
                 data = table.view(torch.uint8).numpy().tobytes()
-                _write_atomically(self.folder, self.epoch_file(epoch, view).name, data)
+                atomic_write_bytes(self.epoch_file(epoch, view), data)
         barrier()
 
     def prepare_epoch(self, epoch: int) -> None:
@@ -239,7 +216,7 @@ def open_teacher_cache(cfg: RunConfig, distiller: Distiller, loaders: Loaders, d
     }
     encoded = (json.dumps(manifest, indent=2) + "\n").encode()
     if is_main_process():
-        _write_atomically(folder, MANIFEST_FILE, encoded, replace=False)
+        atomic_write_bytes(folder / MANIFEST_FILE, encoded, exclusive=True)
     barrier()
     stored = json.loads((folder / MANIFEST_FILE).read_text())
     mismatch = manifest_mismatch(stored, manifest)

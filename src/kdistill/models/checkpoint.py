@@ -4,52 +4,36 @@ Reading accepts the benchmark's `<arch>_vanilla/ckpt_epoch_240.pth` files (state
 'model'), a dict with 'state_dict', or a bare state dict; it strips DataParallel's `module.`
 prefix, fills in BN counters that old files lack, and loads plain timm/torchvision weight files
 into their `timm:`/`tv:` adapters. Files are read with `weights_only=True`, so a weight file
-cannot run code. Writing is atomic: a crash mid-write never leaves a broken or missing file.
+cannot run code. Writing is atomic (`kdistill.files`): a crash or a full disk mid-write never
+leaves a broken or missing file.
 """
 
-import os
 import re
-import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from kdistill.errors import KdistillError, first_line
+from kdistill.files import atomic_write
 
-TEMP_SUFFIX = ".tmp"  # of the files `atomic_write` renames into place
 _ERROR_KEY_LIMIT = 3  # keys named per kind of mismatch in an error message
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # torch words this two ways
 
 
-def atomic_write(path: Path, write: Callable[[IO], None], mode: str = "wb") -> None:
-    """Write through `write(file)` to a temporary file in the same folder, fsync, then rename
-    over `path`: a kill at any instant leaves the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(handle, mode) as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def atomic_save(obj: Any, path: Path, intact: str | None = None) -> None:
+    """`torch.save` through the atomic writer (`kdistill.files.atomic_write`): a failed write,
+    torch-wrapped or not, is one line naming the file and what is `intact`."""
+    atomic_write(path, lambda file: torch.save(obj, file), intact=intact)
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """`torch.save` through `atomic_write`."""
-    atomic_write(path, lambda file: torch.save(obj, file))
-
-
-def save_model_weights(model: nn.Module, path: Path, **info: Any) -> None:
+def save_model_weights(model: nn.Module, path: Path, intact: str | None = None, **info: Any) -> None:
     """The public teacher format (`{'model': state_dict, ...}`), so a trained model loads as a teacher."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save({"model": state, **info}, path)
+    atomic_save({"model": state, **info}, path, intact)
 
 
 class UnreadableCheckpoint(KdistillError):
