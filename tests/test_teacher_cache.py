@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import shutil
 import subprocess
 
 import numpy as np
@@ -7,9 +9,11 @@ import torch
 from conftest import kdistill_command, run_kdistill
 from PIL import Image
 
+from kdistill.config import DataConfig
 from kdistill.config_loading import load_config
-from kdistill.engine import train_run
-from kdistill.engine.teacher_cache import MANIFEST_FILE
+from kdistill.engine import fill_teacher_cache, train_run
+from kdistill.engine.teacher_cache import MANIFEST_FILE, TEACHER_NEUTRAL_KEYS, cache_identity
+from kdistill.errors import KdistillError
 from kdistill.methods import method_class
 from kdistill.models import create_model
 from kdistill.models.checkpoint import save_model_weights
@@ -140,3 +144,75 @@ def test_two_processes_filling_one_cache_at_once_leave_a_valid_cache(setup, tmp_
         table = np.fromfile(cache / name, dtype=np.float32)
         assert table.size == TRAIN_PER_CLASS * CLASSES * (CLASSES + 64)  # logits + wrn_16_1's 64-wide pooled feature
         assert np.array_equal(table, np.fromfile(reference / name, dtype=np.float32))
+
+
+# ---- the cache's identity: every key that changes the teacher's inputs or outputs --------------
+
+TRAIN_VIEW_CHANGES = {
+    "data.mean": ["data.mean=[0.4,0.4,0.4]"],
+    "data.std": ["data.std=[0.2,0.2,0.2]"],
+    "data.train_transform": ["data.train_transform=deit"],
+    "data.rand_augment": ["data.rand_augment=rand-m5-mstd0.5"],
+    "data.color_jitter": ["data.color_jitter=0.4"],
+    "data.random_erasing": ["data.random_erasing=0.5"],
+    "data.interpolation": ["data.interpolation=bicubic"],
+    "data.image_size": ["data.image_size=12"],
+    "data.augment": ["data.augment=false"],
+    "data.val_fraction": ["data.val_fraction=0.25"],
+    "channels_last": ["channels_last=false"],
+    "precision": ["precision=bf16"],
+}
+
+
+@pytest.fixture(scope="module")
+def filled_cache(setup, tmp_path_factory):
+    """A one-epoch cache of the default run's teacher outputs."""
+    folder = tmp_path_factory.mktemp("identity") / "cache"
+    args = run_args(setup, "kd", folder.parent / "unused", f"teacher_cache={folder}", "epochs=1")
+    fill_teacher_cache(load_config(None, args))
+    return folder
+
+
+@pytest.mark.parametrize("key", list(TRAIN_VIEW_CHANGES))
+def test_a_cache_filled_under_another_train_view_is_refused_naming_the_key(setup, filled_cache, tmp_path, key):
+    args = run_args(setup, "kd", tmp_path / "run", f"teacher_cache={filled_cache}", "epochs=1",
+                    *TRAIN_VIEW_CHANGES[key])
+    with pytest.raises(KdistillError) as refused:
+        train_run(load_config(None, args))
+    message = str(refused.value)
+    assert f"({key} is " in message and "there but" in message and "use another teacher_cache=" in message, message
+    assert "\n" not in message
+
+
+def test_an_image_folder_swapped_under_another_root_is_refused(setup, filled_cache, tmp_path):
+    root, _ = setup
+    swapped = tmp_path / "images"
+    shutil.copytree(root / "images", swapped)
+    first = swapped / "train" / "class0" / "0.png"
+    Image.fromarray(np.full((20, 20, 3), 7, dtype=np.uint8)).save(first)  # same name, other pixels
+    args = run_args(setup, "kd", tmp_path / "run", f"teacher_cache={filled_cache}", "epochs=1",
+                    f"data.root={swapped}")
+    with pytest.raises(KdistillError, match=r"\(data\.tree_state is '[0-9a-f]+' there but"):
+        train_run(load_config(None, args))
+
+
+def test_the_refusal_is_one_line_through_the_command(setup, filled_cache, tmp_path):
+    result = run_kdistill("distill", *run_args(setup, "kd", tmp_path / "run", f"teacher_cache={filled_cache}",
+                                               "epochs=1", "data.mean=[0.4,0.4,0.4]"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "(data.mean is None there but [0.4, 0.4, 0.4] in this run)" in lines[0], lines
+
+
+def test_the_identity_holds_every_key_but_the_listed_neutral_ones(setup, tmp_path):
+    base = load_config(None, run_args(setup, "kd", tmp_path / "a", f"teacher_cache={tmp_path / 'c'}"))
+    identity = cache_identity(base)
+    # A data key is part of the identity unless it is listed as neutral: a new one counts by default.
+    for field in dataclasses.fields(DataConfig):
+        assert (f"data.{field.name}" in identity) != (f"data.{field.name}" in TEACHER_NEUTRAL_KEYS), field.name
+    # What the student does, and where the run writes, leave the identity as it is.
+    other = load_config(None, run_args(setup, "dkd", tmp_path / "b", f"teacher_cache={tmp_path / 'd'}",
+                                       "optim.lr=0.2", "schedule.name=cosine", "epochs=7", "student=resnet14",
+                                       "data.num_workers=2", "steps_per_epoch=1"))
+    assert cache_identity(other) == identity
+    assert {"seed", "teacher", "precision", "channels_last", "teacher_cache_dtype", "data.mean"} <= identity.keys()

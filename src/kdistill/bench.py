@@ -308,8 +308,8 @@ def attach_bench_cache(distiller: Distiller, loader: ArrayLoader, dtype, device,
     cache's own write, load and read paths."""
     compute = epoch_table_function(distiller, loader, True, dtype, device)
     probe = distiller.teacher_features(torch.zeros(2, 3, 32, 32, device=device))
-    manifest = {"dtype": "float16", "epochs": 1, "data": {"train_samples": loader.dataset_size},
-                "teacher": {"num_classes": probe.logits.shape[1], "feature_dim": probe.pooled.shape[1]}}
+    manifest = {"epochs": 1, "dtype": "float16", "rows": loader.dataset_size,
+                "logits": probe.logits.shape[1], "pooled": probe.pooled.shape[1]}
     views = ("image", "image_strong") if distiller.needs_strong_view else ("image",)
     cache = TeacherCache(folder, manifest, views, device, compute)
     cache.announced = True  # the bench's own print says what the cache holds

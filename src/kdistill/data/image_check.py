@@ -103,9 +103,8 @@ def _write_cache(cache_file: Path, key: str, bad: dict[str, str]) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def find_bad_images(paths: list[str], cache_file: Path | None) -> dict[str, str]:
-    """{path: reason} of the files among `paths` that cannot be decoded."""
-    key = tree_key(paths)
+def find_bad_images(paths: list[str], cache_file: Path | None, key: str) -> dict[str, str]:
+    """{path: reason} of the files among `paths` (whose `tree_key` is `key`) that cannot be decoded."""
     bad = _read_cache(cache_file, key) if cache_file is not None else None
     if bad is None:
         problems = list(_in_threads(lambda chunk: [decode_problem(path) for path in chunk], paths, "checking images"))
@@ -128,7 +127,8 @@ def _named(bad: dict[str, str]) -> str:
 
 def checked_source(source: Source, name: str, policy: str, cache_file: Path | None, rank: int = 0) -> Source:
     """`source` with its undecodable image files reported (policy "error": a KdistillError) or
-    left out ("skip"). In-memory splits pass unchanged. Rank 0 checks first and the other
+    left out ("skip"), and the tree's state (`tree_key`) recorded in it. In-memory splits pass
+    unchanged. Rank 0 checks first and the other
     ranks then read its cache instead of decoding every file again."""
     paths = [path for split in (source.train, source.test) if isinstance(split, ImageFiles) for path in split.paths]
     if not paths:
@@ -136,10 +136,12 @@ def checked_source(source: Source, name: str, policy: str, cache_file: Path | No
     if rank != 0:
         barrier()
     try:
-        bad = find_bad_images(paths, cache_file)
+        key = tree_key(paths)
+        bad = find_bad_images(paths, cache_file, key)
     finally:
         if rank == 0:
             barrier()
+    source = replace(source, tree_state=key)
     if not bad:
         return source
     if policy == "error":

@@ -33,6 +33,7 @@ class DatasetInfo:
     std: tuple[float, ...]
     class_names: list[str] | None
     train_size: int  # samples in the train split (after a validation split is carved out)
+    tree_state: str | None = None  # image folders: the state of their files (`Source.tree_state`)
 
 
 class BatchOrder:
@@ -346,6 +347,7 @@ def build_loaders(
         std=std,
         class_names=source.class_names,
         train_size=len(train.labels),
+        tree_state=source.tree_state,
     )
     return Loaders(
         train=train_loader,

@@ -78,6 +78,7 @@ class Source:
     class_names: list[str] | None
     hflip: bool = True  # off for digits, which a mirror turns into non-digits
     resized_crop: bool = False  # train crop: ImageNet's random-resized crop instead of pad-4
+    tree_state: str | None = None  # image folders: the image check's digest of the files' paths, sizes, mtimes
 
 
 Reader = Callable[[str | None, bool], Source]  # (root, download) -> Source

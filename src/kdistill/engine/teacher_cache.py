@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 import kdistill
-from kdistill.config import RunConfig
+from kdistill.config import EXECUTION_KEYS, RunConfig, flat_config
 from kdistill.data import Loader, Loaders
 from kdistill.data.batch import channels_last_views
 from kdistill.distributed import barrier, is_main_process
@@ -39,8 +39,46 @@ from kdistill.precision import autocast
 
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
-INFORMATIONAL_KEYS = ("epochs", "fill_batch_size")  # recorded, not required to match
+FORMAT_VERSION = 2
+INFORMATIONAL_KEYS = ("epochs",)  # recorded, not required to match
+# Keys of the flattened configuration that do not change the teacher's outputs on the training
+# views. A cache's identity is every OTHER key (so a key added later counts until it is listed
+# here), the state of the training data and the teacher's weight checksum.
+TEACHER_NEUTRAL_KEYS = EXECUTION_KEYS | {
+    # The method reads the teacher's outputs, never changes them (a method that reads more than
+    # the logits and pooled feature refuses the cache); the student and its optimisation are its own.
+    "method", "optim", "schedule", "student", "student_checkpoint", "student_options", "student_pretrained",
+    # Where the teacher's weights come from: the weights themselves count, as their checksum.
+    "teacher_checkpoint", "teacher_pretrained",
+    # How long the student trains and what a non-finite loss does: an epoch's views do not depend
+    # on how many epochs follow.
+    "epochs", "steps_per_epoch", "nonfinite",
+    "data.eval_crop_pct",  # evaluation only
+}
+# Among EXECUTION_KEYS: data.root (the data's own state stands in for it: a folder's tree state,
+# an in-memory set's digest) and device (a float32 cache filled on another device type differs
+# from the reading run's teacher by rounding only; `kdistill cache` may fill on any device).
+
+
+def _teacher_neutral(key: str) -> bool:
+    return any(key == neutral or key.startswith(f"{neutral}.") for neutral in TEACHER_NEUTRAL_KEYS)
+
+
+def cache_identity(cfg: RunConfig) -> dict[str, Any]:
+    """The configuration keys a teacher cache's outputs depend on, with their values."""
+    return {key: value for key, value in flat_config(cfg).items() if not _teacher_neutral(key)}
+
+
+def data_state(loaders: Loaders) -> str:
+    """What the training data is, beyond the configuration: an image folder's tree state (paths,
+    sizes, modification times, from the image check), or a digest of an in-memory set's images and labels."""
+    if loaders.info.tree_state is not None:
+        return loaders.info.tree_state
+    loader = loaders.train
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in (loader.images, loader.labels):
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -57,24 +95,11 @@ def _size(num_bytes: float) -> str:
     return f"{num_bytes / 1e9:.2f} GB" if num_bytes >= 1e8 else f"{num_bytes / 1e6:.2f} MB"
 
 
-def _flat(manifest: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in manifest.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def manifest_mismatch(stored: dict[str, Any], wanted: dict[str, Any]) -> str | None:
-    """'key: stored vs wanted' for the first fact on which two manifests differ, None when they agree."""
-    stored_flat, wanted_flat = _flat(stored), _flat(wanted)
-    for key in sorted(stored_flat.keys() | wanted_flat.keys()):
-        if key.split(".")[-1] in INFORMATIONAL_KEYS:
-            continue
-        if stored_flat.get(key) != wanted_flat.get(key):
-            return f"{key} is {stored_flat.get(key)!r} there but {wanted_flat.get(key)!r} in this run"
+    """'key: stored vs wanted' for the first fact on which two (flat) manifests differ, None when they agree."""
+    for key in sorted(stored.keys() | wanted.keys()):
+        if key not in INFORMATIONAL_KEYS and stored.get(key) != wanted.get(key):
+            return f"{key} is {stored.get(key)!r} there but {wanted.get(key)!r} in this run"
     return None
 
 
@@ -90,8 +115,7 @@ class TeacherCache:
                  compute: Callable[[int, str], Tensor]):
         self.folder, self.manifest, self.views, self.device = folder, manifest, views, device
         self.dtype = CACHE_DTYPES[manifest["dtype"]]
-        self.num_samples = manifest["data"]["train_samples"]
-        self.num_classes, self.feature_dim = manifest["teacher"]["num_classes"], manifest["teacher"]["feature_dim"]
+        self.num_samples, self.num_classes, self.feature_dim = manifest["rows"], manifest["logits"], manifest["pooled"]
         self.compute = compute
         self.tables: dict[str, Tensor] = {}
         self.epoch: int | None = None
@@ -176,7 +200,8 @@ def epoch_table_function(distiller: Distiller, loader: Loader, channels_last: bo
 def open_teacher_cache(cfg: RunConfig, distiller: Distiller, loaders: Loaders, device: torch.device,
                        autocast_dtype: torch.dtype | None) -> TeacherCache:
     """The cache at cfg.teacher_cache for this run: created (manifest) if new, else checked
-    against this run's teacher, data, transform, seed, precision and dtype."""
+    against this run's identity: every configuration key that changes the teacher's outputs
+    (`cache_identity`), the training data's state and the teacher's weights."""
     name = cfg.method.name
     if distiller.teacher is None:
         raise KdistillError(f"method '{name}' runs no teacher, so teacher_cache= has nothing to store: drop it")
@@ -199,21 +224,19 @@ def open_teacher_cache(cfg: RunConfig, distiller: Distiller, loaders: Loaders, d
                             "choose another") from None
     info, loader = loaders.info, loaders.train
     probe = probe_features(distiller.teacher, (info.in_chans, info.image_size, info.image_size))
+    # One flat level: configuration keys as a user writes them, so a mismatch names the key.
     manifest = {
         "format": FORMAT_VERSION,
         "kdistill_version": kdistill.__version__,
-        "teacher": {"name": cfg.teacher, "options": dict(cfg.teacher_options),
-                    "weights_sha256": weights_sha256(distiller.teacher),
-                    "num_classes": probe.logits.shape[1], "feature_dim": probe.pooled.shape[1]},
-        "data": {"name": cfg.data.name, "train_samples": loader.dataset_size, "val_fraction": cfg.data.val_fraction,
-                 "image_size": info.image_size, "channels": info.in_chans},
-        "transform": {"augment": cfg.data.augment, "strong_view": "crop_flip+randaugment2+cutout"},
-        "seed": cfg.seed,
-        "precision": cfg.precision,
-        "dtype": cfg.teacher_cache_dtype,
+        **cache_identity(cfg),
+        "teacher.weights_sha256": weights_sha256(distiller.teacher),
+        "data.tree_state": data_state(loaders),
+        # What a row holds: the logits, then the pooled feature, of one training sample.
+        "dtype": cfg.teacher_cache_dtype, "rows": loader.dataset_size,
+        "logits": probe.logits.shape[1], "pooled": probe.pooled.shape[1],
         "epochs": cfg.epochs,
-        "fill_batch_size": cfg.data.batch_size,
     }
+    manifest = json.loads(json.dumps(manifest))  # as it reads back: tuples as lists
     encoded = (json.dumps(manifest, indent=2) + "\n").encode()
     if is_main_process():
         atomic_write_bytes(folder / MANIFEST_FILE, encoded, exclusive=True)
