@@ -56,6 +56,8 @@ CIFAR100_METHODS.update({
     "mlkd": method_section("mlkd", temperature=4.0, extra_temperatures=[3.0, 5.0, 2.0, 6.0]),
     "crld+dkd": method_section("crld+dkd", temperature=4.0, weak_threshold=0.9, strong_threshold=0.2,
                                within_view_weight=2.0, cross_view_weight=0.5, alpha=1.0, beta=8.0, warmup=20),
+    # DIST: its authors' CIFAR config (dist_cifar.yaml: CE 1, DIST(beta 1, gamma 1, tau 4) under weight 2).
+    "dist": method_section("dist", temperature=4.0, beta=2.0, gamma=2.0),
 })
 # DKD's NCKD weight in mdistiller's CIFAR-100 recipes (8 elsewhere); the LS code multiplies it by its KD weight.
 DKD_BETA = {("resnet56", "resnet20"): 2.0, ("resnet110", "resnet32"): 2.0, ("resnet110", "resnet20"): 2.0,
@@ -151,7 +153,14 @@ DCD_IMAGENET_METHODS = {
     "kd": {**method_section("kd", temperature=4.0), "w_ce": 1.0, "w_kd": 1.0},
     "crd": method_section("crd"),
 }
+# DIST's ImageNet setting (its authors' configs/strategies/distill/resnet_dist.yaml, run on 8 GPUs):
+# batch 256 (32 x 8), SGD lr 0.1, x0.1 every 30 of 100 epochs, weight decay 1e-4; CE 1, DIST(1, 1, tau 1)
+# under KD weight 2, so beta = gamma = 2.
+DIST_IMAGENET_TRAINING = {"data": {**IMAGENET_DATA, "batch_size": 256}, "optim": {"lr": 0.1, "weight_decay": 1e-4},
+                          "epochs": 100, "schedule": STEP_SCHEDULE_30_60_90}
 IMAGENET_METHODS = {  # method -> ({pair -> method section}, training setting)
+    "dist": ({pair: {**CIFAR100_METHODS["dist"], "temperature": 1.0} for pair in IMAGENET_PAIRS},
+             DIST_IMAGENET_TRAINING),
     "crld": ({pair: {**CIFAR100_METHODS["crld"], "w_ce": 2.0, "temperature": 1.0} for pair in IMAGENET_PAIRS},
              MDISTILLER_IMAGENET_TRAINING),
     "dkd": ({pair: {**CIFAR100_METHODS["dkd"], "temperature": 1.0, "beta": beta, "warmup": 1}
@@ -159,7 +168,8 @@ IMAGENET_METHODS = {  # method -> ({pair -> method section}, training setting)
     **{method: ({pair: section for pair in IMAGENET_PAIRS}, DCD_IMAGENET_TRAINING)
        for method, section in DCD_IMAGENET_METHODS.items()},
 }
-IMAGENET_NOTES = {"crld": "w_ce 2 and T 1: CRLD's ImageNet setting (its paper and code)",
+IMAGENET_NOTES = {"dist": "T 1, beta = gamma = 2: DIST's ImageNet config (its loss at 1, 1, 1 under KD weight 2)",
+                  "crld": "w_ce 2 and T 1: CRLD's ImageNet setting (its paper and code)",
                   "dkd": "T 1, warm-up 1 epoch, beta 0.5 (ResNet-34 -> ResNet-18) or 2 (ResNet-50 -> "
                          "MobileNetV1): mdistiller's ImageNet DKD recipes",
                   "kd": "w_ce 1 and w_kd 1: the ImageNet KD baseline of the DCD authors' script (CE 1, KD 1, T 4)"}

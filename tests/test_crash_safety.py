@@ -417,3 +417,31 @@ def test_skipping_batches_leaves_the_samples_and_views_of_the_rest(tmp_path):
     folder = build_loaders(DataConfig("imagefolder", str(tmp_path), batch_size=2, image_size=16, num_workers=1),
                            torch.device("cpu"), seed=3)
     assert_skipping_keeps_the_later_batches(folder.train, epoch=1, skip=2, count=2)
+
+
+# Methods with a teacher and state of their own (a learned temperature, a distillation head):
+# a kill as the third resume state is saved, then --resume, ends as the unbroken run.
+RESUMED_METHODS = {"dist": []}
+
+
+@pytest.fixture(scope="module")
+def random_teacher(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "resnet8.pth"
+    save_model_weights(create_model("resnet8", num_classes=10, in_chans=1), path)
+    return path
+
+
+@pytest.mark.parametrize("method", list(RESUMED_METHODS))
+def test_a_method_run_killed_at_a_save_resumes_with_bit_identical_weights(method, tmp_path, monkeypatch,
+                                                                           random_teacher):
+    args = THREE_EPOCHS + [f"method.name={method}", "teacher=resnet8", f"teacher_checkpoint={random_teacher}",
+                           *RESUMED_METHODS[method]]
+    train(args, tmp_path / "reference")
+    with monkeypatch.context() as patch:
+        kill_at_save(patch, 3)
+        with pytest.raises(Killed):
+            train(args, tmp_path / "run")
+    train(args, tmp_path / "run", "resume=true")
+    assert_same_weights(tmp_path / "reference", tmp_path / "run")
+    assert without_timing(metrics_lines(tmp_path / "run")) == without_timing(metrics_lines(tmp_path / "reference"))

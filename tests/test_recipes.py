@@ -22,13 +22,13 @@ CIFAR100_TRAIN_SIZE = 50000
 def test_every_table_pair_has_every_recipe():
     methods = {"vanilla", "kd", "dcd", "dcd+kd", "crd", "crd+kd", "crld",
                "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "nst",
-               "dkd", "dkd+ls", "kd+ls", "mlkd", "crld+dkd"}
+               "dkd", "dkd+ls", "kd+ls", "mlkd", "crld+dkd", "dist"}
     for method in methods:
         assert len(list((CONFIGS / "cifar100" / method).glob("*.yaml"))) == 13, method
     # FSP needs equal stage widths: the tables' six pairs of one family and width.
     assert len(list((CONFIGS / "cifar100" / "fsp").glob("*.yaml"))) == 6
     assert len(list((CONFIGS / "cifar100" / "teachers").glob("*.yaml"))) == 6
-    for method in ("crld", "dkd", "dcd", "dcd+kd", "kd", "crd"):
+    for method in ("crld", "dkd", "dcd", "dcd+kd", "kd", "crd", "dist"):
         assert {p.stem for p in (CONFIGS / "imagenet" / method).glob("*.yaml")} == {"resnet34_resnet18",
                                                                                   "resnet50_mobilenetv1_100"}
 

@@ -57,6 +57,7 @@ METHOD_OPTIONS = {
     "crld": ["method.weak_threshold=0.0", "method.strong_threshold=0.0"],
     "dkd": ["method.warmup=1"],
     "mlkd": [],  # two views, read through the cache like CRLD's
+    "dist": [],
 }
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["crld_loss", "dkd_loss", "kd_loss", "kd_per_sample", "mlkd_loss", "standardize_logits"]
+__all__ = ["crld_loss", "dist_loss", "dkd_loss", "kd_loss", "kd_per_sample", "mlkd_loss", "standardize_logits"]
 
 
 def standardize_logits(logits: Tensor) -> Tensor:
@@ -73,6 +73,38 @@ def dkd_loss(logits_s: Tensor, logits_t: Tensor, labels: Tensor, alpha: float = 
     scale = temperature**2 / labels.shape[0]
     tckd, nckd = tckd * scale, nckd * scale
     return {"tckd": tckd, "nckd": nckd, "total": alpha * tckd + beta * nckd}
+
+
+def _mean_pearson_of_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """The mean over rows of the Pearson correlation of `a`'s and `b`'s rows, as the DIST
+    reference computes it: centred rows, `<a, b> / (|a| |b| + eps)`."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return ((a * b).sum(dim=1) / (torch.linalg.vector_norm(a, dim=1) * torch.linalg.vector_norm(b, dim=1) + eps)).mean()
+
+
+def dist_loss(logits_s: Tensor, logits_t: Tensor, beta: float = 1.0, gamma: float = 1.0,
+              temperature: float | Tensor = 1.0) -> Tensor:
+    """DIST (Huang et al., NeurIPS 2022): match the relations of the predictions, not their values.
+
+    With `P = softmax(z / T)` over classes ([B, C]): the inter-class term is `1 - mean_i
+    pearson(P_s[i], P_t[i])` (each sample's class ranking), the intra-class term the same over
+    the columns, `1 - mean_c pearson(P_s[:, c], P_t[:, c])` (each class's ranking of the batch's
+    samples). Loss = `T^2 * (beta * inter + gamma * intra)`; a scalar (means over samples and
+    classes). The Pearson correlation is the reference's (hunto/DIST_KD `dist_kd.py`): the cosine
+    of the centred vectors with 1e-8 added to the product of their norms. The teacher's logits are
+    detached; half-precision logits are computed in float32.
+
+    `temperature` may be a tensor (CTKD's learned temperature): a scalar, or one per sample
+    ([B, 1]), which divides that sample's logits; the `T^2` factor is then the batch mean of
+    `T_i^2`, since the intra-class term couples the samples.
+    """
+    logits_s, logits_t = _prepared(logits_s, False), _prepared(logits_t.detach(), False)
+    p_s, p_t = F.softmax(logits_s / temperature, dim=1), F.softmax(logits_t / temperature, dim=1)
+    inter = 1 - _mean_pearson_of_rows(p_s, p_t)
+    intra = 1 - _mean_pearson_of_rows(p_s.T, p_t.T)
+    scale = torch.as_tensor(temperature, dtype=p_s.dtype, device=p_s.device).square().mean()
+    return scale * (beta * inter + gamma * intra)
 
 
 def _class_gram_gap(p_s: Tensor, p_t: Tensor) -> Tensor:

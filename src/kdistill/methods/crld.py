@@ -5,7 +5,8 @@ view and across the views, gated per sample by the teacher's confidence (`kdisti
 The cross-view regulariser composes with other methods: `with_cross_view(Method)` is `Method`
 with CRLD added. Its forward runs both views, returns CRLD's terms and then `Method`'s own
 `method_terms` on the weak view's student and teacher features. `crld+dcd` is registered that
-way, and `crld+dkd`; another combination is one line, e.g. `METHODS.register("crld+crd")(with_cross_view(CRD))`.
+way, and `crld+dkd` and `crld+dist`; another combination is one line, e.g.
+`METHODS.register("crld+crd")(with_cross_view(CRD))`.
 Methods that replace `Distiller.distill` itself cannot be combined (an error says so).
 """
 
@@ -16,6 +17,7 @@ from kdistill.errors import KdistillError
 from kdistill.losses import crld_loss
 from kdistill.methods.base import LOGITS_AND_POOLED, Distiller, DistillOutput, MethodOptions, Terms
 from kdistill.methods.dcd import DCD
+from kdistill.methods.dist import DIST
 from kdistill.methods.dkd import DKD
 from kdistill.methods.registry import register_method
 
@@ -100,3 +102,4 @@ register_method("crld+dcd", "crld+icd")(with_cross_view(DCD))
 # DKD's term on the weak view, with its warm-up. (MLKD is not combined: it already distils both
 # views, and replaces Distiller.distill to do so.)
 register_method("crld+dkd")(with_cross_view(DKD))
+register_method("crld+dist")(with_cross_view(DIST))

@@ -12,6 +12,8 @@ SOURCES = {
     "DKD": "Zhao et al., CVPR 2022, Decoupled Knowledge Distillation (table as in mdistiller's README)",
     "LS": "Sun et al., CVPR 2024, Logit Standardization in Knowledge Distillation (tables as in its code's README)",
     "MLKD": "Jin et al., CVPR 2023, Multi-Level Logit Distillation (its values as tabulated by Sun et al. 2024)",
+    "DIST": "Huang et al., NeurIPS 2022, Knowledge Distillation from A Stronger Teacher (CIFAR-100 means of "
+            "its authors' README, hunto/DIST_KD, with their logs)",
 }
 
 _ICD_PAIRS = [
@@ -46,6 +48,8 @@ _LOGIT_FAMILY = [
 # DKD's ResNet110 -> ResNet20 and ResNet32x4 -> ShuffleV2 values are from the LS tables (mdistiller's
 # README has no ResNet110 -> ResNet20 column and labels the ShuffleV2 column "MobileNet-V2").
 _DKD_FROM_LS = {_R110_20, _SHV2}
+# DIST's CIFAR-100 results (the six pairs its authors report that are among the 13).
+_DIST = {_W401: 74.43, _R20: 71.75, _R8X4: 76.31, _R50_MV2: 68.66, ("resnet32x4", "ShuffleV1"): 76.34, _SHV2: 77.35}
 
 
 def _published() -> dict[tuple[str, Pair], tuple[float, str]]:
@@ -57,6 +61,7 @@ def _published() -> dict[tuple[str, Pair], tuple[float, str]]:
                                       ("kd+ls", kd_ls, "LS"), ("dkd+ls", dkd_ls, "LS"), ("mlkd", mlkd, "MLKD")):
             if value is not None:
                 values[(method, pair)] = (value, source)
+    values.update({("dist", pair): (value, "DIST") for pair, value in _DIST.items()})
     return values
 
 
