@@ -13,6 +13,20 @@ QUICK_RUN = ["student=resnet8", "data.name=embedded", "data.batch_size=32", "ste
              "progress=false", "tensorboard=false", "device=cpu"]
 
 
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def write_mnist_format(folder: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> Path:
+    """A data folder in MNIST's file format (`data.name=mnist data.root=<folder>`)."""
+    folder.mkdir(parents=True)
+    for prefix, (images, labels) in (("train", train), ("t10k", test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+    return folder
+
+
 def kdistill_command() -> list[str]:
     """The installed console script when there is one, else the module entry point."""
     script = Path(sys.executable).with_name("kdistill")

@@ -14,23 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import QUICK_RUN, assert_nonblank_png, assert_user_error, run_kdistill
+from helpers import QUICK_RUN, assert_nonblank_png, assert_user_error, run_kdistill, write_mnist_format
 
 from kdistill.data import DATASETS
 from kdistill.errors import KdistillError
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-
-
-def write_mnist_format(folder: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> Path:
-    folder.mkdir(parents=True)
-    for prefix, (images, labels) in (("train", train), ("t10k", test)):
-        write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
-    return folder
 
 
 def write_cifar100_format(folder: Path, samples: int = 64) -> Path:

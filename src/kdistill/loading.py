@@ -8,6 +8,7 @@ import torch
 
 from kdistill.config import RunConfig
 from kdistill.errors import KdistillError
+from kdistill.methods import MethodContext, distiller_from_options, method_class
 from kdistill.models import TIMM_PREFIX, TV_PREFIX, create_model
 from kdistill.models.base import FeatureModel
 from kdistill.models.checkpoint import load_state_into, read_state_dict, stored_classes
@@ -55,6 +56,31 @@ def load_trained_model(name: str, checkpoint: str, num_classes: int, in_chans: i
 
     `needs_head=False` (label-free methods) accepts a backbone-only file and skips that check."""
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, **(options or {}))
+    return _with_trained_weights(model, checkpoint, num_classes, data_name, which, needs_head)
+
+
+def load_trained_student(cfg: RunConfig, checkpoint: str, num_classes: int, in_chans: int, image_size: int,
+                         which: str = "last") -> FeatureModel:
+    """The student a run trained, as the run deploys it, with its trained weights: the one way
+    every evaluation and export loads a run's student. For a method whose deployed student is more
+    than the student model (`Distiller.deploys_composite`, e.g. SimKD: student + projector + the
+    teacher's classifier), the method is built on the teacher's architecture (no teacher weights
+    are read: the weight file holds every part the deployed student uses)."""
+    student = create_model(cfg.student, num_classes=num_classes, in_chans=in_chans, **cfg.student_options)
+    if method_class(cfg.method.name).deploys_composite:
+        if cfg.teacher is None:
+            raise KdistillError(f"method '{cfg.method.name}' deploys its student with parts of the teacher: "
+                                "set teacher=<the run's teacher model>")
+        teacher = create_model(cfg.teacher, num_classes=num_classes, in_chans=in_chans, **cfg.teacher_options)
+        context = MethodContext((in_chans, image_size, image_size), num_classes)
+        student = distiller_from_options(cfg.method.name, cfg.method.options, student, teacher,
+                                         context).deployed_student()
+    return _with_trained_weights(student, checkpoint, num_classes, cfg.data.name, which, needs_head=True)
+
+
+def _with_trained_weights(model: FeatureModel, checkpoint: str, num_classes: int, data_name: str, which: str,
+                          needs_head: bool) -> FeatureModel:
+    """`model` with the weights of `checkpoint` (a file, or a run folder's `which` weights)."""
     path = teacher_weights_path(checkpoint, which)
     state_dict = read_state_dict(path)
     classes = stored_classes(state_dict, model) if needs_head else None

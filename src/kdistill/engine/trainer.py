@@ -403,7 +403,7 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         self._refuse_non_finite_teacher()
-        student = self.distiller.student
+        student = self.distiller.deployed_student()  # what is evaluated and saved every epoch
         run_start = time.perf_counter()
         with self.signals:
             try:
@@ -477,7 +477,7 @@ class Trainer:
             "top1_best": self.best["top1"], "top5_best": self.best["top5"], "best_epoch": self.best["epoch"],
             "train_time_s": sum(entry["epoch_time_s"] for entry in history),
             "wall_time_s": wall_time,
-            "student_params": sum(p.numel() for p in self.distiller.student.parameters()),
+            "student_params": sum(p.numel() for p in self.distiller.deployed_student().parameters()),
         }
         if self.is_main:
             self.run.write_results(results)

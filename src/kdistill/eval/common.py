@@ -23,7 +23,7 @@ from kdistill.errors import KdistillError
 from kdistill.loading import (
     build_teacher,
     library_preprocessing,
-    load_trained_model,
+    load_trained_student,
     resolve_device,
     teacher_weights_path,
 )
@@ -120,8 +120,8 @@ def load_evaluation(target: Target, teacher: str = "optional") -> Evaluation:
     # A weight file evaluated with a pretrained teacher: its library's transform.
     loaders = build_eval_loaders(dataclasses.replace(cfg.data, **library_preprocessing(cfg)), device, cfg.seed)
     info = loaders.info
-    student = load_trained_model(cfg.student, str(target.path), info.num_classes, info.in_chans, cfg.data.name,
-                                 target.which, options=cfg.student_options)
+    student = load_trained_student(cfg, str(target.path), info.num_classes, info.in_chans, info.image_size,
+                                   target.which)
     models = {"student": LoadedModel(cfg.student, target.weights, student.to(device).eval())}
     if teacher == "required" or (teacher == "optional" and cfg.teacher is not None):
         model = build_teacher(cfg, info.num_classes, info.in_chans,

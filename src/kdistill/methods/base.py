@@ -102,6 +102,9 @@ class Distiller(nn.Module):
     matches_logits: ClassVar[bool] = False  # its own terms compare teacher and student logits (KD, DKD, CRLD, ...)
     # Which fields of the teacher's Features the method reads; a teacher cache holds "logits" and "pooled".
     teacher_reads: ClassVar[frozenset[str]] = LOGITS_AND_POOLED | {"stages", "preact"}
+    # The run's student is more than `student` (e.g. SimKD's predicts through a projector and the
+    # teacher's classifier): loading a trained student builds the method to get its architecture.
+    deploys_composite: ClassVar[bool] = False
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, options: MethodOptions,
                  context: MethodContext):
@@ -157,6 +160,11 @@ class Distiller(nn.Module):
         if missing or unexpected:
             raise KdistillError(f"the saved state does not fit this run's student and method (missing {missing[:3]}, "
                                 f"unexpected {unexpected[:3]}): resume with the configuration the run was started with")
+
+    def deployed_student(self) -> FeatureModel:
+        """The model the run evaluates every epoch and saves as its student (`student_*.pth`): the
+        student, unless the method predicts through parts of its own (`deploys_composite`)."""
+        return self.student
 
     def strong_view(self, batch: Batch) -> Tensor:
         """The batch's strong view, for methods with `needs_strong_view`; a clear error without one."""
