@@ -81,6 +81,17 @@ MLKD_TRAINING = {("resnet32x4", "ShuffleV1"): (0.01, 480), ("resnet32x4", "Shuff
                  ("wrn_40_2", "ShuffleV1"): (0.0025, 480), ("vgg13", "MobileNetV2"): (0.0025, 480),
                  ("ResNet50", "MobileNetV2"): (0.0025, 480)}
 
+# ReviewKD at mdistiller's settings (CE 1, warm-up 20 epochs); its weight per pair as the authors'
+# CIFAR-100 script (dvlab-research/ReviewKD, CIFAR-100/script/reviewKD.sh, which mdistiller's
+# reviewkd.yaml repeats for resnet32x4 -> resnet8x4), mdistiller's default 1 for the pairs it leaves out.
+CIFAR100_METHODS["reviewkd"] = method_section("reviewkd", warmup=20)
+REVIEWKD_WEIGHT = {("wrn_40_2", "wrn_16_2"): 5.0, ("wrn_40_2", "wrn_40_1"): 5.0, ("wrn_40_2", "ShuffleV1"): 5.0,
+                   ("resnet32x4", "resnet8x4"): 5.0, ("resnet32x4", "ShuffleV1"): 5.0,
+                   ("resnet32x4", "ShuffleV2"): 8.0, ("resnet56", "resnet20"): 0.6, ("resnet110", "resnet32"): 1.0}
+CIFAR100_NOTES.update({("reviewkd", pair): f"w_method {weight}: the ReviewKD authors' weight for this pair "
+                                           "(their CIFAR-100 script/reviewKD.sh)"
+                       for pair, weight in REVIEWKD_WEIGHT.items() if weight != 1.0})
+
 CIFAR100_DATA = {"name": "cifar100", "root": "./data/cifar100", "batch_size": 64}
 TABLE_SCHEDULE = {"epochs": 240, "schedule": {"name": "step", "milestones": [150, 180, 210], "gamma": 0.1}}
 
@@ -100,6 +111,8 @@ def pair_section(method: str, teacher: str, student: str) -> dict:
         section["beta"] = LS_KD_WEIGHT * beta
     elif method == "kd+ls":
         section["temperature"], section["w_kd"] = LS_KD_SETTINGS.get((teacher, student), (2.0, LS_KD_WEIGHT))
+    elif method == "reviewkd":
+        section["w_method"] = REVIEWKD_WEIGHT.get((teacher, student), 1.0)
     elif method == "ft" and student in FT_SMALL_INIT_LR_STUDENTS:
         section["init_lr"] = 0.01
     return section

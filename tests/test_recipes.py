@@ -22,7 +22,7 @@ CIFAR100_TRAIN_SIZE = 50000
 def test_every_table_pair_has_every_recipe():
     methods = {"vanilla", "kd", "dcd", "dcd+kd", "crd", "crd+kd", "crld",
                "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "nst",
-               "dkd", "dkd+ls", "kd+ls", "mlkd", "crld+dkd", "dist", "simkd"}
+               "dkd", "dkd+ls", "kd+ls", "mlkd", "crld+dkd", "dist", "reviewkd", "simkd"}
     for method in methods:
         assert len(list((CONFIGS / "cifar100" / method).glob("*.yaml"))) == 13, method
     # FSP needs equal stage widths: the tables' six pairs of one family and width.
@@ -50,6 +50,17 @@ def test_logit_family_recipes_carry_the_references_per_pair_settings():
     mlkd = {pair: load_config(str(CONFIGS / f"cifar100/mlkd/{pair}.yaml"))
             for pair in ("resnet32x4_resnet8x4", "resnet32x4_ShuffleV2", "vgg13_MobileNetV2")}
     assert [(cfg.optim.lr, cfg.epochs) for cfg in mlkd.values()] == [(0.025, 240), (0.01, 480), (0.0025, 480)]
+
+
+def test_reviewkd_recipes_carry_the_authors_per_pair_weights():
+    def weight_and_warmup(pair: str) -> tuple[float, int]:
+        options = load_config(str(CONFIGS / f"cifar100/reviewkd/{pair}.yaml")).method.options
+        return options.w_method, options.warmup
+
+    # dvlab-research/ReviewKD CIFAR-100/script/reviewKD.sh (5.0 also in mdistiller's reviewkd.yaml).
+    assert [weight_and_warmup(pair) for pair in ("resnet32x4_resnet8x4", "resnet32x4_ShuffleV2", "resnet56_resnet20",
+                                                 "resnet110_resnet32", "vgg13_vgg8")] == \
+        [(5.0, 20), (8.0, 20), (0.6, 20), (1.0, 20), (1.0, 20)]
 
 
 def test_dcd_imagenet_recipes_have_the_reference_settings():

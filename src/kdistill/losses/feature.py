@@ -1,5 +1,5 @@
-"""Feature losses of the CRD benchmark's baselines (FitNet, AT, SP, CC, VID, RKD, PKT, AB, FT, FSP, NST)
-and of the later feature methods (SimKD).
+"""Feature losses of the CRD benchmark's baselines (FitNet, AT, SP, CC, VID, RKD, PKT, AB, FT, FSP,
+NST) and of the later feature methods (ReviewKD, SimKD).
 
 Student first, teacher second. A "map" is `[B, C, H, W]`, a "vector" `[B, D]`. The reductions are
 those of the benchmark's public implementations (RepDistiller), which the table weights were tuned
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ab_loss", "at_loss", "cc_loss", "fitnet_loss", "fsp_loss", "ft_loss", "nst_loss", "pkt_loss",
-           "rkd_loss", "simkd_loss", "sp_loss", "vid_loss"]
+__all__ = ["ab_loss", "at_loss", "cc_loss", "fitnet_loss", "fsp_loss", "ft_loss", "hcl_loss",
+           "nst_loss", "pkt_loss", "rkd_loss", "simkd_loss", "sp_loss", "vid_loss"]
 
 
 def pool_to_common_size(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -248,6 +248,36 @@ def nst_loss(student: Tensor, teacher: Tensor) -> Tensor:
     s = F.normalize(student.float().flatten(2), dim=2)
     t = F.normalize(teacher.float().flatten(2), dim=2)
     return _polynomial_kernel_mean(t, t) + _polynomial_kernel_mean(s, s) - 2 * _polynomial_kernel_mean(s, t)
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    """`x` in float32, or as it is when already float32 or float64 (so float64 stays exact)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+HCL_LEVELS = (4, 2, 1)  # the pooled sizes of ReviewKD's hierarchical context loss
+
+
+def hcl_loss(features_s: list[Tensor], features_t: list[Tensor]) -> Tensor:
+    """ReviewKD's hierarchical context loss (Chen et al., CVPR 2021), summed over pairs of
+    equal-shaped maps (the student's fused maps first, the teacher's second).
+
+    Per pair: the mean squared error at full resolution, weight 1, then at each of the sizes 4x4,
+    2x2, 1x1 (adaptive average pooling) smaller than the map's height, each with half the weight
+    of the level before (1/2, 1/4, 1/8); the weighted sum divided by the sum of the weights used.
+    """
+    total = features_s[0].new_zeros((), dtype=_at_least_float32(features_s[0]).dtype)
+    for i, (s, t) in enumerate(zip(features_s, features_t, strict=True)):
+        if s.shape != t.shape:
+            raise ValueError(f"hcl_loss needs equal shapes at pair {i}, got {tuple(s.shape)} and {tuple(t.shape)}")
+        s, t = _at_least_float32(s), _at_least_float32(t)
+        levels = [size for size in HCL_LEVELS if size < s.shape[-2]]
+        weights = [0.5 ** (rank + 1) for rank in range(len(levels))]
+        weighted = F.mse_loss(s, t) + sum(
+            weight * F.mse_loss(F.adaptive_avg_pool2d(s, size), F.adaptive_avg_pool2d(t, size))
+            for weight, size in zip(weights, levels))
+        total = total + weighted / (1 + sum(weights))
+    return total
 
 
 def simkd_loss(projected_student: Tensor, teacher: Tensor) -> Tensor:

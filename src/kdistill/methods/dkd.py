@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from kdistill.data import Batch
 from kdistill.losses import dkd_loss
+from kdistill.methods._warmup import LinearWarmup
 from kdistill.methods.base import LOGITS_AND_POOLED, Distiller, MethodOptions, Terms
 from kdistill.methods.registry import register_method, with_logit_standardization
 from kdistill.models.base import Features
@@ -21,7 +22,7 @@ class DKDOptions(MethodOptions):
 
 
 @register_method("dkd")
-class DKD(Distiller):
+class DKD(LinearWarmup, Distiller):
     """Loss = `w_ce * CE + min(epoch / warmup, 1) * w_method * (alpha * TCKD + beta * NCKD)`,
     epoch counted from 1 (mdistiller's `kwargs["epoch"]`), table defaults `w_ce = 1`,
     `w_method = 1`, T = 4, alpha 1, beta 8, warm-up 20 epochs. The warm-up is part of the "dkd"
@@ -33,14 +34,7 @@ class DKD(Distiller):
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
     matches_logits = True
     teacher_reads = LOGITS_AND_POOLED  # so a teacher cache serves it
-
-    def warmup_factor(self) -> float:
-        warmup = self.options.warmup
-        return min(self.epoch / warmup, 1.0) if warmup > 0 else 1.0
-
-    def loss_weight(self, term: str) -> float:
-        weight = super().loss_weight(term)
-        return weight * self.warmup_factor() if term == DKD_TERM else weight
+    warmup_term = DKD_TERM
 
     def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
         options = self.options

@@ -14,6 +14,8 @@ SOURCES = {
     "MLKD": "Jin et al., CVPR 2023, Multi-Level Logit Distillation (its values as tabulated by Sun et al. 2024)",
     "DIST": "Huang et al., NeurIPS 2022, Knowledge Distillation from A Stronger Teacher (CIFAR-100 means of "
             "its authors' README, hunto/DIST_KD, with their logs)",
+    "DKD-baselines": "Zhao et al., CVPR 2022, Decoupled Knowledge Distillation, CIFAR-100 tables 1-2: the feature "
+                     "baselines mdistiller reproduces (mdistiller's README has no table of its own for them)",
     "SimKD": "Chen et al., CVPR 2022, Knowledge Distillation with the Reused Teacher Classifier (CIFAR-100 table "
              "of its authors' README, DefangChen/SimKD: SimKD f=2, SemCKD and SRRL as they ran them, CE 1 KD 1)",
 }
@@ -55,6 +57,12 @@ _DIST = {_W401: 74.43, _R20: 71.75, _R8X4: 76.31, _R50_MV2: 68.66, ("resnet32x4"
 # The SimKD authors' table; of its pairs only ResNet32x4 -> ResNet8x4 is among the 13.
 _SIMKD_TABLE = {("simkd", _R8X4): 78.08}
 
+# The feature baselines of the DKD paper's tables: {method: {pair: top-1}}; pairs it leaves out have none.
+_FEATURE_BASELINES = {
+    "reviewkd": {_R20: 71.89, _R32: 73.89, _R8X4: 75.63, _W162: 76.12, _W401: 75.09, _VGG8: 74.84, _V_MV2: 70.37,
+                 _R50_MV2: 69.89, ("resnet32x4", "ShuffleV1"): 77.45, ("wrn_40_2", "ShuffleV1"): 77.14,
+                 _SHV2: 77.78},
+}
 
 
 def _published() -> dict[tuple[str, Pair], tuple[float, str]]:
@@ -67,6 +75,8 @@ def _published() -> dict[tuple[str, Pair], tuple[float, str]]:
             if value is not None:
                 values[(method, pair)] = (value, source)
     values.update({("dist", pair): (value, "DIST") for pair, value in _DIST.items()})
+    for method, pairs in _FEATURE_BASELINES.items():
+        values.update({(method, pair): (value, "DKD-baselines") for pair, value in pairs.items()})
     values.update({key: (value, "SimKD") for key, value in _SIMKD_TABLE.items()})
     return values
 
