@@ -96,9 +96,10 @@ def test_a_grid_runs_the_teacher_once_per_seed_and_epoch(setup, tmp_path, monkey
             args = run_args(setup, method, tmp_path / f"{method}_{seed}", *METHOD_OPTIONS[method], f"seed={seed}",
                             f"teacher_cache={tmp_path / f'cache_seed{seed}'}", "steps_per_epoch=2")
             train_run(load_config(None, args))
-    # One pass over the 96 training samples per (seed, epoch), not one per run; besides that, each
-    # run's start-up check of the teacher's outputs on one test batch (the 16 val images).
-    assert sum(samples) == 2 * 2 * TRAIN_PER_CLASS * CLASSES + 6 * 4 * CLASSES
+    # One pass per (seed, epoch) over the samples the capped runs read (2 batches of 32 of the 96),
+    # not one per run; besides that, each run's start-up check of the teacher's outputs on one test
+    # batch (the 16 val images).
+    assert sum(samples) == 2 * 2 * (2 * 32) + 6 * 4 * CLASSES
 
 
 # A method reading the teacher's stage maps, and what the refusal says it reads.
@@ -222,3 +223,107 @@ def test_the_identity_holds_every_key_but_the_listed_neutral_ones(setup, tmp_pat
                                        "data.num_workers=2", "steps_per_epoch=1"))
     assert cache_identity(other) == identity
     assert {"seed", "teacher", "precision", "channels_last", "teacher_cache_dtype", "data.mean"} <= identity.keys()
+
+
+# ---- nothing wrong is read silently: checksums, the manifest, a capped fill -----------------------
+
+@pytest.fixture(scope="module")
+def checked_cache(setup, tmp_path_factory):
+    """A float32 one-epoch cache filled by `kdistill cache`, with its progress bar on."""
+    folder = tmp_path_factory.mktemp("checked") / "cache"
+    filled = run_kdistill("cache", *run_args(setup, "kd", folder.parent / "unused", f"teacher_cache={folder}",
+                                             "teacher_cache_dtype=float32", "epochs=1", "progress=true"))
+    assert filled.returncode == 0, filled.stderr
+    assert "teacher cache: epoch 1 image" in filled.stderr  # the fill's progress bar
+    return folder
+
+
+def _damaged_copy(cache, tmp_path, damage) -> tuple:
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    damage(copy)
+    return copy
+
+
+def _flip_bytes(folder):
+    path = folder / "epoch_0000.image.bin"
+    data = bytearray(path.read_bytes())
+    for offset in range(1000, 1200):
+        data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _swap_rows(folder):
+    table = np.fromfile(folder / "epoch_0000.image.bin", dtype=np.float32).reshape(TRAIN_PER_CLASS * CLASSES, -1)
+    table[[3, 7]] = table[[7, 3]]
+    table.tofile(folder / "epoch_0000.image.bin")
+
+
+@pytest.mark.parametrize("command, damage", [("distill", _flip_bytes), ("cache", _swap_rows)])
+def test_a_changed_epoch_file_is_refused_naming_it(setup, checked_cache, tmp_path, command, damage):
+    cache = _damaged_copy(checked_cache, tmp_path, damage)
+    result = run_kdistill(command, *run_args(setup, "kd", tmp_path / "run", f"teacher_cache={cache}",
+                                             "teacher_cache_dtype=float32", "epochs=1"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"kdistill: error: teacher cache file {cache / 'epoch_0000.image.bin'} does not match its checksum in the "
+        "manifest (its bytes changed after it was filled): delete it and it is filled again"]
+    assert not (tmp_path / "run" / "student_last.pth").exists()
+
+
+def test_a_deleted_manifest_is_refused_and_not_written_again(setup, checked_cache, tmp_path):
+    cache = _damaged_copy(checked_cache, tmp_path, lambda folder: (folder / MANIFEST_FILE).unlink())
+    result = run_kdistill("distill", *run_args(setup, "kd", tmp_path / "run", f"teacher_cache={cache}",
+                                               "teacher_cache_dtype=float32", "epochs=1", "seed=1"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"kdistill: error: teacher cache {cache} holds epoch files but no manifest.json, so what they were computed "
+        "from is unknown: delete the folder (it is filled again) or choose another teacher_cache=<folder>"]
+    assert not (cache / MANIFEST_FILE).exists()
+
+
+def _replace_manifest(text):
+    return lambda folder: (folder / MANIFEST_FILE).write_text(text)
+
+
+def _entry_without_checksum(folder):
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    del manifest["files"]["epoch_0000.image.bin"]["sha256"]
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def _directory_for_epoch_file(folder):
+    (folder / "epoch_0000.image.bin").unlink()
+    (folder / "epoch_0000.image.bin").mkdir()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_replace_manifest("{not json"), "is not valid JSON (empty or damaged)"),
+    (_replace_manifest(""), "is not valid JSON (empty or damaged)"),
+    (_replace_manifest("[1, 2]"), "is not a kdistill teacher-cache manifest"),
+    (_entry_without_checksum, "is not a kdistill teacher-cache manifest"),
+    (_directory_for_epoch_file, "epoch_0000.image.bin is not a file: delete it"),
+], ids=["invalid-json", "empty", "a-list", "an-entry-without-checksum", "a-directory"])
+def test_a_malformed_cache_is_one_line(setup, checked_cache, tmp_path, damage, message):
+    cache = _damaged_copy(checked_cache, tmp_path, damage)
+    args = run_args(setup, "kd", tmp_path / "run", f"teacher_cache={cache}", "teacher_cache_dtype=float32", "epochs=1")
+    with pytest.raises(KdistillError) as refused:
+        fill_teacher_cache(load_config(None, args))
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_capped_fill_holds_the_capped_batches_and_a_longer_run_fills_the_rest(setup, checked_cache, tmp_path):
+    cache = tmp_path / "cache"
+    args = run_args(setup, "kd", tmp_path / "run", f"teacher_cache={cache}", "teacher_cache_dtype=float32", "epochs=1")
+    _, filled = fill_teacher_cache(load_config(None, [*args, "steps_per_epoch=1"]))
+    entry = json.loads((cache / MANIFEST_FILE).read_text())["files"]["epoch_0000.image.bin"]
+    assert filled == 1 and entry["batches"] == 1
+    table = np.fromfile(cache / "epoch_0000.image.bin", dtype=np.float32).reshape(TRAIN_PER_CLASS * CLASSES, -1)
+    assert (table.any(axis=1)).sum() == 32  # one batch of rows computed, the others not
+    _, filled = fill_teacher_cache(load_config(None, args))  # uncapped: fills the other 64 rows
+    entry = json.loads((cache / MANIFEST_FILE).read_text())["files"]["epoch_0000.image.bin"]
+    assert filled == 1 and entry["batches"] is None
+    # What a capped fill and its completion hold equals one full fill.
+    assert (cache / "epoch_0000.image.bin").read_bytes() == (checked_cache / "epoch_0000.image.bin").read_bytes()
+    _, filled = fill_teacher_cache(load_config(None, [*args, "steps_per_epoch=2"]))
+    assert filled == 0  # a complete file serves a capped run

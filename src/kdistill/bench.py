@@ -44,8 +44,9 @@ from kdistill.data.streaming import FileDataset
 from kdistill.data.two_view import mean_fill
 from kdistill.engine.schedule import build_optimizer
 from kdistill.engine.setup import compile_extract
-from kdistill.engine.teacher_cache import TeacherCache, epoch_table_function
+from kdistill.engine.teacher_cache import MANIFEST_FILE, TeacherCache, epoch_rows_function
 from kdistill.errors import KdistillError
+from kdistill.files import atomic_write_text
 from kdistill.losses import kd_loss
 from kdistill.losses.contrastive import crd_nce_loss
 from kdistill.methods import Distiller, MethodContext, build_distiller
@@ -266,14 +267,13 @@ def kdistill_row(setup: BenchSetup, precision: str = "fp32", compiled: bool = Fa
     scaler = grad_scaler(device, dtype)
     optimizer = build_optimizer(distiller.train_parameters(), OptimConfig(), lr=0.05)
     # A cache fill covers only the batches the bench reads (a grid pays the full fill once).
-    covered = args.warmup + args.steps + 2 if cached else None
-    order = FirstBatchesOrder(len(setup.labels), args.batch_size, covered)
+    order = BatchOrder(len(setup.labels), args.batch_size, seed=0, rank=0, world_size=1, train=True)
     strong_fill = mean_fill(CIFAR_MEAN) if distiller.needs_strong_view else None
     normalize = Normalizer(CIFAR_MEAN, CIFAR_STD, device)
     loader = ArrayLoader(ImageArrays(setup.images.to(device), setup.labels), order, normalize, device, seed=0,
                          augment=True, hflip=True, strong_fill=strong_fill)
     if cached:
-        attach_bench_cache(distiller, loader, dtype, device, cache_folder)
+        attach_bench_cache(distiller, loader, dtype, device, cache_folder, covered=args.warmup + args.steps + 2)
     if compiled:
         compile_extract(student)
         compile_extract(teacher)
@@ -292,26 +292,16 @@ def kdistill_row(setup: BenchSetup, precision: str = "fp32", compiled: bool = Fa
     return (lambda: step(next(batches))), (lambda: step(first))
 
 
-class FirstBatchesOrder(BatchOrder):
-    """The training order of one process; a cache fill covers only its first `covered` batches."""
-
-    def __init__(self, size: int, batch_size: int, covered: int | None):
-        super().__init__(size, batch_size, seed=0, rank=0, world_size=1, train=True)
-        self.covered = covered
-
-    def covering_batches(self, epoch: int) -> list[Tensor]:
-        return super().covering_batches(epoch)[: self.covered]
-
-
-def attach_bench_cache(distiller: Distiller, loader: ArrayLoader, dtype, device, folder: Path) -> None:
-    """A teacher cache of epoch 0 (its fill is not timed: a grid pays it once), through the
-    cache's own write, load and read paths."""
-    compute = epoch_table_function(distiller, loader, True, dtype, device)
+def attach_bench_cache(distiller: Distiller, loader: ArrayLoader, dtype, device, folder: Path, covered: int) -> None:
+    """A teacher cache of epoch 0's first `covered` batches (its fill is not timed: a grid pays it
+    once), through the cache's own write, load and read paths."""
+    compute = epoch_rows_function(distiller, loader, True, dtype, device)
     probe = distiller.teacher_features(torch.zeros(2, 3, 32, 32, device=device))
     manifest = {"epochs": 1, "dtype": "float16", "rows": loader.dataset_size,
                 "logits": probe.logits.shape[1], "pooled": probe.pooled.shape[1]}
+    atomic_write_text(folder / MANIFEST_FILE, json.dumps({**manifest, "files": {}}))
     views = ("image", "image_strong") if distiller.needs_strong_view else ("image",)
-    cache = TeacherCache(folder, manifest, views, device, compute)
+    cache = TeacherCache(folder, manifest, views, device, compute, loader.order, covered)
     cache.announced = True  # the bench's own print says what the cache holds
     cache.prepare_epoch(0)
     distiller.teacher_outputs = cache

@@ -80,22 +80,24 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
                     "changes": {key: {"saved": saved, "now": now} for key, (saved, now) in check.changes.items()},
                     "forced": check.forced})
         barrier()
-        return Trainer(resolved.cfg, parts.distiller, parts.loaders, parts.device, cfg.optim.lr, run).fit()
+        return Trainer(resolved.cfg, parts.distiller, parts.loaders, parts.device, cfg.optim.lr, run,
+                       parts.teacher_cache).fit()
     finally:
         run.unlock()
 
 
 def fill_teacher_cache(cfg: RunConfig) -> tuple[TeacherCache, int]:
     """Fill cfg.teacher_cache with every epoch of the run `cfg` describes, ahead of the runs
-    (on any device); returns the cache and how many epoch files were computed."""
+    (on any device; only the batches a run capped by steps_per_epoch reads), and check every
+    epoch file against its checksum; returns the cache and how many files were computed or completed."""
     if cfg.teacher_cache is None:
         raise KdistillError("`kdistill cache` needs teacher_cache=<folder>")
     if cfg.method.name == "vanilla":
         raise KdistillError("`kdistill cache` fills a distillation run's teacher outputs: give the runs' method.name "
                             "(e.g. kd; crld for both views), teacher= and teacher_checkpoint=")
-    cache = build_run(resolve_run(cfg)).distiller.teacher_outputs
+    cache = build_run(resolve_run(cfg)).teacher_cache
     filled = 0
     for epoch in range(cfg.epochs):
-        filled += len(cache.missing_views(epoch))
-        cache.fill_epoch(epoch)
+        filled += cache.fill_epoch(epoch)
+        cache.verify_epoch(epoch)
     return cache, filled

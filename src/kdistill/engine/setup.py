@@ -11,7 +11,7 @@ import torch
 from kdistill.config import RunConfig
 from kdistill.data import Loaders, build_loaders
 from kdistill.distributed import init_from_environment, rank, world_size
-from kdistill.engine.teacher_cache import open_teacher_cache
+from kdistill.engine.teacher_cache import TeacherCache, open_teacher_cache
 from kdistill.loading import build_teacher, library_preprocessing, resolve_device
 from kdistill.methods import Distiller, MethodContext, distiller_from_options, method_class
 from kdistill.models import create_model
@@ -60,6 +60,7 @@ class RunParts:
     distiller: Distiller
     loaders: Loaders
     device: torch.device
+    teacher_cache: TeacherCache | None = None  # the Trainer prepares its epochs; the distiller reads it
 
 
 def build_run(run: ResolvedRun) -> RunParts:
@@ -86,7 +87,8 @@ def build_run(run: ResolvedRun) -> RunParts:
         for model in (student, distiller.teacher):
             if model is not None:
                 compile_extract(model)
+    cache = None
     if cfg.teacher_cache is not None:
-        distiller.teacher_outputs = open_teacher_cache(cfg, distiller, loaders, device,
-                                                       autocast_dtype(cfg.precision, device))
-    return RunParts(distiller, loaders, device)
+        cache = open_teacher_cache(cfg, distiller, loaders, device, autocast_dtype(cfg.precision, device))
+        distiller.teacher_outputs = cache
+    return RunParts(distiller, loaders, device, cache)

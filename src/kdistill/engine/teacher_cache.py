@@ -1,38 +1,46 @@
 """The exact teacher cache (`teacher_cache=DIR`): the teacher's logits and pooled feature per
-(epoch, sample index, view), computed once and read by every run that shares its teacher, data,
-transform and seed (every method of a grid, every rerun).
+(epoch, sample index, view), computed once and read by every run that shares its identity (every
+method of a grid, every rerun).
 
 Why it is exact: every augmentation parameter is keyed by (seed, epoch, sample index) and the
 teacher is frozen in eval mode, so its output on a sample's view is a pure function of those. An
-epoch's table is computed in the run's own batches (the epoch's shuffle order, then the samples
+epoch's rows are computed in the run's own batches (the epoch's shuffle order, then the samples
 the training batches drop) with the run's memory format and precision, so with float32 storage a
 run that reads the cache computes the same numbers as one that runs the teacher.
 
-Layout: `DIR/manifest.json` (what the outputs are a function of) and one file per (epoch, view),
+Layout: `DIR/manifest.json` (what the outputs are a function of, and per epoch file its size,
+SHA-256 and how many of the epoch's covering batches it holds) and one file per (epoch, view),
 `DIR/epoch_0003.image.bin`: a raw [N, C + D] array of the manifest's dtype, one row per sample
-index, the C logits then the D-wide pooled feature. A file is written under a temporary name and
-renamed into place, so runs that fill the same epoch at once each leave a whole file and readers
-never see a partial one. A reading run maps the epoch's files (CPU) or copies them to its device
-once per epoch (CUDA: 2 x 50000 x (100 + 256) B = 36 MB for CIFAR-100 in float16), so a step
-gathers its rows without a host-device synchronisation.
+index, the C logits then the D-wide pooled feature. One process fills an epoch at a time (a lock
+in the folder; under torchrun every rank writes its share of the rows into one file): the file
+is written under a temporary name and renamed into place, then its entry recorded, so a reader
+never sees a partial file. A reading run checks the file's checksum and memory-maps it; a step
+gathers its batch's rows (on an accelerator into pinned memory, copied one batch ahead).
 """
 
+import fcntl
 import hashlib
 import json
-from collections.abc import Callable
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 import kdistill
 from kdistill.config import EXECUTION_KEYS, RunConfig, flat_config
 from kdistill.data import Loader, Loaders
 from kdistill.data.batch import channels_last_views
-from kdistill.distributed import barrier, is_main_process
+from kdistill.data.loaders import BatchOrder
+from kdistill.distributed import barrier, is_main_process, rank, world_size
 from kdistill.errors import KdistillError
-from kdistill.files import atomic_write_bytes
+from kdistill.files import atomic_write_bytes, reported_write
 from kdistill.methods.base import LOGITS_AND_POOLED, Distiller
 from kdistill.models.base import Features, probe_features
 from kdistill.precision import autocast
@@ -40,7 +48,10 @@ from kdistill.precision import autocast
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 2
-INFORMATIONAL_KEYS = ("epochs",)  # recorded, not required to match
+INFORMATIONAL_KEYS = ("epochs", "files")  # recorded, not required to match
+FILL_LOCK = "fill.lock"  # held by the process filling an epoch
+FILL_SUFFIX = ".filling"  # an epoch file being filled, renamed into place when whole
+HASH_CHUNK = 1 << 24
 # Keys of the flattened configuration that do not change the teacher's outputs on the training
 # views. A cache's identity is every OTHER key (so a key added later counts until it is listed
 # here), the state of the training data and the teacher's weight checksum.
@@ -103,21 +114,76 @@ def manifest_mismatch(stored: dict[str, Any], wanted: dict[str, Any]) -> str | N
     return None
 
 
+def _not_a_file(path: Path) -> KdistillError:
+    return KdistillError(f"teacher cache entry {path} is not a file: delete it and the cache fills it again")
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The cache's manifest, checked to be a JSON object whose `files` are well-formed entries;
+    one line naming the fix otherwise."""
+    path = folder / MANIFEST_FILE
+    if path.exists() and not path.is_file():
+        raise _not_a_file(path)
+    fix = f"delete the folder {folder} (it is filled again) or choose another teacher_cache=<folder>"
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError:
+        raise KdistillError(f"teacher cache manifest {path} is not valid JSON (empty or damaged): {fix}") from None
+    except OSError as error:
+        raise KdistillError(f"teacher cache manifest {path} cannot be read ({error.strerror}): {fix}") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)
+            and (entry.get("batches") is None or isinstance(entry.get("batches"), int)) for entry in files.values()):
+        raise KdistillError(f"teacher cache manifest {path} is not a kdistill teacher-cache manifest "
+                            f"(a JSON object with well-formed 'files' entries): {fix}")
+    return manifest
+
+
+def file_sha256(file: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    file.seek(0)
+    while chunk := file.read(HASH_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _locked(folder: Path, held: bool) -> Iterator[None]:
+    """An exclusive lock on the cache folder while `held` (one process of a run takes it): runs
+    that need the same epoch fill it once, the others wait and then read it."""
+    if not held:
+        yield
+        return
+    with reported_write(folder / FILL_LOCK), open(folder / FILL_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class TeacherCache:
     """The teacher's outputs of one run's configuration, filled an epoch at a time.
 
-    `prepare_epoch(epoch)` (called by the Trainer before each epoch, with the data epoch the
-    loader uses) fills the epoch's missing files with `compute(epoch, view)` and loads them;
-    `read(index, view)` returns the rows of a batch as `Features` (logits, pooled; no stages).
+    `fill_epoch(epoch)` computes what the epoch's files lack; `prepare_epoch(epoch, steps)`
+    (called by the Trainer before each epoch, with the data epoch the loader uses and the steps
+    it takes) fills, checks and maps them; `read(index, view)` returns a batch's rows as
+    `Features` (logits, pooled; no stages).
+
+    `covered`: the leading batches of the epoch's covering order (`BatchOrder.covering_batches`)
+    a run reads (a run capped by steps_per_epoch), None for every sample. An epoch file records
+    how many it holds, so a later run that reads more fills the rest.
     """
 
     def __init__(self, folder: Path, manifest: dict[str, Any], views: tuple[str, ...], device: torch.device,
-                 compute: Callable[[int, str], Tensor]):
+                 compute: Callable[[int, str, list[Tensor]], Iterator[tuple[Tensor, Tensor]]],
+                 order: BatchOrder, covered: int | None = None, progress: bool = False):
         self.folder, self.manifest, self.views, self.device = folder, manifest, views, device
         self.dtype = CACHE_DTYPES[manifest["dtype"]]
         self.num_samples, self.num_classes, self.feature_dim = manifest["rows"], manifest["logits"], manifest["pooled"]
-        self.compute = compute
-        self.tables: dict[str, Tensor] = {}
+        self.compute, self.order, self.covered, self.progress = compute, order, covered, progress
+        self.readers: dict[str, _ViewReader] = {}
         self.epoch: int | None = None
         self.announced = False
 
@@ -137,63 +203,190 @@ class TeacherCache:
                 f"({self.num_classes} logits + {self.feature_dim} pooled) x {self.dtype.itemsize} B = "
                 f"{_size(logits + pooled)} (logits {_size(logits)}, pooled {_size(pooled)})")
 
-    def missing_views(self, epoch: int) -> list[str]:
-        return [view for view in self.views if not self.epoch_file(epoch, view).is_file()]
+    def _held_batches(self, manifest: dict[str, Any], path: Path, total: int) -> int:
+        """How many of the `total` leading covering batches the file holds (0: none, or no file)."""
+        if path.exists() and not path.is_file():
+            raise _not_a_file(path)
+        entry = manifest["files"].get(path.name)
+        if entry is None or not path.is_file():  # a file renamed into place whose entry a kill lost is filled again
+            return 0
+        return total if entry["batches"] is None else entry["batches"]
 
-    def fill_epoch(self, epoch: int) -> None:
-        """Compute and store the epoch's missing views (the main process; the others wait)."""
-        missing = self.missing_views(epoch)
-        if missing and is_main_process():
-            if not self.announced:
+    def fill_epoch(self, epoch: int) -> int:
+        """Compute what the epoch's files lack (every process of a run its share); returns how
+        many files were written."""
+        return sum(self._fill_view(epoch, view) for view in self.views)
+
+    def _fill_view(self, epoch: int, view: str) -> bool:
+        path = self.epoch_file(epoch, view)
+        batches = self.order.covering_batches(epoch)
+        wanted = len(batches) if self.covered is None else min(self.covered, len(batches))
+        main = is_main_process()
+        with _locked(self.folder, held=main):
+            barrier()  # the main process holds the lock: every process reads one manifest
+            held = self._held_batches(read_manifest(self.folder), path, len(batches))
+            if held >= wanted:
+                barrier()
+                return False
+            if main and not self.announced:
                 print(self.disk_use(self.manifest["epochs"]), flush=True)
                 self.announced = True
-            for view in missing:
-                table = self.compute(epoch, view).to(self.dtype).cpu()
-                data = table.view(torch.uint8).numpy().tobytes()
-                atomic_write_bytes(self.epoch_file(epoch, view), data)
-        barrier()
+            temporary = path.with_name(f".{path.name}{FILL_SUFFIX}")
+            if main:
+                with reported_write(temporary, "the epoch is filled again by the next run"):
+                    if held:
+                        shutil.copyfile(path, temporary)  # the rows other runs filled stay
+                    else:
+                        with open(temporary, "wb") as file:
+                            file.truncate(self.num_samples * self.row_bytes)
+            barrier()
+            self._write_rows(temporary, epoch, view, batches[held + rank() : wanted : world_size()])
+            barrier()
+            if main:
+                self._publish(temporary, path, None if wanted == len(batches) else wanted)
+            barrier()
+        return True
 
-    def prepare_epoch(self, epoch: int) -> None:
+    def _write_rows(self, temporary: Path, epoch: int, view: str, batches: list[Tensor]) -> None:
+        """This process's share of the rows, written in place (disjoint rows of one file)."""
+        bar = tqdm(total=len(batches), desc=f"teacher cache: epoch {epoch + 1} {view}", unit="batch", leave=False,
+                   disable=not (self.progress and is_main_process()), mininterval=1.0, dynamic_ncols=True)
+        with reported_write(temporary, "the epoch is filled again by the next run"), open(temporary, "r+b") as file:
+            for index, rows in self.compute(epoch, view, batches):
+                data = rows.to(self.dtype).cpu().view(torch.uint8).numpy()
+                for sample, row in zip(index.tolist(), data, strict=True):
+                    os.pwrite(file.fileno(), row.tobytes(), sample * self.row_bytes)
+                bar.update(1)
+            file.flush()
+            os.fsync(file.fileno())
+        bar.close()
+
+    def _publish(self, temporary: Path, path: Path, batches: int | None) -> None:
+        """Rename the filled file into place and record its size, checksum and coverage."""
+        with open(temporary, "rb") as file:
+            checksum = file_sha256(file)
+        os.replace(temporary, path)
+        manifest = read_manifest(self.folder)
+        manifest["files"][path.name] = {"bytes": path.stat().st_size, "sha256": checksum, "batches": batches}
+        atomic_write_bytes(self.folder / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+
+    def verify_epoch(self, epoch: int) -> None:
+        """Check the epoch's files against their sizes and checksums in the manifest."""
+        manifest = read_manifest(self.folder)
+        for view in self.views:
+            self._open(manifest, self.epoch_file(epoch, view), None)
+
+    def prepare_epoch(self, epoch: int, steps: range | None = None) -> None:
+        """Fill the epoch if it is new, then check its files against the manifest and map them.
+        `steps`: the training steps this process takes in the epoch, so that on an accelerator
+        each batch's rows are copied one batch ahead; without it rows are gathered at `read`."""
         self.fill_epoch(epoch)
-        self.tables = {view: self._load(self.epoch_file(epoch, view)) for view in self.views}
+        manifest = read_manifest(self.folder)
+        schedule = None if steps is None else self.order.batches(epoch)[steps.start : steps.stop]
+        self.readers = {view: self._open(manifest, self.epoch_file(epoch, view), schedule) for view in self.views}
         self.epoch = epoch
 
-    def _load(self, path: Path) -> Tensor:
+    def _open(self, manifest: dict[str, Any], path: Path, schedule: list[Tensor] | None) -> "_ViewReader":
         expected = self.num_samples * self.row_bytes
-        if path.stat().st_size != expected:
-            raise KdistillError(f"teacher cache file {path} has {path.stat().st_size} bytes, not {expected}: "
-                                "delete it and it is filled again")
-        size = self.num_samples * (self.num_classes + self.feature_dim)
-        table = torch.from_file(str(path), shared=False, size=size, dtype=self.dtype)
-        return table.view(self.num_samples, -1).to(self.device)
+        entry = manifest["files"].get(path.name)
+        delete = "delete it and it is filled again"
+        if not path.is_file():
+            raise _not_a_file(path) if path.exists() else KdistillError(
+                f"teacher cache file {path} is missing (another process deleted it?): run again to fill it")
+        if entry is None:
+            raise KdistillError(f"teacher cache file {path} has no entry in its manifest: {delete}")
+        with open(path, "rb") as file:  # one open file: the bytes checked are the bytes mapped
+            size = os.fstat(file.fileno()).st_size
+            if size != expected or entry["bytes"] != expected:
+                raise KdistillError(f"teacher cache file {path} has {size} bytes, not {expected}: {delete}")
+            if file_sha256(file) != entry["sha256"]:
+                raise KdistillError(f"teacher cache file {path} does not match its checksum in the manifest "
+                                    f"(its bytes changed after it was filled): {delete}")
+            table = np.memmap(file, dtype=np.uint8, mode="r", shape=(self.num_samples, self.row_bytes))
+        return _ViewReader(table, self.dtype, self.device, schedule)
 
     def read(self, index: Tensor, view: str) -> Features:
-        if view not in self.tables:
+        if view not in self.readers:
             raise KdistillError(f"the teacher cache holds no '{view}' view for epoch {self.epoch}")
-        rows = self.tables[view][index].float()
+        rows = self.readers[view].rows(index).float()
         return Features(rows[:, : self.num_classes].contiguous(), [], rows[:, self.num_classes :].contiguous())
 
 
-def epoch_table_function(distiller: Distiller, loader: Loader, channels_last: bool,
-                         autocast_dtype: torch.dtype | None, device: torch.device) -> Callable[[int, str], Tensor]:
-    """compute(epoch, view) -> the [N, C + D] float32 table of the teacher's logits and pooled
-    feature on every sample's view, run in the training batches' order and format."""
-    def compute(epoch: int, view: str) -> Tensor:
+class _ViewReader:
+    """Rows of one epoch file by batch, from a read-only memory map: resident memory holds the
+    batches in flight, not the epoch. With a schedule (the index batches the run will read, in
+    order) each batch's rows are gathered into pinned host memory and copied to an accelerator
+    one batch ahead, without a host-device synchronisation; the batch's `index` tensor (one per
+    step, however many times a method reads the view) advances the schedule."""
+
+    IN_FLIGHT = 3  # pinned buffers: one being read by the step, one being copied, one being gathered
+
+    def __init__(self, table: np.memmap, dtype: torch.dtype, device: torch.device, schedule: list[Tensor] | None):
+        self.table, self.dtype, self.device, self.schedule = table, dtype, device, schedule
+        self.position = 0
+        self.last_index: Tensor | None = None
+        self.current: Tensor | None = None
+        self.ahead: Tensor | None = None
+        self.buffers: list[Tensor] = []
+        self.copied: list[Any] = []
+
+    def _gather(self, host_index: Tensor) -> Tensor:
+        return torch.from_numpy(self.table[host_index.numpy()]).view(self.dtype)
+
+    def _issue(self, step: int) -> Tensor | None:
+        """Start moving the rows of the schedule's `step` to the device."""
+        if step >= len(self.schedule):
+            return None
+        rows = self._gather(self.schedule[step])
+        if self.device.type != "cuda":
+            return rows.to(self.device)
+        slot = step % self.IN_FLIGHT
+        if len(self.buffers) < self.IN_FLIGHT:
+            self.buffers.append(torch.empty(0, dtype=self.dtype).pin_memory())
+            self.copied.append(None)
+        if self.copied[slot] is not None:
+            self.copied[slot].synchronize()  # the copy issued IN_FLIGHT batches ago has read this buffer
+        if self.buffers[slot].shape != rows.shape:
+            self.buffers[slot] = torch.empty(rows.shape, dtype=self.dtype).pin_memory()
+        self.buffers[slot].copy_(rows)
+        moved = self.buffers[slot].to(self.device, non_blocking=True)
+        self.copied[slot] = torch.cuda.Event()
+        self.copied[slot].record()
+        return moved
+
+    def rows(self, index: Tensor) -> Tensor:
+        if self.schedule is None:
+            return self._gather(index.cpu()).to(self.device)
+        if index is self.last_index:
+            return self.current
+        if self.position >= len(self.schedule):
+            raise KdistillError("the teacher cache was read for more batches than the epoch's schedule holds")
+        expected = self.schedule[self.position]
+        if index.device.type == "cpu" and not torch.equal(index, expected):  # checked where it costs no sync
+            raise KdistillError("the teacher cache was read out of the epoch's batch order")
+        self.current = self.ahead if self.ahead is not None else self._issue(self.position)
+        self.position += 1
+        self.ahead = self._issue(self.position)
+        self.last_index = index
+        return self.current
+
+
+def epoch_rows_function(distiller: Distiller, loader: Loader, channels_last: bool,
+                        autocast_dtype: torch.dtype | None, device: torch.device,
+                        ) -> Callable[[int, str, list[Tensor]], Iterator[tuple[Tensor, Tensor]]]:
+    """compute(epoch, view, index batches) -> (index, [B, C + D] float32 rows) per batch: the
+    teacher's logits and pooled feature on the samples' view, in the training batches' format."""
+    def compute(epoch: int, view: str, batches: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         loader.set_epoch(epoch)
-        table = None
         # A DataLoader draws its base seed from the global generator: the pass must leave it as it
         # was, or a method's own draws (CRD's negatives) would differ from a run without the cache.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            for batch in loader.batches_of(loader.order.covering_batches(epoch)):
+            for index, batch in zip(batches, loader.batches_of(batches), strict=True):
                 if channels_last:
                     batch = channels_last_views(batch)
                 with autocast(device, autocast_dtype):
                     features = distiller.teacher_features(batch[view])
-                rows = torch.cat([features.logits.float(), features.pooled.float()], dim=1)
-                if table is None:
-                    table = torch.zeros(loader.dataset_size, rows.shape[1], device=rows.device)
-                table[batch["index"]] = rows
-        return table
+                yield index, torch.cat([features.logits.float(), features.pooled.float()], dim=1)
     return compute
 
 
@@ -237,15 +430,23 @@ def open_teacher_cache(cfg: RunConfig, distiller: Distiller, loaders: Loaders, d
         "epochs": cfg.epochs,
     }
     manifest = json.loads(json.dumps(manifest))  # as it reads back: tuples as lists
-    encoded = (json.dumps(manifest, indent=2) + "\n").encode()
+    encoded = (json.dumps({**manifest, "files": {}}, indent=2) + "\n").encode()
     if is_main_process():
+        if not (folder / MANIFEST_FILE).exists() and any(folder.glob("epoch_*")):
+            # Never adopted: what the files were computed from went with the manifest.
+            raise KdistillError(f"teacher cache {folder} holds epoch files but no {MANIFEST_FILE}, so what they were "
+                                "computed from is unknown: delete the folder (it is filled again) "
+                                "or choose another teacher_cache=<folder>")
         atomic_write_bytes(folder / MANIFEST_FILE, encoded, exclusive=True)
     barrier()
-    stored = json.loads((folder / MANIFEST_FILE).read_text())
+    stored = read_manifest(folder)
     mismatch = manifest_mismatch(stored, manifest)
     if mismatch is not None:
         raise KdistillError(f"teacher cache {folder} was filled for another configuration ({mismatch}): "
                             "use another teacher_cache=<folder>, or delete this one")
     views = ("image", "image_strong") if distiller.needs_strong_view else ("image",)
-    compute = epoch_table_function(distiller, loader, cfg.channels_last, autocast_dtype, device)
-    return TeacherCache(folder, stored, views, device, compute)
+    compute = epoch_rows_function(distiller, loader, cfg.channels_last, autocast_dtype, device)
+    # A run capped by steps_per_epoch reads the first steps x processes covering batches.
+    capped = cfg.steps_per_epoch is not None and cfg.steps_per_epoch < len(loader)
+    covered = cfg.steps_per_epoch * world_size() if capped else None
+    return TeacherCache(folder, stored, views, device, compute, loader.order, covered, cfg.progress)

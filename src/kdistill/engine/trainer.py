@@ -31,6 +31,7 @@ from kdistill.data import Loaders
 from kdistill.data.batch import channels_last_views
 from kdistill.distributed import barrier, broadcast_buffers, is_distributed, is_main_process, sum_over_ranks
 from kdistill.engine.schedule import build_optimizer, build_scheduler
+from kdistill.engine.teacher_cache import TeacherCache
 from kdistill.errors import KdistillError, RunStopped
 from kdistill.methods import Distiller
 from kdistill.precision import autocast, autocast_dtype, grad_scaler
@@ -168,8 +169,9 @@ class StopSignals:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, distiller: Distiller, loaders: Loaders, device: torch.device,
-                 lr: float, run: RunFolder):
+                 lr: float, run: RunFolder, teacher_cache: TeacherCache | None = None):
         self.cfg = cfg
+        self.teacher_cache = teacher_cache
         self.distiller = distiller
         self.loaders = loaders
         self.device = device
@@ -309,8 +311,8 @@ class Trainer:
         else:
             self.distiller.train()
             self.distiller.on_epoch_start(epoch + 1, phase.epochs)
-            if self.distiller.teacher_outputs is not None:  # the teacher cache: filled here if this epoch is new
-                self.distiller.teacher_outputs.prepare_epoch(global_epoch)
+            if self.teacher_cache is not None:  # filled here if this epoch is new
+                self.teacher_cache.prepare_epoch(global_epoch, range(tally.steps, self.steps_per_epoch))
         loader = self.loaders.train
         loader.set_epoch(global_epoch, skip_batches=tally.steps)
         watch = NonFiniteWatch()

@@ -60,10 +60,8 @@ LOGITS_AND_POOLED = frozenset({"logits", "pooled"})  # what logit- and embedding
 
 
 class TeacherOutputs(Protocol):
-    """A store of the teacher's outputs that stands in for running it (the teacher cache)."""
-
-    def prepare_epoch(self, epoch: int) -> None:
-        """Called by the Trainer before each distillation epoch with the loader's data epoch."""
+    """A store of the teacher's outputs that stands in for running it (the teacher cache; the
+    Trainer prepares its epochs)."""
 
     def read(self, index: Tensor, view: str) -> Features:
         """Logits and pooled feature of the samples `index` [B] on `view` ("image", "image_strong")."""
