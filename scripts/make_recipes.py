@@ -63,6 +63,7 @@ CIFAR100_METHODS.update({
 # its scripts' weights (run_distill.sh) and option defaults (train_student.py).
 CIFAR100_METHODS.update({
     "simkd": method_section("simkd", factor=2),
+    "srrl": method_section("srrl", temperature=4.0),
 })
 # DKD's NCKD weight in mdistiller's CIFAR-100 recipes (8 elsewhere); the LS code multiplies it by its KD weight.
 DKD_BETA = {("resnet56", "resnet20"): 2.0, ("resnet110", "resnet32"): 2.0, ("resnet110", "resnet20"): 2.0,

@@ -58,6 +58,7 @@ METHOD_OPTIONS = {
     "dkd": ["method.warmup=1"],
     "mlkd": [],  # two views, read through the cache like CRLD's
     "dist": [],
+    "srrl": [],  # its teacher's classifier is applied to the student's features: the weights, not a cached output
 }
 
 

@@ -1,5 +1,5 @@
 """Feature losses of the CRD benchmark's baselines (FitNet, AT, SP, CC, VID, RKD, PKT, AB, FT, FSP,
-NST) and of the later feature methods (ReviewKD, SimKD).
+NST) and of the later feature methods (ReviewKD, SimKD, SRRL).
 
 Student first, teacher second. A "map" is `[B, C, H, W]`, a "vector" `[B, D]`. The reductions are
 those of the benchmark's public implementations (RepDistiller), which the table weights were tuned
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["ab_loss", "at_loss", "cc_loss", "fitnet_loss", "fsp_loss", "ft_loss", "hcl_loss",
-           "nst_loss", "pkt_loss", "rkd_loss", "simkd_loss", "sp_loss", "vid_loss"]
+           "nst_loss", "pkt_loss", "rkd_loss", "simkd_loss", "sp_loss", "srrl_loss", "vid_loss"]
 
 
 def pool_to_common_size(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -292,3 +292,18 @@ def simkd_loss(projected_student: Tensor, teacher: Tensor) -> Tensor:
         raise ValueError(f"simkd_loss needs maps of equal batch and channels, got {tuple(projected_student.shape)} "
                          f"and {tuple(teacher.shape)}")
     return F.mse_loss(projected_student.float(), teacher.float())
+
+
+def srrl_loss(projected_student: Tensor, teacher: Tensor, regressed_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """SRRL (Yang et al., ICLR 2021), as its reference code computes it: the student's pooled
+    feature after the connector (`[B, D_t]`) against the teacher's pooled feature, plus the
+    teacher's classifier applied to that projected feature (`regressed_logits`) against the
+    teacher's logits (the "softmax regression", an MSE of logits in the reference). Reduction:
+    each a mean squared error over all entries; the two summed with weight 1.
+    """
+    pairs = {"features": (projected_student, teacher), "logits": (regressed_logits, teacher_logits)}
+    for name, (a, b) in pairs.items():
+        if a.shape != b.shape:
+            raise ValueError(f"srrl_loss needs {name} of equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return (F.mse_loss(projected_student.float(), teacher.float())
+            + F.mse_loss(regressed_logits.float(), teacher_logits.float()))

@@ -1,5 +1,6 @@
 """What the feature-based baselines share: pairing student and teacher stages, the conv regressor
-that maps a student map onto a teacher map, and the options of an initialisation stage."""
+that maps a student map onto a teacher map, the teacher's classifier reused on the student's
+features, and the options of an initialisation stage."""
 
 from dataclasses import dataclass
 
@@ -8,6 +9,7 @@ from torch import Tensor, nn
 from kdistill.errors import KdistillError
 from kdistill.methods.base import MethodOptions
 from kdistill.models.base import FeatureModel, Features
+from kdistill.models.checkpoint import classifier_name
 
 
 @dataclass
@@ -55,3 +57,16 @@ def conv_regressor(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
+
+
+def reused_classifier_name(teacher: FeatureModel, width: int, method: str, pair: str) -> str:
+    """Module name of the teacher's classifier, to be reused (frozen) on `width`-wide vectors
+    projected from the student (SimKD, SRRL); a clear error when it does not read such vectors.
+    Methods keep the name, not the module, so the teacher's weights never enter their state."""
+    name = classifier_name(teacher)
+    classifier = None if name is None else teacher.get_submodule(name)
+    if not isinstance(classifier, nn.Linear) or classifier.in_features != width:
+        raise KdistillError(f"method {method}, {pair}: the teacher's classifier does not read its {width}-wide "
+                            "pooled feature, so it cannot be reused; use a CNN teacher whose classifier is one "
+                            "linear layer after global pooling")
+    return name

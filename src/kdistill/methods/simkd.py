@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from kdistill.data import Batch
 from kdistill.errors import KdistillError
 from kdistill.losses import simkd_loss
-from kdistill.methods._feature_pairs import pair_name
+from kdistill.methods._feature_pairs import pair_name, reused_classifier_name
 from kdistill.methods.base import Distiller, DistillOutput, MethodContext, MethodOptions, Terms
 from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
@@ -93,11 +93,7 @@ class SimKD(Distiller):
             raise KdistillError(f"method simkd: factor={options.factor} must be a positive integer (the paper uses 2)")
         _, s_channels, s_height, s_width = context.student_shapes.stages[-1].shape
         _, t_channels, t_height, t_width = context.teacher_shapes.stages[-1].shape
-        classifier = self.teacher_classifier()
-        if not isinstance(classifier, nn.Linear) or classifier.in_features != t_channels:
-            raise KdistillError(f"method simkd, {pair}: the teacher's classifier does not read its last stage map's "
-                                f"{t_channels} channels after pooling, so it cannot be reused; use a CNN teacher "
-                                "whose classifier follows global average pooling")
+        self.classifier_name = reused_classifier_name(teacher, t_channels, "simkd", pair)
         if t_channels // options.factor < 1:
             raise KdistillError(f"method simkd, {pair}: factor={options.factor} leaves no channel of the teacher's "
                                 f"{t_channels}; lower method.factor")
@@ -108,7 +104,7 @@ class SimKD(Distiller):
             student.get_submodule(own_head).requires_grad_(False)
 
     def teacher_classifier(self) -> nn.Module:
-        return self.teacher.get_submodule(classifier_name(self.teacher))
+        return self.teacher.get_submodule(self.classifier_name)
 
     def deployed_student(self) -> FeatureModel:
         return ReusedClassifierStudent(self.student, self.projector, self.teacher_classifier())
