@@ -93,6 +93,9 @@ CIFAR100_NOTES.update({("reviewkd", pair): f"w_method {weight}: the ReviewKD aut
                                            "(their CIFAR-100 script/reviewKD.sh)"
                        for pair, weight in REVIEWKD_WEIGHT.items() if weight != 1.0})
 
+# OFD at mdistiller's CIFAR-100 settings (its ofd.yaml: CE 1, feature weight 0.001, 1x1 connectors).
+CIFAR100_METHODS["ofd"] = method_section("ofd", connector_kernel_size=1)
+
 CIFAR100_DATA = {"name": "cifar100", "root": "./data/cifar100", "batch_size": 64}
 TABLE_SCHEDULE = {"epochs": 240, "schedule": {"name": "step", "milestones": [150, 180, 210], "gamma": 0.1}}
 

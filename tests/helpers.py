@@ -72,3 +72,18 @@ def mean_over_ranks(grads) -> None:
     for grad in grads:
         dist.all_reduce(grad)
         grad /= dist.get_world_size()
+
+
+def term_over_steps(distiller, batch: dict, term: str, steps: int = 6, lr: float = 0.05) -> list[float]:
+    """A method's `term` before each of `steps` SGD steps (momentum 0.9) on its total, on one fixed batch."""
+    import torch
+
+    optimizer = torch.optim.SGD(distiller.train_parameters(), lr=lr, momentum=0.9)
+    values = []
+    for _ in range(steps):
+        output = distiller.train()(batch)
+        optimizer.zero_grad()
+        output.total.backward()
+        optimizer.step()
+        values.append(output.terms[term].item())
+    return values

@@ -422,7 +422,8 @@ def test_skipping_batches_leaves_the_samples_and_views_of_the_rest(tmp_path):
 # Methods with a teacher and state of their own (a learned temperature, a distillation head):
 # a kill as the third resume state is saved, then --resume, ends as the unbroken run.
 # ReviewKD: fusion blocks and a warm-up by epoch (3 epochs here, so the kill falls inside it).
-RESUMED_METHODS = {"dist": [], "reviewkd": ["method.warmup=3"], "simkd": [], "srrl": []}
+# OFD: connectors, and margins rebuilt from the teacher on resume.
+RESUMED_METHODS = {"dist": [], "reviewkd": ["method.warmup=3"], "simkd": [], "srrl": [], "ofd": []}
 
 
 @pytest.fixture(scope="module")

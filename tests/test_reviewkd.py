@@ -3,6 +3,7 @@ the fusion blocks' shapes against the authors' per-pair lists, the warm-up, the 
 
 import pytest
 import torch
+from helpers import term_over_steps
 
 from kdistill.errors import KdistillError
 from kdistill.losses import hcl_loss
@@ -101,14 +102,7 @@ def test_reviewkd_loss_goes_down_on_a_fixed_batch():
     distiller = build("resnet8", "resnet8", w_ce=0.0)
     distiller.on_epoch_start(20, 240)
     batch = {"image": fixed(8, 3, 32, 32), "label": torch.arange(8), "index": torch.arange(8)}
-    optimizer = torch.optim.SGD(distiller.train_parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(6):
-        output = distiller.train()(batch)
-        optimizer.zero_grad()
-        output.total.backward()
-        optimizer.step()
-        losses.append(output.terms["reviewkd"].item())
+    losses = term_over_steps(distiller, batch, "reviewkd", lr=0.05)
     assert all(later < earlier for earlier, later in zip(losses, losses[1:])) and losses[-1] < 0.95 * losses[0], losses
 
 

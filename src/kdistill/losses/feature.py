@@ -1,5 +1,5 @@
 """Feature losses of the CRD benchmark's baselines (FitNet, AT, SP, CC, VID, RKD, PKT, AB, FT, FSP,
-NST) and of the later feature methods (ReviewKD, SimKD, SRRL).
+NST) and of the later feature methods (ReviewKD, SimKD, SRRL, OFD).
 
 Student first, teacher second. A "map" is `[B, C, H, W]`, a "vector" `[B, D]`. The reductions are
 those of the benchmark's public implementations (RepDistiller), which the table weights were tuned
@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["ab_loss", "at_loss", "cc_loss", "fitnet_loss", "fsp_loss", "ft_loss", "hcl_loss",
-           "nst_loss", "pkt_loss", "rkd_loss", "simkd_loss", "sp_loss", "srrl_loss", "vid_loss"]
+           "nst_loss", "ofd_loss", "ofd_margin", "pkt_loss", "rkd_loss", "simkd_loss", "sp_loss", "srrl_loss",
+           "vid_loss"]
 
 
 def pool_to_common_size(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -307,3 +308,37 @@ def srrl_loss(projected_student: Tensor, teacher: Tensor, regressed_logits: Tens
             raise ValueError(f"srrl_loss needs {name} of equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
     return (F.mse_loss(projected_student.float(), teacher.float())
             + F.mse_loss(regressed_logits.float(), teacher_logits.float()))
+
+
+def ofd_margin(bn_weight: Tensor, bn_bias: Tensor) -> Tensor:
+    """OFD's per-channel margin (Heo et al., ICCV 2019) from the affine parameters of the batch
+    norm before a teacher's ReLU, read as the pre-activation's std (`|weight|`) and mean (`bias`):
+    the expected value of the pre-activation below zero, `m - s * phi(m/s) / Phi(-m/s)`, or
+    `-3 s` where `Phi(-m/s) <= 0.001` (as mdistiller's `get_margin`). Shape `[C]`, float32,
+    computed in float64."""
+    std, mean = bn_weight.detach().double().abs(), bn_bias.detach().double()
+    below_zero = torch.special.ndtr(-mean / std)
+    density = torch.exp(-(mean / std) ** 2 / 2) / math.sqrt(2 * math.pi)
+    expected_negative = mean - std * density / below_zero
+    return torch.where(below_zero > 0.001, expected_negative, -3 * std).float()
+
+
+def ofd_loss(source: Tensor, target: Tensor, margin: Tensor) -> Tensor:
+    """OFD's partial L2 distance between the student's connected pre-ReLU map `source` and the
+    teacher's pre-ReLU map `target` (`[B, C, H, W]`), with the teacher's per-channel `margin`
+    (`[C]` or `[1, C, 1, 1]`).
+
+    Per entry: `(s - m)^2` where `s > m >= t` (the teacher's neuron is off: the student need only
+    stay below the margin), `(s - t)^2` where `s > t` and `m < t <= 0`, and `(s - t)^2` where
+    `t > 0` (the conditions as mdistiller writes them, overlaps included). Reduction: mean over the
+    batch, summed over channels and positions.
+    """
+    source, target = _at_least_float32(source), _at_least_float32(target)
+    margin = margin.to(source).reshape(1, -1, 1, 1)
+    off_above_margin = (source > margin) & (target <= margin)
+    negative_below_student = (source > target) & (target > margin) & (target <= 0)
+    to_margin = torch.where(off_above_margin, (source - margin).pow(2), 0.0)
+    # The last two conditions exclude each other (t <= 0 against t > 0); the first can overlap the
+    # third (a positive margin), and then both count, as in mdistiller.
+    to_target = torch.where(negative_below_student | (target > 0), (source - target).pow(2), 0.0)
+    return (to_margin + to_target).mean(dim=0).sum()

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from kdistill.errors import KdistillError
+
 
 @dataclass
 class Features:
@@ -46,6 +48,14 @@ class FeatureModel(nn.Module):
 
     def extract(self, x: Tensor, preact: bool = False) -> Features:
         raise NotImplementedError
+
+    def preact_batch_norms(self) -> list[nn.BatchNorm2d]:
+        """For each stage after the stem (`Features.preact[1:]`), the batch norm whose output is the
+        stage's pre-ReLU map, or its residual branch's share of it where the stage ends in a sum (as
+        mdistiller's `get_bn_before_relu`): OFD reads its margins from their affine parameters."""
+        raise KdistillError(f"model {type(self).__name__} does not name the batch norm before each stage's ReLU, "
+                            "which OFD reads its margins from: use a CIFAR ResNet, WRN, VGG, ResNet50, "
+                            "MobileNetV2 or ShuffleV1 teacher")
 
     def tokens(self, x: Tensor) -> TokenSequence:
         """The pooled feature as the CLS token, then the positions of the last stage map (a ViT

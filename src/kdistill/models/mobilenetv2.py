@@ -85,3 +85,6 @@ class MobileNetV2(FeatureModel):
         pooled = global_pool(self.conv2(out))
         # The stages end in a linear BN (no ReLU), so their pre-activation maps are the maps.
         return Features(self.classifier(pooled), stages, pooled, list(stages) if preact else None)
+
+    def preact_batch_norms(self) -> list[nn.BatchNorm2d]:
+        return [self.blocks[index][-1].conv[-1] for index in FEATURE_STAGES]

@@ -68,6 +68,9 @@ class CifarResNet(FeatureModel):
         pooled = global_pool(stages[-1])
         return Features(self.fc(pooled), stages, pooled, preacts if preact else None)
 
+    def preact_batch_norms(self) -> list[nn.BatchNorm2d]:
+        return [layer[-1].bn2 for layer in (self.layer1, self.layer2, self.layer3)]
+
 
 _CONFIGS = {
     # name: (depth, (stem width, stage widths))

@@ -67,3 +67,6 @@ class ResNet50(FeatureModel):
         stages, preacts = run_stages(stem, (self.layer1, self.layer2, self.layer3, self.layer4))
         pooled = global_pool(stages[-1])
         return Features(self.linear(pooled), stages, pooled, preacts if preact else None)
+
+    def preact_batch_norms(self) -> list[nn.BatchNorm2d]:
+        return [layer[-1].bn3 for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]

@@ -78,3 +78,7 @@ class ShuffleV1(FeatureModel):
         stages, preacts = run_stages(stem, (self.layer1, self.layer2, self.layer3))
         pooled = global_pool(stages[-1])
         return Features(self.linear(pooled), stages, pooled, preacts if preact else None)
+
+    def preact_batch_norms(self) -> list[nn.BatchNorm2d]:
+        # Each stage ends in a stride-1 unit: its last BN plus the identity is the pre-ReLU map.
+        return [layer[-1].bn3 for layer in (self.layer1, self.layer2, self.layer3)]

@@ -56,6 +56,9 @@ class CifarVGG(FeatureModel):
         pooled = global_pool(stages[-1])
         return Features(self.classifier(pooled), stages, pooled, preacts if preact else None)
 
+    def preact_batch_norms(self) -> list[nn.BatchNorm2d]:
+        return [block[-1] for block in (self.block1, self.block2, self.block3, self.block4)]
+
 
 _CONFIGS = {
     "vgg8": [[64], [128], [256], [512], [512]],

@@ -100,6 +100,9 @@ class WideResNet(FeatureModel):
             ]
         return Features(self.fc(pooled), [stem, out1, out2, out3], pooled, preacts)
 
+    def preact_batch_norms(self) -> list[nn.BatchNorm2d]:
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+
 
 for _name, _depth, _widen in [("wrn_16_1", 16, 1), ("wrn_16_2", 16, 2), ("wrn_40_1", 40, 1), ("wrn_40_2", 40, 2)]:
     MODELS.register(_name)(partial(WideResNet, _depth, _widen))
