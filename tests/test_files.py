@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kdistill.errors import KdistillError
-from kdistill.files import WriteFailed, atomic_write, atomic_write_bytes, atomic_write_text
+from kdistill.files import WriteFailed, atomic_write, atomic_write_bytes, atomic_write_text, reported_write
 from kdistill.models.checkpoint import atomic_save
 
 
@@ -101,3 +101,11 @@ def test_exclusive_creates_only_if_absent(tmp_path):
 
 def test_a_write_failure_is_a_user_error():
     assert issubclass(WriteFailed, KdistillError)  # the CLI prints it as one line, exit 2
+
+
+def test_the_callers_word_on_what_is_intact_wins(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "save", torch_save_on_a_disk_full_at_once)
+    with pytest.raises(WriteFailed) as raised, reported_write(tmp_path / "run", "the run's checkpoint is intact"):
+        atomic_save({}, tmp_path / "w.pt")
+    assert str(raised.value) == (f"no space left on device while writing {tmp_path / 'w.pt'}; "
+                                 "the run's checkpoint is intact")

@@ -450,6 +450,5 @@ def bench_command(args: argparse.Namespace) -> None:
     print(format_report(report))
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
         print(f"-> {out}")

@@ -24,6 +24,14 @@ seed, ...)"""
 OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*=")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (not the whole usage), exit 2, as every other
+    bad input of kdistill; its subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` shows the options)\n")
+
+
 def is_override(token: str) -> bool:
     return OVERRIDE.match(token) is not None
 
@@ -330,7 +338,7 @@ def _add_grid_parser(commands) -> None:
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The parser and each command's own parser, by name."""
-    parser = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation for image classifiers.",
+    parser = OneLineParser(prog="kdistill", description="Knowledge distillation for image classifiers.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a teacher or a vanilla student (CE only)")

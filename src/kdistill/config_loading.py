@@ -52,6 +52,13 @@ def _check_values(cfg: RunConfig) -> None:
     if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
         raise KdistillError(f"steps_per_epoch={cfg.steps_per_epoch} is below 1: set steps_per_epoch=N >= 1, "
                             "or leave it unset for whole epochs")
+    rates = {"optim.lr": cfg.optim.lr, "schedule.warmup_lr": cfg.schedule.warmup_lr,
+             "schedule.min_lr": cfg.schedule.min_lr}
+    weights = {f"method.{name}": getattr(cfg.method.options, name) for name in ("w_ce", "w_kd", "w_method")}
+    for key, value in {**rates, **weights}.items():
+        if value is not None and value < 0:
+            what = "learning rate" if key in rates else "loss weight"
+            raise KdistillError(f"{key}={value}: a {what} cannot be negative; set {key} to a value >= 0")
     if cfg.device != "auto":
         try:
             torch.device(cfg.device)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from kdistill.config_loading import load_config
 from kdistill.engine import train_run
+from kdistill.files import atomic_write_text
 from kdistill.run_folder import RunFolder
 
 TEACHER = "resnet14"
@@ -39,8 +40,8 @@ def run_demo(out: Path, overrides: list[str] = ()) -> list[dict]:
         rows.append({"run": method, **train_run(load_config(None, run_overrides))})
     table = format_table(rows)
     print(table)
-    (out / "table.md").write_text(table + "\n")
-    (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out / "table.md", table + "\n")
+    atomic_write_text(out / "table.json", json.dumps(rows, indent=2) + "\n")
     print(f"-> {out / 'table.md'} and {out / 'table.json'}; the runs are in {', '.join(row['run'] for row in rows)} "
           f"under {out}")
     return rows

@@ -29,7 +29,7 @@ class WriteFailed(KdistillError):
 
     def __init__(self, path: Path, reason: str, intact: str):
         super().__init__(f"{reason} while writing {path}; {intact}")
-        self.path = path
+        self.path, self.reason, self.intact = path, reason, intact
 
 
 def failure_reason(error: BaseException) -> str | None:
@@ -55,17 +55,30 @@ def untouched(path: Path) -> str:
 @contextlib.contextmanager
 def reported_write(path: Path, intact: str | None = None) -> Iterator[None]:
     """Turn a failed write of `path` inside the block into one `WriteFailed` line; `intact` says
-    what is still good (by default: the previous file, if any, is untouched)."""
-    intact = intact if intact is not None else untouched(path)
+    what is still good (by default: the previous file, if any, is untouched). A caller's own
+    `intact` replaces that of a failed write inside the block: it knows more of what is kept."""
+    said = intact if intact is not None else untouched(path)
     try:
         yield
-    except WriteFailed:
-        raise
+    except WriteFailed as failed:
+        if intact is None:
+            raise
+        raise WriteFailed(failed.path, failed.reason, intact) from None
     except Exception as error:
         reason = failure_reason(error)
         if reason is None:
             raise
-        raise WriteFailed(path, reason, intact) from None
+        raise WriteFailed(path, reason, said) from None
+
+
+@contextlib.contextmanager
+def also_intact(kept: str) -> Iterator[None]:
+    """A failed write inside the block also says `kept` (what another owner keeps: a run whose
+    teacher cache cannot be written still has its checkpoint)."""
+    try:
+        yield
+    except WriteFailed as failed:
+        raise WriteFailed(failed.path, failed.reason, f"{failed.intact}; {kept}") from None
 
 
 def atomic_write(path: Path, write: Callable[[IO], None], mode: str = "wb", *, exclusive: bool = False,

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from kdistill.errors import KdistillError
-from kdistill.files import TEMP_SUFFIX, atomic_write_text, reported_write
+from kdistill.files import TEMP_SUFFIX, also_intact, atomic_write_text, reported_write
 from kdistill.models.checkpoint import UnreadableCheckpoint, atomic_save, read_torch_file, save_model_weights
 from kdistill.yaml_file import read_yaml_mapping
 
@@ -122,6 +122,11 @@ class RunFolder:
         """A failed write of `path` (a full disk...) is one line saying what the run keeps: every
         write is atomic or a whole line, so what was on disk before stays readable."""
         return reported_write(path, self.kept_state())
+
+    def writing_elsewhere(self) -> contextlib.AbstractContextManager[None]:
+        """A failed write outside the folder during the run (its teacher cache) also says what
+        the run keeps."""
+        return also_intact(self.kept_state())
 
     # ---- config ---------------------------------------------------------------------------
     def write_config(self, values: dict[str, Any]) -> None:

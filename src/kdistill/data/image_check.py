@@ -7,6 +7,7 @@ is cached per state of the tree (the paths, sizes and modification times of its 
 later run over the same files only reads their metadata.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from kdistill.data.sources import ImageFiles, Source, Split
 from kdistill.distributed import barrier
 from kdistill.errors import KdistillError, first_line
+from kdistill.files import WriteFailed, atomic_write_text
 
 CACHE_FORMAT = 1  # bump when the check or the cache file changes
 FILES_PER_TASK = 256  # files one thread checks per task: keeps the pool's queue short on huge trees
@@ -94,13 +96,10 @@ def _read_cache(cache_file: Path, key: str) -> dict[str, str] | None:
 
 
 def _write_cache(cache_file: Path, key: str, bad: dict[str, str]) -> None:
-    temporary = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps({"tree": key, "bad": bad}))
-        os.replace(temporary, cache_file)  # readers see the old file or the whole new one
-    except OSError:  # a read-only data folder: the check still works, it is just not kept
-        temporary.unlink(missing_ok=True)
+    # Atomic: readers see the old file or the whole new one. In a read-only data folder the
+    # check still works, it is just not kept.
+    with contextlib.suppress(WriteFailed):
+        atomic_write_text(cache_file, json.dumps({"tree": key, "bad": bad}))
 
 
 def find_bad_images(paths: list[str], cache_file: Path | None, key: str) -> dict[str, str]:

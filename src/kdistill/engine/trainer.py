@@ -312,7 +312,8 @@ class Trainer:
             self.distiller.train()
             self.distiller.on_epoch_start(epoch + 1, phase.epochs)
             if self.teacher_cache is not None:  # filled here if this epoch is new
-                self.teacher_cache.prepare_epoch(global_epoch, range(tally.steps, self.steps_per_epoch))
+                with self.run.writing_elsewhere():
+                    self.teacher_cache.prepare_epoch(global_epoch, range(tally.steps, self.steps_per_epoch))
         loader = self.loaders.train
         loader.set_epoch(global_epoch, skip_batches=tally.steps)
         watch = NonFiniteWatch()

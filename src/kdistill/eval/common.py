@@ -20,6 +20,7 @@ from kdistill.config_loading import load_config
 from kdistill.data import DatasetInfo, Loader, Loaders, build_loaders
 from kdistill.data.loaders import Normalizer
 from kdistill.errors import KdistillError
+from kdistill.files import atomic_write_text
 from kdistill.loading import (
     build_teacher,
     library_preprocessing,
@@ -239,5 +240,5 @@ def top1(logits: Tensor, labels: Tensor) -> float:
 
 def write_report(report: dict[str, Any], path: Path) -> dict[str, Any]:
     """Write the report as JSON and return it with the path it went to."""
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     return {**report, "written_to": str(path)}

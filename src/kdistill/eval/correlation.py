@@ -11,6 +11,7 @@ from torch import Tensor
 
 from kdistill.errors import KdistillError
 from kdistill.eval.common import collect_outputs, load_evaluation, resolve_target, write_report
+from kdistill.files import atomic_write
 
 PANEL_INCHES = 4.0
 
@@ -42,7 +43,7 @@ def plot_correlation_differences(panels: list[tuple[str, Tensor]], path: Path) -
     for axis in axes[len(panels):]:
         axis.set_visible(False)
     figure.colorbar(image, ax=list(axes[: len(panels)]), label="|corr(teacher) - corr(student)|")
-    figure.savefig(path, dpi=100)
+    atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=100))
 
 
 def run_correlate(targets: list[str], overrides: list[str], which: str = "last",

@@ -27,6 +27,7 @@ from kdistill.eval.common import (
     top1,
     write_report,
 )
+from kdistill.models.checkpoint import atomic_save
 
 WEIGHT_DECAY = 5e-4  # of 0.5 * ||W||^2 added to the mean cross-entropy
 MAX_ITER = 100  # L-BFGS iterations
@@ -90,7 +91,7 @@ def cached_features(evaluation: Evaluation, probe_loaders: Loaders, probe_items:
                 cache.setdefault(role, {})[split] = (output.pooled, output.labels)
         for role in stale:
             cache[role]["fingerprint"] = fingerprints[role]
-        torch.save(cache, cache_path)
+        atomic_save(cache, cache_path)
     return {role: {split: cache[role][split] for split in ("train", "test")} for role in evaluation.models}
 
 

@@ -84,7 +84,7 @@ class LocalLauncher:
     def __init__(self, jobs: int, gpus_per_run: int, threads: int | None):
         self.free_gpus = visible_gpus()
         self.gpus_per_run = gpus_per_run
-        self.jobs = max(1, jobs)
+        self.jobs = jobs
         if self.free_gpus:
             self.jobs = min(self.jobs, max(1, len(self.free_gpus) // gpus_per_run))
         self.threads = threads

@@ -114,7 +114,10 @@ def make_launcher(spec: GridSpec):
         raise KdistillError(f"unknown launcher '{name}': use {', '.join(LAUNCHERS)}")
     gpus = int(options.get("gpus_per_run") or 1)
     if name == "local":
-        return LocalLauncher(int(options.get("jobs") or 1), gpus, options.get("threads"))
+        jobs = options.get("jobs", 1)
+        if not isinstance(jobs, int) or jobs < 1:
+            raise KdistillError(f"--jobs {jobs}: the runs at once must be a whole number >= 1 (e.g. --jobs 2)")
+        return LocalLauncher(jobs, gpus, options.get("threads"))
     try:
         from kdistill.grid.slurm import SubmititLauncher
     except ModuleNotFoundError as error:

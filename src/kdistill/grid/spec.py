@@ -131,6 +131,13 @@ def _teachers(value: Any) -> dict[str, list[str] | str]:
             for name, entry in value.items()}
 
 
+def _seeds(value: Any) -> list[int]:
+    seeds = value if isinstance(value, list) else [value]
+    if not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds):
+        raise KdistillError(f"seeds {value!r}: give whole numbers (e.g. seeds: [0, 1, 2] or --seeds 0 1 2)")
+    return list(seeds)
+
+
 def load_spec(spec_file: str | None, flags: dict[str, Any], extra_overrides: list[str] = (),
               train_teachers: bool = False) -> GridSpec:
     """The spec file's values with the command-line flags (those given, not None) on top;
@@ -164,7 +171,7 @@ def load_spec(spec_file: str | None, flags: dict[str, Any], extra_overrides: lis
         out=Path(values.get("out") or "runs/grid"),
         methods=_methods(values.get("methods")),
         pairs=[parse_pair(pair) for pair in values.get("pairs") or []],
-        seeds=[int(seed) for seed in values.get("seeds") or [0]],
+        seeds=_seeds(values.get("seeds") or [0]),
         overrides=_overrides(values.get("overrides"), "overrides") + list(extra_overrides),
         teachers=_teachers(values.get("teachers")),
         teacher_seed=int(values.get("teacher_seed", 0)),

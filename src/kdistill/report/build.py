@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.errors import KdistillError
+from kdistill.files import atomic_write_text
 from kdistill.report.curves import plot_training_curves
 from kdistill.report.published import format_published
 from kdistill.report.table import build_tables, find_runs, format_markdown, load_result, table_json, write_csv
@@ -22,16 +23,17 @@ def curve_names(runs: list[Path]) -> list[str]:
 def build_report(paths: list[str], out: Path, published: bool = False) -> dict[str, Any]:
     """Write table.md, table.csv, report.json and curves/<run>.png under `out`; `published`: table.md
     also sets each measured mean beside the value its paper published (`report.published`)."""
+    if out.exists() and not out.is_dir():
+        raise KdistillError(f"--out {out} is a file: give a folder for table.md, table.csv, report.json and curves/")
     runs = find_runs(paths)
     tables = build_tables([load_result(run) for run in runs])
     if not tables:
         raise KdistillError("no distillation run among the runs given (only vanilla ones): "
                             "the table's columns are teacher -> student pairs")
-    out.mkdir(parents=True, exist_ok=True)
     markdown = format_markdown(tables)
     if published:
         markdown += "\n" + format_published(tables)
-    (out / "table.md").write_text(markdown)
+    atomic_write_text(out / "table.md", markdown)
     write_csv(tables, out / "table.csv")
     curves = []
     for run, name in zip(runs, curve_names(runs)):
@@ -41,5 +43,5 @@ def build_report(paths: list[str], out: Path, published: bool = False) -> dict[s
             curves.append(str(png))
     report = {"runs": [str(run) for run in runs], "tables": [table_json(table) for table in tables],
               "curves": curves, "files": [str(out / name) for name in ("table.md", "table.csv", "report.json")]}
-    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return {**report, "markdown": markdown}

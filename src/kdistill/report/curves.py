@@ -4,6 +4,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure  # the object API renders with Agg: no display, no global state
 
+from kdistill.files import atomic_write
 from kdistill.run_folder import RunFolder
 
 ACCURACY_KEYS = ("train/top1", "test/top1", "val/top1")
@@ -38,5 +39,4 @@ def plot_training_curves(run: Path, png: Path) -> None:
         for axis in (losses, accuracy):
             axis.axvspan(min(init_epochs) - 0.5, max(init_epochs) + 0.5, color="grey", alpha=0.15)
     figure.suptitle(str(run))
-    png.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png, dpi=100)
+    atomic_write(png, lambda file: figure.savefig(file, format="png", dpi=100))

@@ -15,6 +15,7 @@ relative improvement of a cell compare it only with the KD and vanilla cells of 
 """
 
 import csv
+import io
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 
 from kdistill.config import EXECUTION_KEYS
 from kdistill.errors import KdistillError
+from kdistill.files import atomic_write_text
 from kdistill.run_folder import RESULTS_FILE, RunFolder
 
 VARIANTS = {"last": "top1_last", "best": "top1_best"}  # variant -> key in results.json
@@ -300,7 +302,7 @@ def format_markdown(tables: list[Table]) -> str:
 def write_csv(tables: list[Table], path: Path) -> None:
     """The tables in one CSV: a row per (data set, variant, method), mean/std/runs per pair; one
     header per data set (one data set gives a plain rectangular table)."""
-    with open(path, "w", newline="") as file:
+    with io.StringIO(newline="") as file:
         writer = csv.writer(file)
         header_pairs = None
         for table in tables:
@@ -318,6 +320,7 @@ def write_csv(tables: list[Table], path: Path) -> None:
                 relative = table.relative.get(row)
                 writer.writerow([table.dataset, table.variant, row, *values,
                                  "" if relative is None else f"{100 * relative:.4f}"])
+        atomic_write_text(path, file.getvalue())
 
 
 def table_json(table: Table) -> dict[str, Any]:
