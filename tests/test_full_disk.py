@@ -48,7 +48,7 @@ class FullFile:
 def fill_disk_at(monkeypatch, name: str, write: int = 1, room: int = 0) -> None:
     """The disk is full at the `write`-th write of the file `name` (counted from 1) and after."""
     writes = []
-    real_fdopen, real_open = os.fdopen, open
+    real_fdopen, real_open, real_pwrite = os.fdopen, open, os.pwrite
 
     def full(file, path: str):
         if Path(path).name != name and not Path(path).name.startswith(f".{name}."):  # the writer's temporary
@@ -60,6 +60,13 @@ def fill_disk_at(monkeypatch, name: str, write: int = 1, room: int = 0) -> None:
                                                                       os.readlink(f"/proc/self/fd/{fd}")))
     monkeypatch.setattr("kdistill.run_folder.open", lambda path, *args, **kwargs: full(
         real_open(path, *args, **kwargs), str(path)), raising=False)
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:  # the teacher cache fills its rows in place
+        if isinstance(full(None, os.readlink(f"/proc/self/fd/{fd}")), FullFile):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
 
 
 def train(command: str, args: list[str], capsys) -> tuple[int, list[str]]:
@@ -97,8 +104,9 @@ SITES = {  # file: (its write that fails, room, where it lives, what the line sa
     "metrics.jsonl": (2, 0, "run", "the previous checkpoint is intact (resume=true continues)"),
     "results.json": (1, 0, "run", "the previous checkpoint is intact (resume=true continues)"),
     "manifest.json": (1, 0, "cache", "no manifest.json was written"),
-    "epoch_0001.image.bin": (1, 0, "cache", "the cache's other files are untouched; "
-                                            "the previous checkpoint is intact (resume=true continues)"),
+    # An epoch is filled in place under a temporary name (its rows are written where they go).
+    ".epoch_0001.image.bin.filling": (1, 0, "cache", "the epoch is filled again by the next run; "
+                                                     "the previous checkpoint is intact (resume=true continues)"),
 }
 
 
