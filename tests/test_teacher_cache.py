@@ -1,7 +1,9 @@
 import dataclasses
 import json
+import math
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,8 +14,9 @@ from PIL import Image
 from kdistill.config import DataConfig
 from kdistill.config_loading import load_config
 from kdistill.engine import fill_teacher_cache, train_run
-from kdistill.engine.teacher_cache import MANIFEST_FILE, TEACHER_NEUTRAL_KEYS, cache_identity
+from kdistill.engine.teacher_cache import MANIFEST_FILE, TEACHER_NEUTRAL_KEYS, TopKRows, cache_identity
 from kdistill.errors import KdistillError
+from kdistill.losses import kd_loss
 from kdistill.methods import method_class
 from kdistill.models import create_model
 from kdistill.models.checkpoint import save_model_weights
@@ -329,3 +332,74 @@ def test_a_capped_fill_holds_the_capped_batches_and_a_longer_run_fills_the_rest(
     assert (cache / "epoch_0000.image.bin").read_bytes() == (checked_cache / "epoch_0000.image.bin").read_bytes()
     _, filled = fill_teacher_cache(load_config(None, [*args, "steps_per_epoch=2"]))
     assert filled == 0  # a complete file serves a capped run
+
+
+# ---- the compact cache (teacher_cache_topk=K) ----------------------------------------------------
+
+def test_topk_rows_keep_the_top_k_exactly_and_the_rest_s_mass():
+    torch.manual_seed(0)
+    teacher = torch.randn(6, 20) * 3
+    rows = TopKRows(torch.float32, num_classes=20, k=5)
+    rebuilt = rows.decode(rows.encode(teacher)).logits
+    for sample in range(6):  # restated with lists: the 5 largest, the others' summed probability
+        true = [math.exp(v) for v in teacher[sample].tolist()]
+        top = sorted(range(20), key=lambda c: -true[c])[:5]
+        got = [math.exp(v) for v in rebuilt[sample].tolist()]
+        for c in top:
+            assert math.isclose(got[c] / sum(got), true[c] / sum(true), rel_tol=1e-5)
+        rest = [c for c in range(20) if c not in top]
+        assert math.isclose(sum(got[c] for c in rest) / sum(got), sum(true[c] for c in rest) / sum(true), rel_tol=1e-5)
+        assert max(got[c] for c in rest) == pytest.approx(min(got[c] for c in rest), rel=1e-5)  # spread evenly
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kd_loss_from_topk_rows_is_exact_on_the_top_k_terms_at_temperature_1(dtype):
+    torch.manual_seed(1)
+    teacher, student = torch.randn(4, 12, dtype=dtype) * 2, torch.randn(4, 12, dtype=dtype)
+    rows = TopKRows(torch.float32, num_classes=12, k=4)
+    rebuilt = rows.decode(rows.encode(teacher)).logits.to(dtype)
+    # Restated: sum over the top 4 of p log(p / q) with the true p, plus the rest's mass spread evenly.
+    expected = 0.0
+    for t, s in zip(teacher.tolist(), student.tolist(), strict=True):
+        p = [math.exp(v) / sum(math.exp(w) for w in t) for v in t]
+        q = [math.exp(v) / sum(math.exp(w) for w in s) for v in s]
+        top = sorted(range(12), key=lambda c: -p[c])[:4]
+        rest_share = sum(p[c] for c in range(12) if c not in top) / 8
+        expected += sum(p[c] * math.log(p[c] / q[c]) for c in top)
+        expected += sum(rest_share * math.log(rest_share / q[c]) for c in range(12) if c not in top)
+    loss = kd_loss(student, rebuilt, temperature=1.0)
+    assert loss.item() == pytest.approx(expected / 4, rel=1e-5 if dtype == torch.float32 else 1e-6)
+
+
+def test_a_topk_cache_trains_kd_and_is_refused_where_it_cannot_serve(setup, tmp_path):
+    cache = tmp_path / "cache"
+    args = run_args(setup, "kd", tmp_path / "run", f"teacher_cache={cache}", "teacher_cache_topk=2", "epochs=1",
+                    "steps_per_epoch=2")
+    results = train_run(load_config(None, args))
+    assert results["top1_last"] is not None
+    manifest = json.loads((cache / MANIFEST_FILE).read_text())
+    # 2 logits (float16) + 2 classes (int16) + the rest's log-sum-exp (float32) per sample.
+    assert manifest["teacher_cache_topk"] == 2 and (cache / "epoch_0000.image.bin").stat().st_size == 96 * 12
+    for method, extra, message in (
+            ("crd", ["method.num_negatives=32"], "method 'crd' needs the teacher's full outputs"),
+            ("kd", ["teacher_cache_topk=4"], "teacher_cache_topk=4 is outside [1, 3]"),
+            ("kd", ["teacher_cache_topk=3"], "(teacher_cache_topk is 2 there but 3 in this run)")):
+        other = run_args(setup, method, tmp_path / "other", f"teacher_cache={cache}", "teacher_cache_topk=2",
+                         "epochs=1", *METHOD_OPTIONS.get(method, []), *extra)
+        with pytest.raises(KdistillError) as refused:
+            train_run(load_config(None, other))
+        assert message in str(refused.value)
+
+
+def test_two_processes_under_torchrun_fill_the_bytes_of_one(setup, tmp_path):
+    args = run_args(setup, "kd", tmp_path / "unused", "teacher_cache_dtype=float32", "epochs=1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "kdistill", "cache", *args, f"teacher_cache={tmp_path / 'two'}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = run_kdistill("cache", *args, f"teacher_cache={tmp_path / 'one'}")
+    assert single.returncode == 0, single.stderr
+    name = "epoch_0000.image.bin"
+    assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    two = json.loads((tmp_path / "two" / MANIFEST_FILE).read_text())["files"][name]
+    assert two == json.loads((tmp_path / "one" / MANIFEST_FILE).read_text())["files"][name]

@@ -179,6 +179,9 @@ class RunConfig:
     # runs with the same teacher, data, transform and seed: the teacher runs once per epoch (`kdistill cache`).
     teacher_cache: str | None = None
     teacher_cache_dtype: str = "float16"  # float16 | bfloat16 | float32 (float32: reads are exact)
+    # The compact cache: per sample only the K largest logits, their classes and the log-sum-exp of
+    # the others (methods that read only logits and accept it: KD, DKD, DIST, MLKD, CRLD); None = exact.
+    teacher_cache_topk: int | None = None
     out: str = "runs/run"
     note: str | None = None  # a recipe's reason for departing from its method's default weights
     resume: bool = False

@@ -21,6 +21,7 @@ gathers its batch's rows (on an accelerator into pinned memory, copied one batch
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -163,6 +164,66 @@ def _locked(folder: Path, held: bool) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+class ExactRows:
+    """A row: the C logits, then the D-wide pooled feature, in the cache dtype."""
+
+    def __init__(self, dtype: torch.dtype, num_classes: int, feature_dim: int):
+        self.dtype, self.num_classes, self.feature_dim = dtype, num_classes, feature_dim
+        self.row_bytes = (num_classes + feature_dim) * dtype.itemsize
+
+    def encode(self, rows: Tensor) -> Tensor:
+        """[B, C + D] float32 -> [B, row_bytes] uint8 on the CPU."""
+        return rows.to(self.dtype).cpu().view(torch.uint8)
+
+    def decode(self, rows: Tensor) -> Features:
+        values = rows.view(self.dtype).float()
+        return Features(values[:, : self.num_classes].contiguous(), [], values[:, self.num_classes :].contiguous())
+
+    def disk_use(self, rows: int) -> str:
+        logits, pooled = rows * self.num_classes * self.dtype.itemsize, rows * self.feature_dim * self.dtype.itemsize
+        return (f"({self.num_classes} logits + {self.feature_dim} pooled) x {self.dtype.itemsize} B = "
+                f"{_size(logits + pooled)} (logits {_size(logits)}, pooled {_size(pooled)})")
+
+
+class TopKRows:
+    """A row of the compact cache: the K largest logits (cache dtype), their classes (int16, int32
+    beyond 32767 classes) and the log-sum-exp of the other C - K logits (float32).
+
+    `decode` rebuilds C logits for the losses: the top K as stored, every other class at
+    lse_rest - log(C - K), so the others share the rest's probability mass evenly. At temperature 1
+    the softmax is then exact on the top K and on the rest's total mass (the KD loss is exact on the
+    top-K terms; the rest's terms see an even spread). At another temperature the top K keep their
+    exact ratios, but the rest's mass is approximated: an even spread overstates it for T > 1 (the
+    sum of exp(z / T) over the rest is largest when the rest's logits are equal) and understates it
+    for T < 1. No pooled feature is kept (methods that read it refuse this cache)."""
+
+    def __init__(self, dtype: torch.dtype, num_classes: int, k: int):
+        self.dtype, self.num_classes, self.k = dtype, num_classes, k
+        self.class_dtype = torch.int16 if num_classes <= torch.iinfo(torch.int16).max + 1 else torch.int32
+        self.value_bytes, self.class_bytes = k * dtype.itemsize, k * self.class_dtype.itemsize
+        self.row_bytes = self.value_bytes + self.class_bytes + 4
+
+    def encode(self, rows: Tensor) -> Tensor:
+        logits = rows[:, : self.num_classes].float()
+        values, classes = logits.topk(self.k, dim=1)
+        rest = logits.scatter(1, classes, float("-inf")).logsumexp(dim=1, keepdim=True)
+        parts = (values.to(self.dtype), classes.to(self.class_dtype), rest)
+        return torch.cat([part.cpu().contiguous().view(torch.uint8) for part in parts], dim=1)
+
+    def decode(self, rows: Tensor) -> Features:
+        split = self.value_bytes + self.class_bytes
+        values = rows[:, : self.value_bytes].contiguous().view(self.dtype).float()
+        classes = rows[:, self.value_bytes : split].contiguous().view(self.class_dtype).long()
+        rest = rows[:, split:].contiguous().view(torch.float32)
+        logits = (rest - math.log(self.num_classes - self.k)).expand(-1, self.num_classes).clone()
+        logits.scatter_(1, classes, values)
+        return Features(logits, [], logits.new_zeros(len(logits), 0))
+
+    def disk_use(self, rows: int) -> str:
+        return (f"(top-{self.k} logits x {self.dtype.itemsize} B + classes x {self.class_dtype.itemsize} B "
+                f"+ the rest's log-sum-exp x 4 B) = {_size(rows * self.row_bytes)}")
+
+
 class TeacherCache:
     """The teacher's outputs of one run's configuration, filled an epoch at a time.
 
@@ -180,8 +241,10 @@ class TeacherCache:
                  compute: Callable[[int, str, list[Tensor]], Iterator[tuple[Tensor, Tensor]]],
                  order: BatchOrder, covered: int | None = None, progress: bool = False):
         self.folder, self.manifest, self.views, self.device = folder, manifest, views, device
-        self.dtype = CACHE_DTYPES[manifest["dtype"]]
-        self.num_samples, self.num_classes, self.feature_dim = manifest["rows"], manifest["logits"], manifest["pooled"]
+        self.num_samples = manifest["rows"]
+        dtype, topk = CACHE_DTYPES[manifest["dtype"]], manifest.get("teacher_cache_topk")
+        self.format = (ExactRows(dtype, manifest["logits"], manifest["pooled"]) if topk is None
+                       else TopKRows(dtype, manifest["logits"], topk))
         self.compute, self.order, self.covered, self.progress = compute, order, covered, progress
         self.readers: dict[str, _ViewReader] = {}
         self.epoch: int | None = None
@@ -189,19 +252,15 @@ class TeacherCache:
 
     @property
     def row_bytes(self) -> int:
-        return (self.num_classes + self.feature_dim) * self.dtype.itemsize
+        return self.format.row_bytes
 
     def epoch_file(self, epoch: int, view: str) -> Path:
         return self.folder / f"epoch_{epoch:04d}.{view}.bin"
 
     def disk_use(self, epochs: int) -> str:
         """A line on what filling `epochs` epochs of this run's views costs on disk."""
-        per_sample = self.num_samples * self.dtype.itemsize * epochs * len(self.views)
-        logits, pooled = per_sample * self.num_classes, per_sample * self.feature_dim
         return (f"teacher cache {self.folder}: {epochs} epochs x {len(self.views)} view(s) x "
-                f"{self.num_samples} samples x "
-                f"({self.num_classes} logits + {self.feature_dim} pooled) x {self.dtype.itemsize} B = "
-                f"{_size(logits + pooled)} (logits {_size(logits)}, pooled {_size(pooled)})")
+                f"{self.num_samples} samples x {self.format.disk_use(self.num_samples * epochs * len(self.views))}")
 
     def _held_batches(self, manifest: dict[str, Any], path: Path, total: int) -> int:
         """How many of the `total` leading covering batches the file holds (0: none, or no file)."""
@@ -253,7 +312,7 @@ class TeacherCache:
                    disable=not (self.progress and is_main_process()), mininterval=1.0, dynamic_ncols=True)
         with reported_write(temporary, "the epoch is filled again by the next run"), open(temporary, "r+b") as file:
             for index, rows in self.compute(epoch, view, batches):
-                data = rows.to(self.dtype).cpu().view(torch.uint8).numpy()
+                data = self.format.encode(rows).numpy()
                 for sample, row in zip(index.tolist(), data, strict=True):
                     os.pwrite(file.fileno(), row.tobytes(), sample * self.row_bytes)
                 bar.update(1)
@@ -303,17 +362,16 @@ class TeacherCache:
                 raise KdistillError(f"teacher cache file {path} does not match its checksum in the manifest "
                                     f"(its bytes changed after it was filled): {delete}")
             table = np.memmap(file, dtype=np.uint8, mode="r", shape=(self.num_samples, self.row_bytes))
-        return _ViewReader(table, self.dtype, self.device, schedule)
+        return _ViewReader(table, self.device, schedule)
 
     def read(self, index: Tensor, view: str) -> Features:
         if view not in self.readers:
             raise KdistillError(f"the teacher cache holds no '{view}' view for epoch {self.epoch}")
-        rows = self.readers[view].rows(index).float()
-        return Features(rows[:, : self.num_classes].contiguous(), [], rows[:, self.num_classes :].contiguous())
+        return self.format.decode(self.readers[view].rows(index))
 
 
 class _ViewReader:
-    """Rows of one epoch file by batch, from a read-only memory map: resident memory holds the
+    """Rows (uint8) of one epoch file by batch, from a read-only memory map: resident memory holds the
     batches in flight, not the epoch. With a schedule (the index batches the run will read, in
     order) each batch's rows are gathered into pinned host memory and copied to an accelerator
     one batch ahead, without a host-device synchronisation; the batch's `index` tensor (one per
@@ -321,8 +379,8 @@ class _ViewReader:
 
     IN_FLIGHT = 3  # pinned buffers: one being read by the step, one being copied, one being gathered
 
-    def __init__(self, table: np.memmap, dtype: torch.dtype, device: torch.device, schedule: list[Tensor] | None):
-        self.table, self.dtype, self.device, self.schedule = table, dtype, device, schedule
+    def __init__(self, table: np.memmap, device: torch.device, schedule: list[Tensor] | None):
+        self.table, self.device, self.schedule = table, device, schedule
         self.position = 0
         self.last_index: Tensor | None = None
         self.current: Tensor | None = None
@@ -331,7 +389,7 @@ class _ViewReader:
         self.copied: list[Any] = []
 
     def _gather(self, host_index: Tensor) -> Tensor:
-        return torch.from_numpy(self.table[host_index.numpy()]).view(self.dtype)
+        return torch.from_numpy(self.table[host_index.numpy()])
 
     def _issue(self, step: int) -> Tensor | None:
         """Start moving the rows of the schedule's `step` to the device."""
@@ -342,12 +400,12 @@ class _ViewReader:
             return rows.to(self.device)
         slot = step % self.IN_FLIGHT
         if len(self.buffers) < self.IN_FLIGHT:
-            self.buffers.append(torch.empty(0, dtype=self.dtype).pin_memory())
+            self.buffers.append(torch.empty(0, dtype=torch.uint8).pin_memory())
             self.copied.append(None)
         if self.copied[slot] is not None:
             self.copied[slot].synchronize()  # the copy issued IN_FLIGHT batches ago has read this buffer
         if self.buffers[slot].shape != rows.shape:
-            self.buffers[slot] = torch.empty(rows.shape, dtype=self.dtype).pin_memory()
+            self.buffers[slot] = torch.empty(rows.shape, dtype=torch.uint8).pin_memory()
         self.buffers[slot].copy_(rows)
         moved = self.buffers[slot].to(self.device, non_blocking=True)
         self.copied[slot] = torch.cuda.Event()
@@ -417,6 +475,13 @@ def open_teacher_cache(cfg: RunConfig, distiller: Distiller, loaders: Loaders, d
                             "choose another") from None
     info, loader = loaders.info, loaders.train
     probe = probe_features(distiller.teacher, (info.in_chans, info.image_size, info.image_size))
+    topk, num_classes = cfg.teacher_cache_topk, probe.logits.shape[1]
+    if topk is not None and not distiller.accepts_topk_teacher:
+        raise KdistillError(f"method '{name}' needs the teacher's full outputs, which teacher_cache_topk= does not "
+                            "keep: drop teacher_cache_topk= (the exact cache serves this method)")
+    if topk is not None and not 1 <= topk < num_classes:
+        raise KdistillError(f"teacher_cache_topk={topk} is outside [1, {num_classes - 1}] for a teacher of "
+                            f"{num_classes} classes: choose a K in that range, or drop it for the exact cache")
     # One flat level: configuration keys as a user writes them, so a mismatch names the key.
     manifest = {
         "format": FORMAT_VERSION,
@@ -426,7 +491,7 @@ def open_teacher_cache(cfg: RunConfig, distiller: Distiller, loaders: Loaders, d
         "data.tree_state": data_state(loaders),
         # What a row holds: the logits, then the pooled feature, of one training sample.
         "dtype": cfg.teacher_cache_dtype, "rows": loader.dataset_size,
-        "logits": probe.logits.shape[1], "pooled": probe.pooled.shape[1],
+        "logits": num_classes, "pooled": probe.pooled.shape[1],
         "epochs": cfg.epochs,
     }
     manifest = json.loads(json.dumps(manifest))  # as it reads back: tuples as lists

@@ -100,6 +100,9 @@ class Distiller(nn.Module):
     matches_logits: ClassVar[bool] = False  # its own terms compare teacher and student logits (KD, DKD, CRLD, ...)
     # Which fields of the teacher's Features the method reads; a teacher cache holds "logits" and "pooled".
     teacher_reads: ClassVar[frozenset[str]] = LOGITS_AND_POOLED | {"stages", "preact"}
+    # Its teacher terms take logits rebuilt from the compact teacher cache (`teacher_cache_topk`):
+    # the top-K exact, the other classes sharing the rest's probability mass evenly; no pooled feature.
+    accepts_topk_teacher: ClassVar[bool] = False
     # The run's student is more than `student` (e.g. SimKD's predicts through a projector and the
     # teacher's classifier): loading a trained student builds the method to get its architecture.
     deploys_composite: ClassVar[bool] = False

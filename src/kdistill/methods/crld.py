@@ -60,6 +60,7 @@ class CRLD(Distiller):
     fixed_term_weights = {CROSS_VIEW_TERM: 1.0}
     offers_kd_variant = True
     teacher_reads = LOGITS_AND_POOLED
+    accepts_topk_teacher = True
 
     def distill(self, batch: Batch) -> DistillOutput:
         weak, strong, labels = batch["image"], self.strong_view(batch), batch["label"]
@@ -94,6 +95,7 @@ def with_cross_view(method: type[Distiller]) -> type[Distiller]:
         "Options": options,
         "default_weights": dict(method.default_weights),
         "teacher_reads": CRLD.teacher_reads | method.teacher_reads,
+        "accepts_topk_teacher": CRLD.accepts_topk_teacher and method.accepts_topk_teacher,
         "__doc__": f"CRLD's cross-view regulariser added to {method.__name__}; see CRLD and {method.__name__}.",
     })
 

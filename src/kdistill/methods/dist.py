@@ -33,6 +33,7 @@ class DIST(Distiller):
     matches_logits = True
     offers_kd_variant = True
     teacher_reads = LOGITS_AND_POOLED  # so a teacher cache serves it
+    accepts_topk_teacher = True
 
     def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
         options = self.options

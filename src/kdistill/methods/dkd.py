@@ -34,6 +34,7 @@ class DKD(LinearWarmup, Distiller):
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
     matches_logits = True
     teacher_reads = LOGITS_AND_POOLED  # so a teacher cache serves it
+    accepts_topk_teacher = True
     warmup_term = DKD_TERM
 
     def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:

@@ -12,6 +12,7 @@ class KD(Distiller):
     default_weights = {"w_ce": 0.1, "w_kd": 0.9, "w_method": 0.0}
     matches_logits = True
     teacher_reads = LOGITS_AND_POOLED
+    accepts_topk_teacher = True
 
 
 # The LS paper's KD recipe: base temperature 2, KD weight 9, CE weight 0.1.

@@ -34,6 +34,7 @@ class MLKD(Distiller):
     needs_strong_view = True
     matches_logits = True
     teacher_reads = LOGITS_AND_POOLED  # so a teacher cache (both views) serves it
+    accepts_topk_teacher = True
 
     def distill(self, batch: Batch) -> DistillOutput:
         weak, strong, labels = batch["image"], self.strong_view(batch), batch["label"]
