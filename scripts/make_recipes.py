@@ -65,6 +65,15 @@ CIFAR100_METHODS.update({
     "simkd": method_section("simkd", factor=2),
     "srrl": method_section("srrl", temperature=4.0),
 })
+# CTKD on KD, DKD and DIST: each one's recipe with the temperature learned as the CTKD code's CIFAR
+# script does (global, T = 1 + 20 sigmoid(raw), reversal 0 -> 1 over 10 epochs); no fixed temperature.
+CTKD_OPTIONS = {"curriculum_temperature": True, "instance_temperature": False, "temperature_min": 1.0,
+                "temperature_range": 20.0, "reversal_start": 0.0, "reversal_end": 1.0, "reversal_epochs": 10}
+CIFAR100_METHODS.update({
+    f"{base}+ctkd": {key: value for key, value in {**CIFAR100_METHODS[base], "name": f"{base}+ctkd",
+                                                  **CTKD_OPTIONS}.items() if key != "temperature"}
+    for base in ("kd", "dkd", "dist")
+})
 # DKD's NCKD weight in mdistiller's CIFAR-100 recipes (8 elsewhere); the LS code multiplies it by its KD weight.
 DKD_BETA = {("resnet56", "resnet20"): 2.0, ("resnet110", "resnet32"): 2.0, ("resnet110", "resnet20"): 2.0,
             ("vgg13", "MobileNetV2"): 6.0, ("vgg13", "vgg8"): 6.0, ("wrn_40_2", "wrn_16_2"): 6.0,
@@ -109,7 +118,7 @@ def pair_section(method: str, teacher: str, student: str) -> dict:
     """The method section of `method`'s recipe for the pair, with its per-pair settings."""
     section = dict(CIFAR100_METHODS[method])
     beta = DKD_BETA.get((teacher, student), 8.0)
-    if method in ("dkd", "crld+dkd"):
+    if method in ("dkd", "crld+dkd", "dkd+ctkd"):
         section["beta"] = beta
     elif method == "dkd+ls":
         section["beta"] = LS_KD_WEIGHT * beta

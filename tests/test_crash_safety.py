@@ -423,7 +423,15 @@ def test_skipping_batches_leaves_the_samples_and_views_of_the_rest(tmp_path):
 # a kill as the third resume state is saved, then --resume, ends as the unbroken run.
 # ReviewKD: fusion blocks and a warm-up by epoch (3 epochs here, so the kill falls inside it).
 # OFD: connectors, and margins rebuilt from the teacher on resume.
-RESUMED_METHODS = {"dist": [], "reviewkd": ["method.warmup=3"], "simkd": [], "srrl": [], "ofd": []}
+RESUMED_METHODS = {
+    "dist": [],
+    "reviewkd": ["method.warmup=3"],
+    "simkd": [],
+    "srrl": [],
+    "ofd": [],
+    "kd+ctkd": [],
+    "dkd+ctkd": ["method.instance_temperature=true", "method.warmup=2"],
+}
 
 
 @pytest.fixture(scope="module")

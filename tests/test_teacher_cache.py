@@ -62,6 +62,7 @@ METHOD_OPTIONS = {
     "mlkd": [],  # two views, read through the cache like CRLD's
     "dist": [],
     "srrl": [],  # its teacher's classifier is applied to the student's features: the weights, not a cached output
+    "kd+ctkd": ["method.instance_temperature=true"],  # the temperature MLP reads the cached teacher logits too
 }
 
 

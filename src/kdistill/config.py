@@ -138,8 +138,19 @@ class MethodOptions:
     w_method: float | None = None
     temperature: float = 4.0  # of the KD term
     # Logit standardisation (Sun et al., CVPR 2024): z-score each sample's teacher and student
-    # logits before the softmax of every logit-matching term (KD, DKD, MLKD, CRLD).
+    # logits before the softmax of every logit-matching term (KD, DKD, MLKD, CRLD, DIST).
     logit_standardize: bool = False
+    # CTKD (Li et al., AAAI 2023): the temperature of every logit-matching term is learned, through
+    # a gradient reversal of strength lambda that rises from `reversal_start` to `reversal_end`
+    # over `reversal_epochs` epochs (cosine); T = temperature_min + temperature_range * sigmoid(raw).
+    # Defaults: the reference's CIFAR script (t_start 1, t_end 20, decay 0 -> -1 over 10 epochs).
+    curriculum_temperature: bool = False
+    instance_temperature: bool = False  # one temperature per sample (an MLP of both logits), not one global
+    temperature_min: float = 1.0
+    temperature_range: float = 20.0
+    reversal_start: float = 0.0
+    reversal_end: float = 1.0
+    reversal_epochs: int = 10
 
 
 @dataclass(frozen=True)

@@ -17,23 +17,32 @@ def standardize_logits(logits: Tensor) -> Tensor:
     return (logits - mean) / (1e-7 + logits.std(dim=-1, keepdim=True))
 
 
+def _squared_per_sample(temperature: float | Tensor) -> float | Tensor:
+    """`T^2` as a factor of per-sample values [B]. A temperature is a number, a 0-dim tensor or
+    one per sample, [B, 1] (CTKD's learned temperature), which dividing [B, C] logits broadcasts."""
+    if isinstance(temperature, Tensor) and temperature.ndim == 2:
+        return temperature.reshape(-1).square()
+    return temperature**2
+
+
 def _prepared(logits: Tensor, standardize: bool) -> Tensor:
     """The logits in at least fp32 (AMP's half precision is upcast), z-scored per sample when `standardize`."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     return standardize_logits(logits) if standardize else logits
 
 
-def kd_per_sample(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0,
+def kd_per_sample(student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor = 4.0,
                   standardize: bool = False) -> Tensor:
     """`T^2 * KL(softmax(t_i/T) || softmax(s_i/T))` for every sample i: a [B] tensor (at least float32).
-    `standardize`: both logit vectors z-scored per sample first (`standardize_logits`)."""
+    `standardize`: both logit vectors z-scored per sample first (`standardize_logits`). `temperature`
+    may be a tensor, 0-dim or one per sample [B, 1] (then `T_i` for sample i; CTKD's instance-wise)."""
     log_p_student = F.log_softmax(_prepared(student_logits, standardize) / temperature, dim=1)
     log_p_teacher = F.log_softmax(_prepared(teacher_logits, standardize) / temperature, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(dim=1)
-    return kl * temperature**2
+    return kl * _squared_per_sample(temperature)
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0,
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor = 4.0,
             standardize: bool = False) -> Tensor:
     """Hinton's KD: `T^2 * (1/B) * sum_i KL(softmax(t_i/T) || softmax(s_i/T))`.
 
@@ -45,33 +54,37 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
 
 
 def dkd_loss(logits_s: Tensor, logits_t: Tensor, labels: Tensor, alpha: float = 1.0, beta: float = 8.0,
-             temperature: float = 4.0, standardize: bool = False) -> dict[str, Tensor]:
+             temperature: float | Tensor = 4.0, standardize: bool = False) -> dict[str, Tensor]:
     """Decoupled KD (Zhao et al., CVPR 2022), the arithmetic of mdistiller's `dkd_loss`.
 
     With `p = softmax(z / T)`: TCKD is the KL between the teacher's and the student's binary
-    distributions `(p_label, 1 - p_label)` (the student's log-probabilities as log-sum-exps, so
-    that they stay finite where the reference's `log(sum p)` underflows); NCKD the KL between
-    their distributions over the
+    distributions `(p_label, 1 - p_label)`; NCKD the KL between their distributions over the
     non-label classes (softmax of `z / T - 1000 * onehot(label)`, as the reference computes it).
+    Both sides are taken as log-probabilities (the binary ones as log-sum-exps): the reference's
+    `log(sum p)` is -inf once p_label underflows (large logits), and a learned temperature (CTKD),
+    which reaches the teacher's side too, would get a NaN gradient through a probability of 0.
     Reduction: each summed over the batch, times `T^2`, divided by B. Returns `tckd`, `nckd`
     and `total = alpha * tckd + beta * nckd`. `standardize`: logit standardisation of both
-    sides first (the LS paper's DKD). The teacher's logits are detached.
+    sides first (the LS paper's DKD). The teacher's logits are detached. A per-sample temperature
+    [B, 1] (CTKD's instance-wise) weights each sample's KLs by its own `T_i^2`.
     """
     logits_s, logits_t = _prepared(logits_s, standardize), _prepared(logits_t.detach(), standardize)
     label_mask = F.one_hot(labels, logits_s.shape[1]).bool()
-    log_p_s = F.log_softmax(logits_s / temperature, dim=1)
-    # The student's binary log-probabilities, log p_label and log(1 - p_label), as log-sum-exps:
-    # the reference's log of summed probabilities is -inf once p_label underflows (large logits).
-    log_rest_s = torch.logsumexp(log_p_s.masked_fill(label_mask, -torch.inf), dim=1)
-    log_binary_s = torch.stack([log_p_s[label_mask], log_rest_s], dim=1)
-    p_t = F.softmax(logits_t / temperature, dim=1)
-    binary_t = torch.stack([p_t[label_mask], (p_t * ~label_mask).sum(dim=1)], dim=1)
-    tckd = F.kl_div(log_binary_s, binary_t, reduction="sum")
-    non_target_s = F.log_softmax(logits_s / temperature - 1000.0 * label_mask, dim=1)
-    non_target_t = F.softmax(logits_t / temperature - 1000.0 * label_mask, dim=1)
-    nckd = F.kl_div(non_target_s, non_target_t, reduction="sum")
-    scale = temperature**2 / labels.shape[0]
-    tckd, nckd = tckd * scale, nckd * scale
+
+    def binary_log_probabilities(logits: Tensor) -> Tensor:
+        """log p_label and log(1 - p_label), [B, 2]."""
+        log_p = F.log_softmax(logits / temperature, dim=1)
+        log_rest = torch.logsumexp(log_p.masked_fill(label_mask, -torch.inf), dim=1)
+        return torch.stack([log_p[label_mask], log_rest], dim=1)
+
+    def non_target_log_probabilities(logits: Tensor) -> Tensor:
+        return F.log_softmax(logits / temperature - 1000.0 * label_mask, dim=1)
+
+    kl = partial(F.kl_div, reduction="none", log_target=True)
+    tckd = kl(binary_log_probabilities(logits_s), binary_log_probabilities(logits_t)).sum(dim=1)
+    nckd = kl(non_target_log_probabilities(logits_s), non_target_log_probabilities(logits_t)).sum(dim=1)
+    scale = _squared_per_sample(temperature) / labels.shape[0]
+    tckd, nckd = (tckd * scale).sum(), (nckd * scale).sum()
     return {"tckd": tckd, "nckd": nckd, "total": alpha * tckd + beta * nckd}
 
 
@@ -123,7 +136,7 @@ def _two_view_cross_entropy(s_weak: Tensor, s_strong: Tensor, labels: Tensor) ->
 
 
 def mlkd_loss(s_weak: Tensor, s_strong: Tensor, t_weak: Tensor, t_strong: Tensor, labels: Tensor,
-              temperatures: tuple[float, ...] = (4.0, 3.0, 5.0, 2.0, 6.0),
+              temperatures: tuple[float | Tensor, ...] = (4.0, 3.0, 5.0, 2.0, 6.0),
               standardize: bool = False) -> dict[str, Tensor]:
     """Multi-level logit distillation (Jin et al., CVPR 2023), the arithmetic of the authors'
     reference, summed over `temperatures` (the reference: {T, 3, 5, 2, 6}, T = 4).
@@ -168,7 +181,7 @@ def mlkd_loss(s_weak: Tensor, s_strong: Tensor, t_weak: Tensor, t_strong: Tensor
 
 def crld_loss(
     s_weak: Tensor, s_strong: Tensor, t_weak: Tensor, t_strong: Tensor, labels: Tensor,
-    temperature: float = 4.0, weak_threshold: float = 0.9, strong_threshold: float = 0.2,
+    temperature: float | Tensor = 4.0, weak_threshold: float = 0.9, strong_threshold: float = 0.2,
     w_ce: float = 1.0, w_within: float = 2.0, w_cross: float = 0.5, standardize: bool = False,
 ) -> dict[str, Tensor]:
     """CRLD: CE on both views, plus KD within each view and across the views, each gated per

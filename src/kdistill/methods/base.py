@@ -11,6 +11,7 @@ from kdistill.config import MethodOptions
 from kdistill.data.batch import Batch
 from kdistill.errors import KdistillError
 from kdistill.losses import kd_loss
+from kdistill.methods._curriculum_temperature import CurriculumTemperature, reversal_strength
 from kdistill.models.base import FeatureModel, Features
 
 
@@ -116,9 +117,13 @@ class Distiller(nn.Module):
             name: default if getattr(options, name) is None else float(getattr(options, name))
             for name, default in self.default_weights.items()
         }
-        if options.logit_standardize and not (self.matches_logits or self.weights["w_kd"]):
-            raise KdistillError(f"method.logit_standardize=true does nothing for '{type(self).__name__}': it has no "
-                                "logit-matching term; turn the KD term on (method.w_kd) or drop the option")
+        for option in ("logit_standardize", "curriculum_temperature"):
+            if getattr(options, option) and not (self.matches_logits or self.weights["w_kd"]):
+                raise KdistillError(f"method.{option}=true does nothing for '{type(self).__name__}': it has no "
+                                    "logit-matching term; turn the KD term on (method.w_kd) or drop the option")
+        # CTKD's learned temperature (`logit_temperature`); trained with the student, so in the optimizer.
+        self.temperature_module = (CurriculumTemperature(options, context.num_classes)
+                                   if options.curriculum_temperature else None)
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
@@ -174,6 +179,24 @@ class Distiller(nn.Module):
                                 "build the loaders with with_strong_view=True")
         return batch["image_strong"]
 
+    def logit_temperature(self, student_logits: Tensor, teacher_logits: Tensor) -> float | Tensor:
+        """The temperature of the logit-matching terms: `options.temperature`, or with
+        `curriculum_temperature` CTKD's learned one (a 0-dim tensor, or [B, 1] per sample), whose
+        gradient is reversed with this epoch's curriculum strength. Every call on the same logits
+        gives the same value, and the gradients of all the terms that use it reach the module."""
+        if self.temperature_module is None:
+            return self.options.temperature
+        return self.temperature_module(student_logits, teacher_logits, reversal_strength(self.options, self.epoch))
+
+    def temperature_extras(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
+        """CTKD's temperature (batch mean) and reversal strength, logged per epoch; none without it."""
+        if self.temperature_module is None:
+            return {}
+        with torch.no_grad():
+            temperature = self.logit_temperature(student_logits, teacher_logits).mean()
+        return {"ctkd_temperature": temperature, "ctkd_reversal": temperature.new_tensor(
+            reversal_strength(self.options, self.epoch))}
+
     def teacher_features(self, x: Tensor, preact: bool = False) -> Features:
         """The frozen teacher's features of `x`, computed without autograd bookkeeping. Inference
         tensors cannot be saved for a backward pass, so the student's graph gets ordinary copies."""
@@ -193,8 +216,8 @@ class Distiller(nn.Module):
         if self.weights["w_ce"]:
             terms["ce"] = F.cross_entropy(student.logits, labels)
         if self.weights["w_kd"] and teacher is not None:
-            terms["kd"] = kd_loss(student.logits, teacher.logits, self.options.temperature,
-                                  self.options.logit_standardize)
+            temperature = self.logit_temperature(student.logits, teacher.logits)
+            terms["kd"] = kd_loss(student.logits, teacher.logits, temperature, self.options.logit_standardize)
         return terms
 
     def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
@@ -231,8 +254,11 @@ class Distiller(nn.Module):
         student = self.student.extract(x, preact=self.needs_preact)
         teacher = self.teacher_view(batch) if self.teacher is not None else None
         losses = self.supervised_terms(student, teacher, batch["label"])
-        own = self.method_terms(student, teacher, batch) if teacher is not None else Terms({})
-        return self.output(student.logits, Terms({**losses, **own.losses}, own.extras))
+        if teacher is None:
+            return self.output(student.logits, Terms(losses))
+        own = self.method_terms(student, teacher, batch)
+        extras = {**own.extras, **self.temperature_extras(student.logits, teacher.logits)}
+        return self.output(student.logits, Terms({**losses, **own.losses}, extras))
 
     def forward(self, batch: Batch) -> DistillOutput:
         if self.phase == "init":

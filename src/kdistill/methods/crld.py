@@ -69,8 +69,8 @@ class CRLD(Distiller):
         options = self.options
         teacher_strong = self.teacher_view(batch, "image_strong")
         parts = crld_loss(student.logits, self.student(strong), teacher.logits, teacher_strong.logits,
-                          labels, options.temperature, options.weak_threshold, options.strong_threshold,
-                          standardize=options.logit_standardize)
+                          labels, self.logit_temperature(student.logits, teacher.logits), options.weak_threshold,
+                          options.strong_threshold, standardize=options.logit_standardize)
         losses = self.supervised_terms(student, teacher, labels)  # KD on the weak view when w_kd > 0
         losses["ce"] = parts["ce"]  # both views
         losses[CROSS_VIEW_TERM] = (options.within_view_weight * parts["within_view"]
@@ -82,6 +82,7 @@ class CRLD(Distiller):
             "crld_strong_kept": parts["strong_mask"].float().mean(),
         }
         own = self.method_terms(student, teacher, batch)
+        extras.update(self.temperature_extras(student.logits, teacher.logits))
         return self.output(student.logits, Terms({**losses, **own.losses}, {**extras, **own.extras}))
 
 

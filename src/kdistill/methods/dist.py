@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from kdistill.data import Batch
 from kdistill.losses import dist_loss, standardize_logits
 from kdistill.methods.base import LOGITS_AND_POOLED, Distiller, MethodOptions, Terms
-from kdistill.methods.registry import register_method
+from kdistill.methods.registry import register_method, with_curriculum_temperature
 from kdistill.models.base import Features
 
 DIST_TERM = "dist"
@@ -25,7 +25,8 @@ class DIST(Distiller):
     """Loss = `w_ce * CE + w_method * T^2 * (beta * inter + gamma * intra)` with the reference's
     CIFAR settings: `w_ce = 1`, beta = gamma = 2, T = 4 (its `dist_t4` loss, beta = gamma = 1,
     under KD weight 2). `dist+kd` adds Hinton's KD term (`w_kd` 1). With `logit_standardize`,
-    both sides' logits are z-scored before the softmax, as for KD and DKD.
+    both sides' logits are z-scored before the softmax, as for KD and DKD. `dist+ctkd`: with
+    CTKD's learned temperature.
     """
 
     Options = DISTOptions
@@ -37,7 +38,10 @@ class DIST(Distiller):
 
     def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
         options = self.options
+        temperature = self.logit_temperature(student.logits, teacher.logits)
         logits_s, logits_t = student.logits, teacher.logits
         if options.logit_standardize:
             logits_s, logits_t = standardize_logits(logits_s.float()), standardize_logits(logits_t.float())
-        return Terms({DIST_TERM: dist_loss(logits_s, logits_t, options.beta, options.gamma, options.temperature)})
+        return Terms({DIST_TERM: dist_loss(logits_s, logits_t, options.beta, options.gamma, temperature)})
+# CTKD (Li et al., AAAI 2023): the temperature learned adversarially with its curriculum.
+register_method("dist+ctkd")(with_curriculum_temperature(DIST))

@@ -7,7 +7,7 @@ from kdistill.data import Batch
 from kdistill.losses import dkd_loss
 from kdistill.methods._warmup import LinearWarmup
 from kdistill.methods.base import LOGITS_AND_POOLED, Distiller, MethodOptions, Terms
-from kdistill.methods.registry import register_method, with_logit_standardization
+from kdistill.methods.registry import register_method, with_curriculum_temperature, with_logit_standardization
 from kdistill.models.base import Features
 
 DKD_TERM = "dkd"
@@ -28,6 +28,7 @@ class DKD(LinearWarmup, Distiller):
     `w_method = 1`, T = 4, alpha 1, beta 8, warm-up 20 epochs. The warm-up is part of the "dkd"
     term's weight, so the logged "dkd" is the unscaled loss; "dkd_warmup" logs the factor.
     `dkd+ls`: with logit standardisation and the LS code's settings (T 2, alpha and beta times 9).
+    `dkd+ctkd`: with CTKD's learned temperature, warm-up and beta kept.
     """
 
     Options = DKDOptions
@@ -40,7 +41,7 @@ class DKD(LinearWarmup, Distiller):
     def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
         options = self.options
         parts = dkd_loss(student.logits, teacher.logits, batch["label"], options.alpha, options.beta,
-                         options.temperature, options.logit_standardize)
+                         self.logit_temperature(student.logits, teacher.logits), options.logit_standardize)
         extras = {"dkd_tckd": parts["tckd"].detach(), "dkd_nckd": parts["nckd"].detach(),
                   "dkd_warmup": parts["total"].new_tensor(self.warmup_factor())}
         return Terms({DKD_TERM: parts["total"]}, extras)
@@ -49,3 +50,5 @@ class DKD(LinearWarmup, Distiller):
 # The LS code's DKD recipe (its tools/train.py with --logit-stand --base-temp 2 --kd-weight 9):
 # alpha and beta each times the KD weight 9, T = 2; recipes scale the pair's beta likewise.
 register_method("dkd+ls")(with_logit_standardization(DKD, {}, temperature=2.0, alpha=9.0, beta=72.0))
+# CTKD (Li et al., AAAI 2023): the temperature learned adversarially with its curriculum.
+register_method("dkd+ctkd")(with_curriculum_temperature(DKD))

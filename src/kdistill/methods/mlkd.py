@@ -42,12 +42,14 @@ class MLKD(Distiller):
         teacher = self.teacher_view(batch)
         s_strong, t_strong = self.student(strong), self.teacher_view(batch, "image_strong").logits
         options = self.options
+        temperature = self.logit_temperature(student.logits, teacher.logits)
         parts = mlkd_loss(student.logits, s_strong, teacher.logits, t_strong, labels,
-                          (options.temperature, *options.extra_temperatures), options.logit_standardize)
+                          (temperature, *options.extra_temperatures), options.logit_standardize)
         losses = self.supervised_terms(student, teacher, labels)  # Hinton's KD on the weak view if w_kd > 0
         losses["ce"] = parts["ce"]  # both views
         losses.update({"mlkd_instance": parts["instance"], "mlkd_class": parts["class_level"],
                        "mlkd_batch": parts["batch_level"]})
         extras = {"mlkd_samples_kept": parts["sample_mask"].float().mean(),
-                  "mlkd_classes_kept": parts["class_mask"].float().mean()}
+                  "mlkd_classes_kept": parts["class_mask"].float().mean(),
+                  **self.temperature_extras(student.logits, teacher.logits)}
         return self.output(student.logits, Terms(losses, extras))

@@ -21,18 +21,27 @@ def with_kd_term(cls: type[Distiller]) -> type[Distiller]:
                                                   "offers_kd_variant": False, "__module__": cls.__module__})
 
 
-def with_logit_standardization(cls: type[Distiller], weights: dict[str, float], **options: Any) -> type[Distiller]:
-    """`cls` with logit standardisation on and the LS paper's settings as its defaults: `weights`
-    over `cls.default_weights`, `options` over its option defaults (e.g. `temperature=2.0`)."""
+def with_defaults(cls: type[Distiller], suffix: str, weights: dict[str, float], **options: Any) -> type[Distiller]:
+    """`cls` (named `<cls><suffix>`) with other defaults: `weights` over `cls.default_weights`,
+    `options` over its option defaults (e.g. `temperature=2.0`)."""
     known = {field.name for field in fields(cls.Options)}
     if unknown := set(options) - known:
         raise ValueError(f"{cls.__name__} has no options {sorted(unknown)}")
-    defaults = {"logit_standardize": True, **options}
-    option_fields = [(name, type(value), value) for name, value in defaults.items()]
-    option_class = make_dataclass(f"{cls.Options.__name__}LS", option_fields, bases=(cls.Options,))
-    return type(f"{cls.__name__}LS", (cls,), {"Options": option_class,
-                                              "default_weights": {**cls.default_weights, **weights},
-                                              "offers_kd_variant": False, "__module__": cls.__module__})
+    option_fields = [(name, type(value), value) for name, value in options.items()]
+    option_class = make_dataclass(f"{cls.Options.__name__}{suffix}", option_fields, bases=(cls.Options,))
+    return type(f"{cls.__name__}{suffix}", (cls,), {"Options": option_class,
+                                                    "default_weights": {**cls.default_weights, **weights},
+                                                    "offers_kd_variant": False, "__module__": cls.__module__})
+
+
+def with_logit_standardization(cls: type[Distiller], weights: dict[str, float], **options: Any) -> type[Distiller]:
+    """`cls` with logit standardisation on and the LS paper's settings as its defaults."""
+    return with_defaults(cls, "LS", weights, logit_standardize=True, **options)
+
+
+def with_curriculum_temperature(cls: type[Distiller], **options: Any) -> type[Distiller]:
+    """`cls` with CTKD's learned temperature on (`MethodOptions.curriculum_temperature`), its weights kept."""
+    return with_defaults(cls, "CTKD", {}, curriculum_temperature=True, **options)
 
 
 def register_method(*names: str) -> Callable[[type[Distiller]], type[Distiller]]:

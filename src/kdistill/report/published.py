@@ -18,6 +18,8 @@ SOURCES = {
                      "baselines mdistiller reproduces (mdistiller's README has no table of its own for them)",
     "SimKD": "Chen et al., CVPR 2022, Knowledge Distillation with the Reused Teacher Classifier (CIFAR-100 table "
              "of its authors' README, DefangChen/SimKD: SimKD f=2, SemCKD and SRRL as they ran them, CE 1 KD 1)",
+    "CTKD": "Li et al., AAAI 2023, Curriculum Temperature for Knowledge Distillation (CIFAR-100 table, as in "
+            "its code's README, zhengli97/CTKD)",
 }
 
 _ICD_PAIRS = [
@@ -52,6 +54,8 @@ _LOGIT_FAMILY = [
 # DKD's ResNet110 -> ResNet20 and ResNet32x4 -> ShuffleV2 values are from the LS tables (mdistiller's
 # README has no ResNet110 -> ResNet20 column and labels the ShuffleV2 column "MobileNet-V2").
 _DKD_FROM_LS = {_R110_20, _SHV2}
+# CTKD on KD (global temperature), the six pairs of its CIFAR-100 table that are among the 13.
+_KD_CTKD = {_R20: 71.19, _R32: 73.52, _R110_20: 70.99, _W162: 75.45, _W401: 73.93, _VGG8: 73.52}
 # DIST's CIFAR-100 results (the six pairs its authors report that are among the 13).
 _DIST = {_W401: 74.43, _R20: 71.75, _R8X4: 76.31, _R50_MV2: 68.66, ("resnet32x4", "ShuffleV1"): 76.34, _SHV2: 77.35}
 # The SimKD authors' table; of its pairs only ResNet32x4 -> ResNet8x4 is among the 13.
@@ -80,6 +84,7 @@ def _published() -> dict[tuple[str, Pair], tuple[float, str]]:
     for method, pairs in _FEATURE_BASELINES.items():
         values.update({(method, pair): (value, "DKD-baselines") for pair, value in pairs.items()})
     values.update({key: (value, "SimKD") for key, value in _SIMKD_TABLE.items()})
+    values.update({("kd+ctkd", pair): (value, "CTKD") for pair, value in _KD_CTKD.items()})
     return values
 
 
