@@ -105,6 +105,11 @@ CIFAR100_NOTES.update({("reviewkd", pair): f"w_method {weight}: the ReviewKD aut
 # OFD at mdistiller's CIFAR-100 settings (its ofd.yaml: CE 1, feature weight 0.001, 1x1 connectors).
 CIFAR100_METHODS["ofd"] = method_section("ofd", connector_kernel_size=1)
 
+# KDSVD at mdistiller's CIFAR-100 settings (CE 1, feature weight 1, k 1); it aligns singular vectors
+# over channels, so it runs on the pairs of equal stage widths, FSP's.
+CIFAR100_METHODS["kdsvd"] = method_section("kdsvd", k=1)
+CIFAR100_METHOD_PAIRS["kdsvd"] = CIFAR100_METHOD_PAIRS["fsp"]
+
 CIFAR100_DATA = {"name": "cifar100", "root": "./data/cifar100", "batch_size": 64}
 TABLE_SCHEDULE = {"epochs": 240, "schedule": {"name": "step", "milestones": [150, 180, 210], "gamma": 0.1}}
 

@@ -429,6 +429,7 @@ RESUMED_METHODS = {
     "simkd": [],
     "srrl": [],
     "ofd": [],
+    "kdsvd": [],
     "kd+ctkd": [],
     "dkd+ctkd": ["method.instance_temperature=true", "method.warmup=2"],
 }

@@ -27,6 +27,9 @@ def test_every_table_pair_has_every_recipe():
         assert len(list((CONFIGS / "cifar100" / method).glob("*.yaml"))) == 13, method
     # FSP needs equal stage widths: the tables' six pairs of one family and width.
     assert len(list((CONFIGS / "cifar100" / "fsp").glob("*.yaml"))) == 6
+    # KDSVD aligns singular vectors over channels: the same six pairs.
+    assert {p.name for p in (CONFIGS / "cifar100" / "kdsvd").glob("*.yaml")} == \
+        {p.name for p in (CONFIGS / "cifar100" / "fsp").glob("*.yaml")}
     assert len(list((CONFIGS / "cifar100" / "teachers").glob("*.yaml"))) == 6
     for method in ("crld", "dkd", "dcd", "dcd+kd", "kd", "crd", "dist"):
         assert {p.stem for p in (CONFIGS / "imagenet" / method).glob("*.yaml")} == {"resnet34_resnet18",

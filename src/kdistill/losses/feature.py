@@ -1,5 +1,5 @@
 """Feature losses of the CRD benchmark's baselines (FitNet, AT, SP, CC, VID, RKD, PKT, AB, FT, FSP,
-NST) and of the later feature methods (ReviewKD, SimKD, SRRL, OFD).
+NST) and of the later feature methods (ReviewKD, SimKD, SRRL, OFD, KDSVD).
 
 Student first, teacher second. A "map" is `[B, C, H, W]`, a "vector" `[B, D]`. The reductions are
 those of the benchmark's public implementations (RepDistiller), which the table weights were tuned
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ab_loss", "at_loss", "cc_loss", "fitnet_loss", "fsp_loss", "ft_loss", "hcl_loss",
+__all__ = ["ab_loss", "at_loss", "cc_loss", "fitnet_loss", "fsp_loss", "ft_loss", "hcl_loss", "kdsvd_loss",
            "nst_loss", "ofd_loss", "ofd_margin", "pkt_loss", "rkd_loss", "simkd_loss", "sp_loss", "srrl_loss",
            "vid_loss"]
 
@@ -342,3 +342,50 @@ def ofd_loss(source: Tensor, target: Tensor, margin: Tensor) -> Tensor:
     # third (a positive margin), and then both count, as in mdistiller.
     to_target = torch.where(negative_below_student | (target > 0), (source - target).pow(2), 0.0)
     return (to_margin + to_target).mean(dim=0).sum()
+
+
+def _leading_singular_vectors(feature_map: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """The `count` largest singular values (`[B, n]`, L2-normalised together) and right singular
+    vectors (`[B, C, n]`, unit columns) of each sample's positions x channels matrix, non-finite
+    entries zeroed (as the reference does after its SVD)."""
+    matrix = _at_least_float32(feature_map).flatten(2).transpose(1, 2)
+    _, values, right_transposed = torch.linalg.svd(matrix, full_matrices=False)
+    values, vectors = (torch.where(torch.isfinite(x), x, 0.0) for x in (values, right_transposed.transpose(1, 2)))
+    return F.normalize(values[:, :count], dim=1), F.normalize(vectors[:, :, :count], dim=1)
+
+
+def _radial_basis(deeper: Tensor, shallower: Tensor) -> Tensor:
+    """`[B, C_deep, C_shallow, n]`: exp(-(a - b)^2 / 8) between every pair of the two levels' vector entries."""
+    return torch.exp(-(deeper[:, :, None, :] - shallower[:, None, :, :]).pow(2) / 8)
+
+
+def kdsvd_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], k: int = 1) -> Tensor:
+    """KDSVD (Lee et al., ECCV 2018), as RepDistiller's `distiller_zoo/KDSVD.py` computes it, over
+    stage maps shallow to deep with equal channel counts stage by stage.
+
+    Per stage, each sample's map as a positions x channels matrix: the teacher's `k` leading right
+    singular vectors, the student's `k + 3`; each teacher vector takes the student vector of largest
+    |cosine| with it, sign-flipped to agree (ties add up, as in the reference); both sets are then
+    scaled by the teacher's normalised singular values. Between consecutive stages, the radial
+    basis `exp(-(v_deep - v_shallow)^2 / 8)` over every pair of channel entries; loss = the squared
+    difference of student and teacher kernels (non-finite entries dropped), summed, divided by `B`,
+    summed over the stage pairs.
+    """
+    if [s.shape[1] for s in student] != [t.shape[1] for t in teacher]:
+        raise ValueError(f"kdsvd_loss needs equal channel counts, got {[s.shape[1] for s in student]} "
+                         f"and {[t.shape[1] for t in teacher]}")
+    total = student[0].new_zeros((), dtype=_at_least_float32(student[0]).dtype)
+    previous = None
+    for s, t in zip(student, teacher):
+        teacher_values, teacher_vectors = _leading_singular_vectors(t.detach(), k)
+        _, student_vectors = _leading_singular_vectors(s, k + 3)
+        cosine = student_vectors.transpose(1, 2) @ teacher_vectors  # [B, k + 3, k]
+        closest = cosine.abs() == cosine.abs().amax(dim=1, keepdim=True)
+        student_vectors = student_vectors @ torch.where(closest, cosine.sign(), 0.0)
+        scale = teacher_values[:, None, :]
+        current = (student_vectors * scale, teacher_vectors * scale)
+        if previous is not None:
+            difference = (_radial_basis(current[0], previous[0]) - _radial_basis(current[1], previous[1])).pow(2)
+            total = total + torch.where(torch.isfinite(difference), difference, 0.0).sum() / s.shape[0]
+        previous = current
+    return total
