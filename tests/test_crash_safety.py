@@ -423,6 +423,7 @@ def test_skipping_batches_leaves_the_samples_and_views_of_the_rest(tmp_path):
 # a kill as the third resume state is saved, then --resume, ends as the unbroken run.
 # ReviewKD: fusion blocks and a warm-up by epoch (3 epochs here, so the kill falls inside it).
 # OFD: connectors, and margins rebuilt from the teacher on resume.
+# RRD: a queue of 48 wraps around within the run (its write position is resumed state too).
 RESUMED_METHODS = {
     "dist": [],
     "reviewkd": ["method.warmup=3"],
@@ -432,6 +433,7 @@ RESUMED_METHODS = {
     "kdsvd": [],
     "kd+ctkd": [],
     "dkd+ctkd": ["method.instance_temperature=true", "method.warmup=2"],
+    "rrd": ["method.queue_size=48"],
 }
 
 

@@ -22,7 +22,8 @@ CIFAR100_TRAIN_SIZE = 50000
 def test_every_table_pair_has_every_recipe():
     methods = {"vanilla", "kd", "dcd", "dcd+kd", "crd", "crd+kd", "crld",
                "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "nst",
-               "dkd", "dkd+ls", "kd+ls", "mlkd", "crld+dkd", "dist", "reviewkd", "simkd", "srrl", "ofd"}
+               "dkd", "dkd+ls", "kd+ls", "mlkd", "crld+dkd", "dist", "reviewkd", "simkd", "srrl", "ofd", "rrd",
+               "rrd+kd"}
     for method in methods:
         assert len(list((CONFIGS / "cifar100" / method).glob("*.yaml"))) == 13, method
     # FSP needs equal stage widths: the tables' six pairs of one family and width.

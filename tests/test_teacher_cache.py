@@ -63,6 +63,7 @@ METHOD_OPTIONS = {
     "dist": [],
     "srrl": [],  # its teacher's classifier is applied to the student's features: the weights, not a cached output
     "kd+ctkd": ["method.instance_temperature=true"],  # the temperature MLP reads the cached teacher logits too
+    "rrd+kd": ["method.queue_size=64"],
 }
 
 

@@ -1,10 +1,10 @@
-"""Contrastive representation losses: ICD/DCD and CRD."""
+"""Contrastive and relational representation losses: ICD/DCD, CRD and RRD."""
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["crd_loss", "crd_nce_loss", "dcd_loss"]
+__all__ = ["crd_loss", "crd_nce_loss", "dcd_loss", "rrd_loss"]
 
 
 def dcd_loss(z_s: Tensor, z_t: Tensor, log_scale: Tensor, bias: Tensor | float = 0.0,
@@ -93,3 +93,19 @@ def crd_loss(z_s: Tensor, z_t: Tensor, bank_s: Tensor, bank_t: Tensor, sample_in
     teacher = crd_nce_loss(exp_t / norm_t, num_data)
     return {"student": student, "teacher": teacher, "total": student + teacher,
             "norm_s": norm_s, "norm_t": norm_t}
+
+
+def rrd_loss(z_s: Tensor, z_t: Tensor, queue: Tensor, temperature_student: float = 0.1,
+             temperature_teacher: float = 0.02) -> Tensor:
+    """RRD (Giakoumoglou & Stathaki, "Relational Representation Distillation"), as its reference
+    code computes it: the student's and the teacher's L2-normalised embeddings `[B, D]` are scored
+    against a queue of teacher embeddings `[K, D]` (which already holds this batch's, as the
+    reference enqueues before scoring); the teacher's similarities, sharpened by their temperature
+    and detached, are the soft targets of the student's:
+    `-sum_k softmax(z_t q_k / T_t) * log_softmax(z_s q_k / T_s)`, mean over the B samples.
+    The queue takes no gradient. Computed in float32 whatever the input dtype.
+    """
+    queue = queue.detach().float()
+    targets = F.softmax(z_t.detach().float() @ queue.T / temperature_teacher, dim=1)
+    log_predictions = F.log_softmax(z_s.float() @ queue.T / temperature_student, dim=1)
+    return -(targets * log_predictions).sum(dim=1).mean()
