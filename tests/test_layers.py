@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "kdistill"
 # Each layer may import the ones before it, never those after it.
-LAYERS = [{"losses", "models", "data"}, {"methods"}, {"engine"}, {"eval", "report"}, {"grid"}]
+LAYERS = [{"losses", "models", "data"}, {"methods"}, {"engine"}, {"eval", "report", "export"}, {"grid"}]
 
 
 def imported_packages(folder: Path) -> set[str]:
@@ -30,9 +30,9 @@ def test_a_layer_imports_no_layer_above_it(level):
         assert not imported_packages(PACKAGE / package) & above, package
 
 
-def test_the_evaluations_and_reports_do_not_import_the_engine():
-    code = ("import importlib, pkgutil, sys, kdistill.eval, kdistill.report\n"
-            "for package in (kdistill.eval, kdistill.report):\n"
+def test_the_evaluations_reports_and_export_do_not_import_the_engine():
+    code = ("import importlib, pkgutil, sys, kdistill.eval, kdistill.export, kdistill.report\n"
+            "for package in (kdistill.eval, kdistill.export, kdistill.report):\n"
             "    for module in pkgutil.iter_modules(package.__path__):\n"
             "        importlib.import_module(f'{package.__name__}.{module.name}')\n"
             "print(sorted(name for name in sys.modules if name.startswith('kdistill.engine')))")

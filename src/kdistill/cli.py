@@ -242,6 +242,33 @@ def command_report(args: argparse.Namespace) -> None:
     print(report["markdown"])
     print(f"-> {', '.join(report['files'])} and {len(report['curves'])} training-curve plots in {args.out}/curves")
 
+def command_export(args: argparse.Namespace) -> None:
+    from kdistill.export.bundle import export_run
+
+    export = export_run(args.run, args.overrides, formats=args.formats, out=args.out, dynamic_batch=args.dynamic_batch,
+                        opset=args.opset, fp16=args.fp16, which=args.which)
+    print(f"-> {export['folder']}: {', '.join(export['files'])}")
+
+
+def _add_export_parser(commands) -> None:
+    from kdistill.export import DEFAULT_OPSET, ExportFormat
+
+    export = commands.add_parser("export", help="a finished run's student as safetensors, TorchScript or ONNX, "
+                                                "with its preprocessing, class names and a model card, checked "
+                                                "against PyTorch")
+    export.add_argument("run", help="a finished run folder")
+    export.add_argument("--format", dest="formats", nargs="+", choices=[str(item) for item in ExportFormat],
+                        help="formats to write (default: safetensors, and for a CIFAR-zoo student also pth, the "
+                             "public checkpoint layout)")
+    export.add_argument("--out", help="export folder (default: <run>/export)")
+    export.add_argument("--which", choices=("last", "best"), default="last", help="which weights of the run")
+    export.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size (default: batch size 1)")
+    export.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    export.add_argument("--fp16", action="store_true", help="float16 weights and computation in every format")
+    _add_overrides(export, "config overrides of the run's configuration (e.g. data.root=...)")
+    export.set_defaults(handler=command_export)
+
+
 def command_list(args: argparse.Namespace) -> None:
     from kdistill.data import list_datasets
     from kdistill.methods import list_methods
@@ -355,6 +382,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     report.add_argument("--published", action="store_true",
                         help="also set each measured mean beside its paper's published CIFAR-100 top-1")
     report.set_defaults(handler=command_report)
+    _add_export_parser(commands)
     cache = commands.add_parser("cache", help="fill a run's teacher cache (teacher_cache=<folder>) ahead of time")
     _add_run_arguments(cache)
     cache.set_defaults(handler=command_cache)

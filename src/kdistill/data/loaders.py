@@ -34,6 +34,9 @@ class DatasetInfo:
     class_names: list[str] | None
     train_size: int  # samples in the train split (after a validation split is carved out)
     tree_state: str | None = None  # image folders: the state of their files (`Source.tree_state`)
+    # The evaluation's center crop: the image resized to image_size / eval_crop_pct, then cropped
+    # to image_size (1.0: in-memory sets, resized whole to image_size).
+    eval_crop_pct: float = 1.0
 
 
 class BatchOrder:
@@ -348,6 +351,7 @@ def build_loaders(
         class_names=source.class_names,
         train_size=len(train.labels),
         tree_state=source.tree_state,
+        eval_crop_pct=resizing.eval_crop_pct if isinstance(source.test, ImageFiles) else 1.0,
     )
     return Loaders(
         train=train_loader,

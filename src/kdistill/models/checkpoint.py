@@ -1,7 +1,8 @@
 """Weight files: the one module that reads and writes them.
 
 Reading accepts the benchmark's `<arch>_vanilla/ckpt_epoch_240.pth` files (state dict under
-'model'), a dict with 'state_dict', or a bare state dict; it strips DataParallel's `module.`
+'model'), a dict with 'state_dict', a bare state dict, or a `.safetensors` file (what
+`kdistill export` writes); it strips DataParallel's `module.`
 prefix, fills in BN counters that old files lack, and loads plain timm/torchvision weight files
 into their `timm:`/`tv:` adapters. Files are read with `weights_only=True`, so a weight file
 cannot run code. Writing is atomic (`kdistill.files`): a crash or a full disk mid-write never
@@ -18,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.errors import KdistillError, first_line
-from kdistill.files import atomic_write
+from kdistill.files import atomic_write, atomic_write_bytes
 
+SAFETENSORS_SUFFIX = ".safetensors"
 _ERROR_KEY_LIMIT = 3  # keys named per kind of mismatch in an error message
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # torch words this two ways
 
@@ -34,6 +36,25 @@ def save_model_weights(model: nn.Module, path: Path, intact: str | None = None, 
     """The public teacher format (`{'model': state_dict, ...}`), so a trained model loads as a teacher."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_save({"model": state, **info}, path, intact)
+
+
+def save_safetensors(state_dict: Mapping[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """A state dict as a safetensors file (tensors and string metadata only: loading it runs no
+    code). Tensors are copied, so weights shared between two keys are stored under both."""
+    from safetensors.torch import save
+
+    tensors = {key: value.detach().cpu().contiguous().clone() for key, value in state_dict.items()}
+    atomic_write_bytes(path, save(tensors, metadata))
+
+
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError) as error:
+        raise UnreadableCheckpoint(path, f"not a readable safetensors file: {first_line(error)}") from None
 
 
 class UnreadableCheckpoint(KdistillError):
@@ -75,8 +96,10 @@ def read_torch_file(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The state dict in a weight file, `module.` prefixes removed."""
-    loaded = read_torch_file(path)
+    """The state dict in a weight file (torch or safetensors), `module.` prefixes removed."""
+    path = Path(path)
+    safetensors = path.suffix == SAFETENSORS_SUFFIX and path.is_file()
+    loaded = read_safetensors(path) if safetensors else read_torch_file(path)
     return {key.removeprefix("module."): value for key, value in _state_dict_in(loaded, Path(path)).items()}
 
 
