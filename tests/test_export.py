@@ -155,6 +155,21 @@ def test_timm_student_loads_in_timm_from_the_export_folder(timm_run, eval_split,
     assert config["pretrained_cfg"]["mean"] == [0.286] and "tag" not in config["pretrained_cfg"]
 
 
+@pytest.mark.slow
+def test_a_student_predicting_through_the_teachers_head_is_exported_with_it(zoo_run, eval_split, tmp_path):
+    # SimKD deploys student + projector + the teacher's classifier; the export holds all three.
+    run = tmp_path / "simkd"
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_run(load_config(None, [*QUICK_RUN, "epochs=1", "method.name=simkd", "teacher=resnet8",
+                                     f"teacher_checkpoint={zoo_run}", f"out={run}"]))
+    folder = tmp_path / "export"
+    export_run(str(run), [], out=str(folder), formats=["safetensors", "onnx"], dynamic_batch=True,
+               report=lambda line: None)
+    parts = {key.split(".")[0] for key in read_state_dict(folder / "model.safetensors")}
+    assert parts == {"backbone", "projector", "classifier"}
+    assert_fresh_process_predicts_as_the_run(folder, ["onnx"], run, eval_split)
+
+
 def test_fp16_export_passes_its_check(zoo_run, tmp_path):
     lines = []
     export_run(str(zoo_run), [], formats=["safetensors", "onnx"], out=str(tmp_path), fp16=True, report=lines.append)

@@ -36,6 +36,7 @@ from kdistill.export import DEFAULT_OPSET, ExportFormat
 from kdistill.export.card import model_card
 from kdistill.files import atomic_write_bytes, atomic_write_text
 from kdistill.loading import library_preprocessing
+from kdistill.methods import method_class
 from kdistill.models.adapters import TimmModel, TorchvisionModel
 from kdistill.models.checkpoint import (
     load_state_into,
@@ -91,10 +92,10 @@ def deployable(model: nn.Module) -> nn.Module:
     return model.model if isinstance(model, (TimmModel, TorchvisionModel)) else model
 
 
-def default_formats(model: nn.Module) -> list[ExportFormat]:
-    """safetensors; a CIFAR-zoo student also in the public checkpoint layout."""
+def default_formats(model: nn.Module, composite: bool) -> list[ExportFormat]:
+    """safetensors; a CIFAR-zoo student (not a method's composite) also in the public checkpoint layout."""
     library = isinstance(model, (TimmModel, TorchvisionModel))
-    return [ExportFormat.safetensors] + ([] if library else [ExportFormat.pth])
+    return [ExportFormat.safetensors] + ([] if library or composite else [ExportFormat.pth])
 
 
 def preprocessing_config(target: Target, info: DatasetInfo) -> dict[str, Any]:
@@ -232,7 +233,8 @@ def export_run(run: str, overrides: list[str], formats: list[str] | None = None,
     model = evaluation.models["student"].model
     dtype = torch.float16 if fp16 else torch.float32
     net = copy.deepcopy(deployable(model)).to(dtype).eval()
-    chosen = [ExportFormat(name) for name in formats] if formats else default_formats(model)
+    composite = method_class(target.cfg.method.name).deploys_composite
+    chosen = [ExportFormat(name) for name in formats] if formats else default_formats(model, composite)
     destination = Path(out) if out else folder.path / "export"
     destination.mkdir(parents=True, exist_ok=True)
 
