@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from kdistill.cli import parse_with_overrides
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.engine import train_run
 from kdistill.run_folder import RunFolder
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.engine import train_run
 from kdistill.engine.trainer import Trainer
 from kdistill.errors import KdistillError

@@ -12,7 +12,7 @@ from kdistill.models import create_model
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """One quick vanilla run shared by the eval/distill tests."""
-    from kdistill.config_loading import load_config
+    from kdistill.config.loading import load_config
     from kdistill.engine import train_run
 
     run = tmp_path_factory.mktemp("runs") / "teacher"

@@ -5,11 +5,12 @@ import torch
 import yaml
 from helpers import QUICK_RUN
 
-from kdistill.config import MethodConfig, OptimName, ScheduleName, config_to_dict, recorded_config
-from kdistill.config_loading import load_config
+from kdistill.config import OptimName, Precision, ScheduleName, config_to_dict, recorded_config
+from kdistill.config.loading import load_config
 from kdistill.engine import resolve_run, train_run
 from kdistill.errors import KdistillError
-from kdistill.methods.crd import CRDOptions
+from kdistill.losses import ContrastiveForm
+from kdistill.methods.crd import CRD, CRDOptions
 from kdistill.methods.crld import CRLDOptions
 from kdistill.models import create_model
 
@@ -38,10 +39,38 @@ def test_the_method_section_is_parsed_into_the_methods_options_at_load(tmp_path)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("method:\n  name: crd\n  feat_dim: 64\n")
     cfg = load_config(str(recipe), ["method.temperature_nce=0.1"])
-    assert cfg.method == MethodConfig("crd", CRDOptions(feat_dim=64, temperature_nce=0.1))
+    assert (cfg.method.name, cfg.method.options) == ("crd", CRDOptions(feat_dim=64, temperature_nce=0.1))
     assert type(cfg.method.options) is CRDOptions
     default = load_config()
     assert default.method.name == "vanilla" and default.method.options.w_ce is None
+
+
+def test_the_method_is_resolved_once_into_a_spec_of_what_it_needs():
+    crd = load_config(None, ["method.name=crd"]).method.spec
+    assert (crd.distiller, crd.needs_teacher, crd.teacher_reads, crd.views) == (
+        CRD, True, frozenset({"logits", "pooled"}), ("image",))
+    # an option that picks a stage map makes the teacher's stages part of what the method reads
+    assert load_config(None, ["method.name=dcd", "method.teacher_feature=-1"]).method.spec.teacher_reads == \
+        frozenset({"logits", "pooled", "stages"})
+    crld = load_config(None, ["method.name=crld"]).method.spec
+    assert crld.views == ("image", "image_strong") and crld.needs_strong_view and crld.matches_logits
+    vanilla = load_config().method.spec
+    assert not vanilla.needs_teacher and not vanilla.needs_strong_view
+
+
+def test_loaded_options_are_read_only_and_choices_are_enums():
+    cfg = load_config(None, ["method.name=dcd", "method.form=sigmoid", "precision=bf16",
+                             "teacher_options={drop_rate: 0.1}"])
+    assert cfg.method.options.form is ContrastiveForm.sigmoid and cfg.precision is Precision.bf16
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.method.options.proj_dim = 3
+    with pytest.raises(TypeError):
+        cfg.teacher_options["drop_rate"] = 0.5
+    for bad, key in (["method.form=cosine"], "form"), (["precision=fp8"], "precision"), \
+            (["method.name=crd", "method.negatives=some"], "negatives"), \
+            (["method.name=crd", "method.student_feature=last"], "student_feature"):
+        with pytest.raises(KdistillError, match=key):
+            load_config(None, ["method.name=dcd", *bad] if bad[0].startswith("method.form") else bad)
 
 
 def test_unknown_method_and_unknown_option_are_one_line_errors_at_load():

@@ -10,9 +10,9 @@ import pytest
 import torch
 from helpers import QUICK_RUN, RunsCommand, assert_user_error, run_kdistill
 
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
+from kdistill.config.yaml_file import read_yaml_mapping
 from kdistill.errors import KdistillError
-from kdistill.yaml_file import read_yaml_mapping
 
 RUN = [*QUICK_RUN, "epochs=1", "steps_per_epoch=1"]
 

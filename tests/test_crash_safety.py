@@ -18,7 +18,7 @@ from helpers import QUICK_RUN, kdistill_command, run_kdistill
 from PIL import Image
 
 from kdistill.config import DataConfig
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.data import build_loaders
 from kdistill.engine import train_run
 from kdistill.errors import KdistillError, RunStopped

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import QUICK_RUN
 
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.engine import train_run
 from kdistill.errors import KdistillError
 from kdistill.losses import crld_loss

@@ -154,7 +154,7 @@ def test_published_dist_values_and_kdistill_list(run_cli):
 def test_dist_recipes_carry_the_references_settings():
     from test_recipes import CONFIGS
 
-    from kdistill.config_loading import load_config
+    from kdistill.config.loading import load_config
 
     cifar = load_config(str(CONFIGS / "cifar100/dist/resnet32x4_resnet8x4.yaml")).method.options
     assert (cifar.beta, cifar.gamma, cifar.temperature, cifar.w_ce, cifar.w_method) == (2.0, 2.0, 4.0, 1.0, 1.0)

@@ -34,7 +34,7 @@ def write_cifar100_format(folder: Path, samples: int = 64) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Data folders, a teacher run and a KD student run of it, made once for the module."""
-    from kdistill.config_loading import load_config
+    from kdistill.config.loading import load_config
     from kdistill.engine import train_run
 
     root = tmp_path_factory.mktemp("eval_cli")

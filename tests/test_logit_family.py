@@ -14,7 +14,7 @@ from test_crld import (  # the CRLD tests' tiny distiller and two-view batch
     two_view_batch,
 )
 
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.engine import train_run
 from kdistill.errors import KdistillError
 from kdistill.losses import (

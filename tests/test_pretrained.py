@@ -1,9 +1,11 @@
 """Pretrained timm / torchvision weights: the offline error, weights found in the libraries' caches,
 the classifier kept or replaced, the library's preprocessing, and `kdistill list --teachers`."""
 
+import json
 import os
 import re
 import urllib.error
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,30 @@ def test_list_teachers_shows_recipe_teachers_and_cifar100_files(run_cli):
                      result.stdout)
     assert "https://huggingface.co/timm/vit_small_patch14_dinov2.lvd142m" in result.stdout
     assert "http://shape2prog.csail.mit.edu/repo/resnet32x4_vanilla/ckpt_epoch_240.pth" in result.stdout
+
+
+def test_every_analysis_runs_on_a_run_whose_teacher_comes_from_its_library(tmp_path, monkeypatch):
+    """A library teacher has no weight file: the analyses build it as the run did and identify it by checksum."""
+    hf_home = tmp_path / "hf"
+    for key, value in offline_env(hf_home).items():
+        monkeypatch.setenv(key, value)
+    put_timm_weights(hf_home)
+    run = tmp_path / "tintem"
+    trained = run_kdistill("distill", *QUICK_RUN, "epochs=1", "method.name=tintem", f"teacher=timm:{TIMM_MODEL}",
+                           "teacher_pretrained=true", "data.image_size=32", f"out={run}")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    commands = {
+        "knn": ["knn", str(run), "--k", "5", "progress=false"],
+        "probe": ["probe", str(run), "probe.name=embedded", "progress=false"],
+        "correlate": ["correlate", str(run), "--out", str(tmp_path / "correlation.png"), "progress=false"],
+        "faithfulness": ["faithfulness", str(run), "--corruptions", "jpeg", "--severities", "1", "progress=false"],
+        "ood": ["ood", str(run), "ood.name=embedded", "progress=false"],
+        "robustness": ["robustness", str(run), "--corruptions", "pixelate", "--severities", "1", "progress=false"],
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(run_kdistill, *args) for name, args in commands.items()}
+    for name, future in futures.items():
+        result = future.result()
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+    knn = json.loads((run / "knn_last.json").read_text())
+    assert set(knn["top1"]) == {"student", "teacher"} and knn["models"]["teacher"] == f"timm:{TIMM_MODEL}"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.data import build_loaders
 from kdistill.engine.schedule import build_optimizer
 from kdistill.methods import MethodContext, distiller_from_options, method_class

@@ -21,7 +21,7 @@ def write_run(folder: Path, method: str, student: str, teacher: str | None, top1
     (the default config with `config` overrides) if given."""
     folder.mkdir(parents=True)
     if config is not None:
-        from kdistill.config_loading import load_config
+        from kdistill.config.loading import load_config
 
         cfg = load_config(None, [f"student={student}", f"method.name={method}", "data.name=cifar100", f"seed={seed}",
                                  f"out={folder}", *([f"teacher={teacher}"] if teacher else []), *config])

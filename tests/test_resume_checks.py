@@ -9,7 +9,7 @@ import yaml
 from helpers import QUICK_RUN, assert_user_error, run_kdistill
 
 from kdistill import cli
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.engine import train_run
 from kdistill.errors import KdistillError
 from kdistill.models import checkpoint

@@ -12,7 +12,7 @@ from conftest import kdistill_command, run_kdistill
 from PIL import Image
 
 from kdistill.config import DataConfig
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.engine import fill_teacher_cache, train_run
 from kdistill.engine.teacher_cache import MANIFEST_FILE, TEACHER_NEUTRAL_KEYS, TopKRows, cache_identity
 from kdistill.errors import KdistillError

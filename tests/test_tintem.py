@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from helpers import mean_over_ranks
 from torch import nn
 
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.engine import train_run
 from kdistill.errors import KdistillError
 from kdistill.losses import (

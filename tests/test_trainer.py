@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import QUICK_RUN, kdistill_command
 
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.engine import train_run
 from kdistill.errors import KdistillError
 from kdistill.models import create_model, load_checkpoint

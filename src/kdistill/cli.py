@@ -78,7 +78,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_config(args: argparse.Namespace, extra: list[str] = ()):
-    from kdistill.config_loading import load_config
+    from kdistill.config.loading import load_config
 
     overrides = list(extra) + list(args.overrides) + (["resume=true"] if args.resume else [])
     return load_config(args.config, overrides)
@@ -88,7 +88,7 @@ def command_train(args: argparse.Namespace) -> None:
     from kdistill.engine import train_run
 
     cfg = _run_config(args)
-    if cfg.method.name != "vanilla":
+    if cfg.method.spec.needs_teacher:
         raise KdistillError(f"`kdistill train` trains without a teacher; for method '{cfg.method.name}' "
                             "use `kdistill distill`")
     _print_results(train_run(cfg))
@@ -98,7 +98,7 @@ def command_distill(args: argparse.Namespace) -> None:
     from kdistill.engine import train_run
 
     cfg = _run_config(args)
-    if cfg.method.name == "vanilla":
+    if not cfg.method.spec.needs_teacher:
         raise KdistillError("`kdistill distill` needs a distillation method: set method.name=kd "
                             "(or another, see `kdistill list`)")
     _print_results(train_run(cfg))

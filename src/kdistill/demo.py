@@ -4,9 +4,10 @@ import json
 import shutil
 from pathlib import Path
 
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.engine import train_run
 from kdistill.files import atomic_write_text
+from kdistill.methods import method_class
 from kdistill.run_folder import RunFolder
 
 TEACHER = "resnet14"
@@ -15,7 +16,7 @@ STUDENT = "resnet8"
 COMMON = ["data.name=embedded", "schedule.name=cosine", "optim.lr=0.05", "data.batch_size=64", "seed=0"]
 TEACHER_EPOCHS = 3
 STUDENT_EPOCHS = 2
-STUDENT_METHODS = {"vanilla": [], "kd": ["method.name=kd"], "dcd+kd": ["method.name=dcd+kd"]}
+STUDENT_METHODS = ("vanilla", "kd", "dcd+kd")
 
 
 def run_demo(out: Path, overrides: list[str] = ()) -> list[dict]:
@@ -31,11 +32,12 @@ def run_demo(out: Path, overrides: list[str] = ()) -> list[dict]:
         teacher = train_run(load_config(None, [f"student={TEACHER}", f"epochs={TEACHER_EPOCHS}", *common,
                                                f"out={teacher_dir}"]))
     rows = [{"run": "teacher", **teacher}]
-    for method, extra in STUDENT_METHODS.items():
+    for method in STUDENT_METHODS:
         student_dir = out / method
         shutil.rmtree(student_dir, ignore_errors=True)  # the demo's students are retrained each call
-        run_overrides = [f"student={STUDENT}", f"epochs={STUDENT_EPOCHS}", *extra, *common, f"out={student_dir}"]
-        if method != "vanilla":
+        run_overrides = [f"student={STUDENT}", f"epochs={STUDENT_EPOCHS}", f"method.name={method}", *common,
+                         f"out={student_dir}"]
+        if method_class(method).needs_teacher:
             run_overrides += [f"teacher={TEACHER}", f"teacher_checkpoint={teacher_dir}"]
         rows.append({"run": method, **train_run(load_config(None, run_overrides))})
     table = format_table(rows)

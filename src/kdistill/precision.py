@@ -10,16 +10,15 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from kdistill.config import Precision
 from kdistill.errors import KdistillError
 
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of `precision` on `device` (None: plain fp32); bad choices are one-line errors."""
-    if precision not in AUTOCAST_DTYPES:
-        raise KdistillError(f"precision={precision} is unknown: use precision=fp32, bf16 or fp16")
-    dtype = AUTOCAST_DTYPES[precision]
+def autocast_dtype(precision: Precision | str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `precision` on `device` (None: plain fp32); a device that cannot run it is one line."""
+    dtype = AUTOCAST_DTYPES[Precision(precision)]
     if dtype is torch.float16 and device.type != "cuda":
         raise KdistillError(f"precision=fp16 needs a CUDA device (this run is on {device.type}): use precision=bf16")
     if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():

@@ -26,10 +26,10 @@ from typing import Any
 
 import yaml
 
+from kdistill.config.yaml_file import read_yaml_mapping
 from kdistill.errors import KdistillError
 from kdistill.files import TEMP_SUFFIX, also_intact, atomic_write_text, reported_write
 from kdistill.models.checkpoint import UnreadableCheckpoint, atomic_save, read_torch_file, save_model_weights
-from kdistill.yaml_file import read_yaml_mapping
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -135,7 +135,7 @@ class RunFolder:
             atomic_write_text(self.config_path, yaml.safe_dump(values, sort_keys=False))
 
     def read_config(self) -> dict[str, Any]:
-        """The saved configuration as plain nested dicts (`kdistill.config_loading.load_config` types it)."""
+        """The saved configuration as plain nested dicts (`kdistill.config.loading.load_config` types it)."""
         return read_yaml_mapping(self.config_path)
 
     def record_config_change(self, change: dict[str, Any]) -> None:

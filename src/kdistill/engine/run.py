@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kdistill.config import EXECUTION_KEYS, RunConfig, flat_config, recorded_config
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.distributed import barrier, is_main_process
 from kdistill.engine.setup import build_run, resolve_run
 from kdistill.engine.teacher_cache import TeacherCache
@@ -92,7 +92,7 @@ def fill_teacher_cache(cfg: RunConfig) -> tuple[TeacherCache, int]:
     epoch file against its checksum; returns the cache and how many files were computed or completed."""
     if cfg.teacher_cache is None:
         raise KdistillError("`kdistill cache` needs teacher_cache=<folder>")
-    if cfg.method.name == "vanilla":
+    if not cfg.method.spec.needs_teacher:
         raise KdistillError("`kdistill cache` fills a distillation run's teacher outputs: give the runs' method.name "
                             "(e.g. kd; crld for both views), teacher= and teacher_checkpoint=")
     cache = build_run(resolve_run(cfg)).teacher_cache

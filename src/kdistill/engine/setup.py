@@ -13,7 +13,7 @@ from kdistill.data import Loaders, build_loaders
 from kdistill.distributed import init_from_environment, rank, world_size
 from kdistill.engine.teacher_cache import TeacherCache, open_teacher_cache
 from kdistill.loading import build_teacher, library_preprocessing, resolve_device
-from kdistill.methods import Distiller, MethodContext, distiller_from_options, method_class
+from kdistill.methods import Distiller, MethodContext, build_distiller
 from kdistill.models import create_model
 from kdistill.models.base import FeatureModel
 from kdistill.models.checkpoint import load_checkpoint
@@ -46,7 +46,7 @@ def resolve_run(cfg: RunConfig) -> ResolvedRun:
     resolved = dataclasses.replace(cfg, data=data, teacher_checkpoint=_absolute(cfg.teacher_checkpoint),
                                    student_checkpoint=_absolute(cfg.student_checkpoint),
                                    teacher_cache=_absolute(cfg.teacher_cache))
-    return ResolvedRun(resolved, method_class(cfg.method.name).needs_strong_view)
+    return ResolvedRun(resolved, cfg.method.spec.needs_strong_view)
 
 
 def compile_extract(model: FeatureModel) -> None:
@@ -68,7 +68,6 @@ def build_run(run: ResolvedRun) -> RunParts:
     cfg = run.cfg
     device = resolve_device(init_from_environment(cfg.device))
     seed_everything(cfg.seed)
-    cls = method_class(cfg.method.name)
     loaders = build_loaders(cfg.data, device, seed=cfg.seed, rank=rank(), world_size=world_size(),
                             with_strong_view=run.strong_view)
     info = loaders.info
@@ -76,11 +75,12 @@ def build_run(run: ResolvedRun) -> RunParts:
                            pretrained=cfg.student_pretrained, **cfg.student_options)
     if cfg.student_checkpoint is not None:
         load_checkpoint(student, Path(cfg.student_checkpoint))
-    teacher = (build_teacher(cfg, info.num_classes, info.in_chans, cls.uses_teacher_logits)
-               if cls.needs_teacher else None)
+    spec = cfg.method.spec
+    teacher = (build_teacher(cfg, info.num_classes, info.in_chans, spec.uses_teacher_logits)
+               if spec.needs_teacher else None)
     context = MethodContext((info.in_chans, info.image_size, info.image_size), info.num_classes,
                             loaders.train.labels, cfg.optim.lr)
-    distiller = distiller_from_options(cfg.method.name, cfg.method.options, student, teacher, context).to(device)
+    distiller = build_distiller(cfg.method, student, teacher, context).to(device)
     if cfg.channels_last:
         distiller.to(memory_format=torch.channels_last)
     if cfg.compile:

@@ -44,6 +44,7 @@ from kdistill.errors import KdistillError
 from kdistill.files import atomic_write_bytes, reported_write
 from kdistill.methods.base import LOGITS_AND_POOLED, Distiller
 from kdistill.models.base import Features, probe_features
+from kdistill.models.checkpoint import weights_sha256
 from kdistill.precision import autocast
 
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -90,16 +91,6 @@ def data_state(loaders: Loaders) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for tensor in (loader.images, loader.labels):
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """A checksum of the model's weights (names and bytes): the same for the same weights in any
-    file format, and defined for library-pretrained teachers that have no file."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -464,9 +455,6 @@ def open_teacher_cache(cfg: RunConfig, distiller: Distiller, loaders: Loaders, d
     if cfg.data.repeated_augment > 1:
         raise KdistillError("teacher_cache= stores one view per sample and epoch, not data.repeated_augment's repeats: "
                             "set data.repeated_augment=1 or drop teacher_cache=")
-    if cfg.teacher_cache_dtype not in CACHE_DTYPES:
-        raise KdistillError(f"teacher_cache_dtype={cfg.teacher_cache_dtype} is unknown: "
-                            "use float16, bfloat16 or float32")
     folder = Path(cfg.teacher_cache)
     try:
         folder.mkdir(parents=True, exist_ok=True)

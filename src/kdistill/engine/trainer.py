@@ -474,7 +474,8 @@ class Trainer:
         trained = [entry for entry in history if entry["phase"] == "train"]
         last = trained[-1]
         results = {
-            "student": self.cfg.student, "teacher": self.cfg.teacher, "method": self.cfg.method.name,
+            "student": self.cfg.student, "teacher": self.cfg.teacher if self.cfg.method.spec.needs_teacher else None,
+            "method": self.cfg.method.name,
             "dataset": self.cfg.data.name, "seed": self.cfg.seed, "epochs": self.cfg.epochs,
             "top1_last": last.get("test/top1"), "top5_last": last.get("test/top5"),
             "top1_best": self.best["top1"], "top5_best": self.best["top5"], "best_epoch": self.best["epoch"],

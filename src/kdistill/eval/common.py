@@ -2,6 +2,7 @@
 and data, a second data set given as `<prefix>.*` keys, and logits/features over a loader."""
 
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Iterable, Iterator
@@ -16,7 +17,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from kdistill.config import DataConfig, RunConfig
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.data import DatasetInfo, Loader, Loaders, build_loaders
 from kdistill.data.loaders import Normalizer
 from kdistill.errors import KdistillError
@@ -26,10 +27,9 @@ from kdistill.loading import (
     library_preprocessing,
     load_trained_student,
     resolve_device,
-    teacher_weights_path,
 )
-from kdistill.methods import method_class
 from kdistill.models.base import FeatureModel
+from kdistill.models.checkpoint import weights_sha256
 from kdistill.precision import autocast, autocast_dtype
 from kdistill.run_folder import CONFIG_FILE, RunFolder
 
@@ -42,10 +42,6 @@ class Target:
     path: Path
     cfg: RunConfig
     which: str  # the run folder's weights: "last" or "best"
-
-    @property
-    def weights(self) -> Path:
-        return teacher_weights_path(str(self.path), self.which)
 
     def output_path(self, name: str, suffix: str) -> Path:
         """Where an evaluation's file goes: inside the run folder, or beside the weight file."""
@@ -84,14 +80,13 @@ def build_eval_loaders(data: DataConfig, device: torch.device, seed: int) -> Loa
 @dataclass
 class LoadedModel:
     name: str
-    weights: Path
     model: FeatureModel
 
+    @functools.cached_property
     def fingerprint(self) -> dict[str, Any]:
-        """Identifies these weights: a cache built from other (e.g. retrained) weights is stale."""
-        stat = self.weights.stat()
-        return {"model": self.name, "weights": str(self.weights.resolve()), "mtime_ns": stat.st_mtime_ns,
-                "size": stat.st_size}
+        """Identifies these weights by their checksum, as the teacher cache does: a cache built from
+        other (e.g. retrained) weights is stale, and a library model with no file has one too."""
+        return {"model": self.name, "weights_sha256": weights_sha256(self.model)}
 
 
 @dataclass
@@ -123,12 +118,11 @@ def load_evaluation(target: Target, teacher: str = "optional") -> Evaluation:
     info = loaders.info
     student = load_trained_student(cfg, str(target.path), info.num_classes, info.in_chans, info.image_size,
                                    target.which)
-    models = {"student": LoadedModel(cfg.student, target.weights, student.to(device).eval())}
+    models = {"student": LoadedModel(cfg.student, student.to(device).eval())}
     if teacher == "required" or (teacher == "optional" and cfg.teacher is not None):
         model = build_teacher(cfg, info.num_classes, info.in_chans,
-                              needs_head=method_class(cfg.method.name).uses_teacher_logits)
-        models["teacher"] = LoadedModel(cfg.teacher, teacher_weights_path(cfg.teacher_checkpoint),
-                                        model.to(device).eval())
+                              needs_head=cfg.method.spec.uses_teacher_logits)
+        models["teacher"] = LoadedModel(cfg.teacher, model.to(device).eval())
     return Evaluation(target, device, loaders, models)
 
 

@@ -77,7 +77,7 @@ def cached_features(evaluation: Evaluation, probe_loaders: Loaders, probe_items:
     model_info, probe_info = evaluation.loaders.info, probe_loaders.info
     data_key = {"keys": sorted(probe_items), "image_size": probe_info.image_size, "train_size": probe_info.train_size,
                 "normalisation": [list(model_info.mean), list(model_info.std)]}
-    fingerprints = {role: {**loaded.fingerprint(), "data": data_key} for role, loaded in evaluation.models.items()}
+    fingerprints = {role: {**loaded.fingerprint, "data": data_key} for role, loaded in evaluation.models.items()}
     cache = torch.load(cache_path, weights_only=True) if cache_path.is_file() else {}
     stale = {role: loaded for role, loaded in evaluation.models.items()
              if cache.get(role, {}).get("fingerprint") != fingerprints[role]}

@@ -12,20 +12,20 @@ from typing import Any
 from kdistill.config import EXECUTION_KEYS, flat_config
 from kdistill.errors import KdistillError
 from kdistill.grid.launch import Launch, LocalLauncher, last_line
-from kdistill.grid.spec import LAUNCHERS, REPORT_DIR, VANILLA, GridRun, GridSpec, expand
+from kdistill.grid.spec import LAUNCHERS, REPORT_DIR, GridRun, GridSpec, expand
 from kdistill.run_folder import RunFolder
 
 
 def planned_config(run: GridRun) -> tuple[str, dict[str, Any]]:
     """The entry point (train | distill) and the flat configuration the run will save."""
-    from kdistill.config_loading import load_config
+    from kdistill.config.loading import load_config
 
     cfg = load_config(run.recipe, run.overrides)
-    return ("train" if cfg.method.name == VANILLA else "distill"), flat_config(cfg)
+    return ("distill" if cfg.method.spec.needs_teacher else "train"), flat_config(cfg)
 
 
 def saved_config(run: GridRun) -> dict[str, Any]:
-    from kdistill.config_loading import load_config
+    from kdistill.config.loading import load_config
 
     return flat_config(load_config(str(RunFolder(run.folder).config_path)))
 
@@ -131,7 +131,7 @@ def write_report(state: GridState, out: Path) -> str | None:
     """The `kdistill report` table of the grid's finished runs, under <out>/report/."""
     from kdistill.report import build_report
 
-    if not any(run.method not in (VANILLA, "teacher") for run in state.done):
+    if not any(run.teacher is not None for run in state.done):
         return None  # no distillation run finished: a table has no columns
     return build_report([str(run.folder) for run in state.done], out / REPORT_DIR)["markdown"]
 

@@ -27,8 +27,8 @@ from typing import Any
 import yaml
 
 from kdistill.errors import KdistillError
+from kdistill.methods import TEACHER_FREE_METHOD, method_class
 
-VANILLA = "vanilla"
 TEACHERS_DIR = "teachers"
 LOGS_DIR = "logs"
 REPORT_DIR = "report"
@@ -58,7 +58,7 @@ class GridRun:
 
     @property
     def title(self) -> str:
-        models = f"{self.teacher}->{self.student}" if self.teacher and self.method != VANILLA else self.student
+        models = f"{self.teacher}->{self.student}" if self.teacher else self.student
         return f"{self.method} {models} seed {self.seed}"
 
 
@@ -231,7 +231,7 @@ def _teacher_runs(spec: GridSpec, teachers: set[str]) -> dict[str, GridRun]:
         if not isinstance(entry, list):
             continue  # given as a checkpoint path, or not in the spec: the grid does not train it
         recipe = _recipe(spec, TEACHERS_DIR, f"{model_folder_name(teacher)}.yaml") if spec.recipe_dir else None
-        model = [] if recipe else [f"student={teacher}", f"method.name={VANILLA}"]
+        model = [] if recipe else [f"student={teacher}", f"method.name={TEACHER_FREE_METHOD}"]
         runs[teacher] = _run(spec, f"{TEACHERS_DIR}/{model_folder_name(teacher)}", "teacher", None, teacher,
                              spec.teacher_seed, recipe, [*model, *spec.overrides, *entry], None)
     return runs
@@ -247,10 +247,16 @@ def _teacher_checkpoint(spec: GridSpec, teacher: str | None, teacher_runs: dict[
 
 def _recipe_models(path: Path) -> tuple[str, str | None, str]:
     """Method name, teacher and student of a recipe file (for its run folder's name)."""
-    from kdistill.config_loading import load_config
+    from kdistill.config.loading import load_config
 
     cfg = load_config(str(path))
-    return cfg.method.name, cfg.teacher, cfg.student
+    return cfg.method.name, cfg.teacher if cfg.method.spec.needs_teacher else None, cfg.student
+
+
+def _method_name(label: str, overrides: list[str]) -> str:
+    """The method an entry runs: its `method.name=` override, else its label."""
+    names = [item.split("=", 1)[1] for item in overrides if item.startswith("method.name=")]
+    return names[-1] if names else label
 
 
 def expand(spec: GridSpec) -> list[GridRun]:
@@ -260,15 +266,14 @@ def expand(spec: GridSpec) -> list[GridRun]:
         method, teacher, student = _recipe_models(path)
         entries.append((method, teacher, student, str(path), list(spec.overrides)))
     for label, method_overrides in spec.methods.items():
-        has_name = any(item.startswith("method.name=") for item in method_overrides)
         for teacher, student in spec.pairs:
-            vanilla = label == VANILLA
-            if vanilla and any(entry[0] == VANILLA and entry[2] == student for entry in entries):
-                continue  # one vanilla run per student, whichever pairs it appears in
+            vanilla = not method_class(_method_name(label, method_overrides)).needs_teacher
+            if vanilla and any(entry[1] is None and entry[2] == student for entry in entries):
+                continue  # one teacher-free run per student, whichever pairs it appears in
             # the generated vanilla recipes are named by pair too (the first pair of the student is used)
             recipe = _recipe(spec, label, f"{model_folder_name(teacher)}_{model_folder_name(student)}.yaml")
             models = [] if recipe else [f"student={student}", *([] if vanilla else [f"teacher={teacher}"])]
-            name_override = [] if recipe or has_name else [f"method.name={label}"]
+            name_override = [] if recipe or _method_name(label, method_overrides) != label else [f"method.name={label}"]
             entries.append((label, None if vanilla else teacher, student, recipe,
                             [*models, *name_override, *spec.overrides, *method_overrides]))
     teacher_runs = _teacher_runs(spec, {teacher for _, teacher, _, _, _ in entries if teacher})

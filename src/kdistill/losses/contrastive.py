@@ -1,14 +1,22 @@
 """Contrastive and relational representation losses: ICD/DCD, CRD and RRD."""
 
+import enum
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["crd_loss", "crd_nce_loss", "dcd_loss", "rrd_loss"]
+__all__ = ["ContrastiveForm", "crd_loss", "crd_nce_loss", "dcd_loss", "rrd_loss"]
+
+
+class ContrastiveForm(enum.StrEnum):
+    softmax = "softmax"  # cross-entropy of each row against its diagonal
+    sigmoid = "sigmoid"  # pairwise sigmoid terms, where the bias matters
 
 
 def dcd_loss(z_s: Tensor, z_t: Tensor, log_scale: Tensor, bias: Tensor | float = 0.0,
-             consistency_weight: float = 0.5, max_scale: float = 10.0, form: str = "softmax",
+             consistency_weight: float = 0.5, max_scale: float = 10.0,
+             form: ContrastiveForm | str = ContrastiveForm.softmax,
              scale: Tensor | float | None = None) -> dict[str, Tensor]:
     """ICD/DCD: contrastive + consistency loss between projected student and teacher embeddings.
 
@@ -34,13 +42,11 @@ def dcd_loss(z_s: Tensor, z_t: Tensor, log_scale: Tensor, bias: Tensor | float =
         scale = log_scale.float().exp().clamp(max=max_scale)
     logits = scale * z_s @ z_t.T + bias
     batch = logits.shape[0]
-    if form == "softmax":
+    if ContrastiveForm(form) is ContrastiveForm.softmax:
         contrastive = F.cross_entropy(logits, torch.arange(batch, device=logits.device))
-    elif form == "sigmoid":
+    else:
         labels = 2.0 * torch.eye(batch, device=logits.device) - 1.0
         contrastive = -F.logsigmoid(labels * logits).sum() / batch
-    else:
-        raise ValueError(f"dcd_loss form must be 'softmax' or 'sigmoid', not '{form}'")
     log_p = F.log_softmax(logits, dim=1)
     log_q = F.log_softmax(logits, dim=0).T
     consistency = (log_q.exp() * (log_q - log_p)).sum() / batch

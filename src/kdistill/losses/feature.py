@@ -8,6 +8,7 @@ sizes meet, the larger is average-pooled to the smaller, as the benchmark does. 
 computed in float32, so it is stable under mixed precision.
 """
 
+import enum
 import itertools
 import math
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ab_loss", "at_loss", "cc_loss", "fitnet_loss", "fsp_loss", "ft_loss", "hcl_loss", "kdsvd_loss",
+__all__ = ["ReferenceForm", "ab_loss", "at_loss", "cc_loss", "fitnet_loss", "fsp_loss", "ft_loss", "hcl_loss", "kdsvd_loss",
            "nst_loss", "ofd_loss", "ofd_margin", "pkt_loss", "rkd_loss", "simkd_loss", "sp_loss", "srrl_loss",
            "vid_loss"]
 
@@ -81,7 +82,15 @@ def _gaussian_correlation(features: Tensor, gamma: float, order: int) -> Tensor:
     return sum(math.exp(-2 * gamma) * (2 * gamma) ** p / math.factorial(p) * dot.pow(p) for p in range(order + 1))
 
 
-def cc_loss(student: Tensor, teacher: Tensor, form: str = "benchmark", gamma: float = 0.4, order: int = 2) -> Tensor:
+class ReferenceForm(enum.StrEnum):
+    """Which reading of a baseline a loss computes where its benchmark code and its paper differ."""
+
+    benchmark = "benchmark"  # what the tables ran (RepDistiller)
+    paper = "paper"
+
+
+def cc_loss(student: Tensor, teacher: Tensor, form: ReferenceForm | str = ReferenceForm.benchmark, gamma: float = 0.4,
+            order: int = 2) -> Tensor:
     """Correlation congruence (Peng et al. 2019) on `[B, D]` vectors.
 
     `form="benchmark"` (what the tables ran): both vectors are embeddings of the same size (the
@@ -91,13 +100,11 @@ def cc_loss(student: Tensor, teacher: Tensor, form: str = "benchmark", gamma: fl
     kernel (`gamma`) expanded to `order`; loss = mean over the `B^2` entries of their squared
     difference. Dimensions may differ between student and teacher here.
     """
-    if form == "benchmark":
+    if ReferenceForm(form) is ReferenceForm.benchmark:
         gap = (student.float() - teacher.float()).abs()
         return (gap[:-1] * gap[1:]).sum(dim=1).mean()
-    if form == "paper":
-        difference = _gaussian_correlation(student, gamma, order) - _gaussian_correlation(teacher, gamma, order)
-        return difference.pow(2).mean()
-    raise ValueError(f"cc_loss form must be 'benchmark' or 'paper', got '{form}'")
+    difference = _gaussian_correlation(student, gamma, order) - _gaussian_correlation(teacher, gamma, order)
+    return difference.pow(2).mean()
 
 
 def vid_loss(predicted_mean: Tensor, teacher: Tensor, raw_variance: Tensor, eps: float = 1e-5) -> Tensor:
@@ -188,7 +195,8 @@ def ab_loss(connected_student: Sequence[Tensor], teacher: Sequence[Tensor], marg
     return total
 
 
-def ft_loss(student_factor: Tensor, teacher_factor: Tensor, form: str = "benchmark") -> Tensor:
+def ft_loss(student_factor: Tensor, teacher_factor: Tensor,
+            form: ReferenceForm | str = ReferenceForm.benchmark) -> Tensor:
     """Factor transfer (Kim et al. 2018): the translator's factor of the student against the
     paraphraser's factor of the teacher; the larger map is pooled to the smaller size.
 
@@ -198,13 +206,11 @@ def ft_loss(student_factor: Tensor, teacher_factor: Tensor, form: str = "benchma
     the L1 distance per sample, averaged over the batch (needs equal factor channels).
     """
     student_factor, teacher_factor = pool_to_common_size(student_factor, teacher_factor)
-    if form == "benchmark":
+    if ReferenceForm(form) is ReferenceForm.benchmark:
         return (_attention_map(student_factor, 2) - _attention_map(teacher_factor, 2)).abs().mean()
-    if form == "paper":
-        student_unit = F.normalize(student_factor.float().flatten(1), dim=1)
-        teacher_unit = F.normalize(teacher_factor.float().flatten(1), dim=1)
-        return (student_unit - teacher_unit).abs().sum(dim=1).mean()
-    raise ValueError(f"ft_loss form must be 'benchmark' or 'paper', got '{form}'")
+    student_unit = F.normalize(student_factor.float().flatten(1), dim=1)
+    teacher_unit = F.normalize(teacher_factor.float().flatten(1), dim=1)
+    return (student_unit - teacher_unit).abs().sum(dim=1).mean()
 
 
 def _flow_matrices(stages: Sequence[Tensor]) -> list[Tensor]:

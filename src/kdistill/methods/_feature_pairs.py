@@ -12,7 +12,7 @@ from kdistill.models.base import FeatureModel, Features
 from kdistill.models.checkpoint import classifier_name
 
 
-@dataclass
+@dataclass(frozen=True)
 class InitStageOptions(MethodOptions):
     """Options of a method with an initialisation stage (AB, FT, FSP)."""
 

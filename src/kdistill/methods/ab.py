@@ -27,7 +27,7 @@ from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
 
 
-@dataclass
+@dataclass(frozen=True)
 class ABOptions(InitStageOptions):
     margin: float = 1.0
     term_in_distillation: bool = False

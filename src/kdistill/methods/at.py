@@ -11,7 +11,7 @@ from kdistill.methods.registry import register_method
 from kdistill.models.base import Features
 
 
-@dataclass
+@dataclass(frozen=True)
 class ATOptions(MethodOptions):
     p: float = 2.0  # power of the activations in the attention map
 

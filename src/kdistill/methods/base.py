@@ -68,6 +68,17 @@ class TeacherOutputs(Protocol):
         """Logits and pooled feature of the samples `index` [B] on `view` ("image", "image_strong")."""
 
 
+def check_feature_source(which: str, key: str) -> None:
+    """A `*_feature` option names "pooled" or a stage index: one line at load otherwise."""
+    if which != "pooled" and not which.lstrip("-").isdigit():
+        raise KdistillError(f"{key}={which!r} is not a feature: use pooled or a stage index (0, 1, ..., -1)")
+
+
+def reads_of_feature(which: str) -> frozenset[str]:
+    """The teacher's Features fields that `embedding_source(features, which)` reads."""
+    return frozenset({"pooled"}) if which == "pooled" else frozenset({"stages"})
+
+
 def embedding_source(features: Features, which: str | int) -> Tensor:
     """A [B, D] vector per sample: the pooled penultimate feature, or a stage map averaged over space."""
     if which == "pooled":
@@ -107,6 +118,12 @@ class Distiller(nn.Module):
     # The run's student is more than `student` (e.g. SimKD's predicts through a projector and the
     # teacher's classifier): loading a trained student builds the method to get its architecture.
     deploys_composite: ClassVar[bool] = False
+
+    @classmethod
+    def teacher_reads_for(cls, options: MethodOptions) -> frozenset[str]:
+        """What the method reads of the teacher with these options (e.g. a stage map when an
+        option picks one); resolved once into the run's MethodSpec."""
+        return cls.teacher_reads
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, options: MethodOptions,
                  context: MethodContext):

@@ -13,16 +13,15 @@ from dataclasses import dataclass
 from torch import nn
 
 from kdistill.data import Batch
-from kdistill.errors import KdistillError
-from kdistill.losses import cc_loss
+from kdistill.losses import ReferenceForm, cc_loss
 from kdistill.methods.base import Distiller, MethodContext, MethodOptions, Terms, embedding_width
 from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
 
 
-@dataclass
+@dataclass(frozen=True)
 class CCOptions(MethodOptions):
-    form: str = "benchmark"  # benchmark | paper
+    form: ReferenceForm = ReferenceForm.benchmark
     feat_dim: int = 128  # embedding size of the benchmark form
     gamma: float = 0.4  # kernel width of the paper form
     order: int = 2  # Taylor order of the paper form
@@ -38,15 +37,14 @@ class CC(Distiller):
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel, options: CCOptions, context: MethodContext):
         super().__init__(student, teacher, options, context)
-        if options.form not in ("benchmark", "paper"):
-            raise KdistillError(f"method cc: form '{options.form}' is unknown; use form=benchmark or form=paper")
-        if options.form == "benchmark":
+        if options.form is ReferenceForm.benchmark:
             student_dim = embedding_width(context.student_shapes, "pooled")
             teacher_dim = embedding_width(context.teacher_shapes, "pooled")
             self.embed_s = nn.Linear(student_dim, options.feat_dim)
             self.embed_t = nn.Linear(teacher_dim, options.feat_dim)
 
     def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
-        if self.options.form == "benchmark":
+        if self.options.form is ReferenceForm.benchmark:
             return Terms({"cc": cc_loss(self.embed_s(student.pooled), self.embed_t(teacher.pooled))})
-        return Terms({"cc": cc_loss(student.pooled, teacher.pooled, "paper", self.options.gamma, self.options.order)})
+        options = self.options
+        return Terms({"cc": cc_loss(student.pooled, teacher.pooled, ReferenceForm.paper, options.gamma, options.order)})

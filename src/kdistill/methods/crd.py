@@ -1,6 +1,7 @@
 """CRD (Tian et al. 2020, "Contrastive Representation Distillation"): NCE between student and
 teacher embeddings with two memory banks and K negatives per sample (`kdistill.losses.crd_loss`)."""
 
+import enum
 import math
 from dataclasses import dataclass
 
@@ -18,22 +19,33 @@ from kdistill.methods.base import (
     MethodContext,
     MethodOptions,
     Terms,
+    check_feature_source,
     embedding_source,
     embedding_width,
+    reads_of_feature,
 )
 from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
 
 
-@dataclass
+class Negatives(enum.StrEnum):
+    exact = "exact"  # never a sample of the anchor's class (the reference)
+    any = "any"  # anything but the anchor itself
+
+
+@dataclass(frozen=True)
 class CRDOptions(MethodOptions):
     feat_dim: int = 128
     num_negatives: int = 16384  # K
     temperature_nce: float = 0.07
     momentum: float = 0.5  # of the memory-bank update
-    negatives: str = "exact"  # exact: never the anchor's class; any: anything but the anchor itself
-    student_feature: str = "pooled"
+    negatives: Negatives = Negatives.exact
+    student_feature: str = "pooled"  # "pooled" or a stage index (that map averaged over space)
     teacher_feature: str = "pooled"
+
+    def __post_init__(self):
+        check_feature_source(self.student_feature, "method.student_feature")
+        check_feature_source(self.teacher_feature, "method.teacher_feature")
 
 
 class NegativeSampler(nn.Module):
@@ -99,17 +111,17 @@ class CRD(Distiller):
     teacher_reads = LOGITS_AND_POOLED
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 0.8}
 
+    @classmethod
+    def teacher_reads_for(cls, options: CRDOptions) -> frozenset[str]:
+        return cls.teacher_reads | reads_of_feature(options.teacher_feature)
+
     def __init__(self, student: FeatureModel, teacher: FeatureModel, options: CRDOptions, context: MethodContext):
         super().__init__(student, teacher, options, context)
-        if options.teacher_feature != "pooled":  # a stage map averaged over space
-            self.teacher_reads = self.teacher_reads | {"stages"}
         if context.train_labels is None:
             raise KdistillError("method crd needs the training labels by sample index: use a labelled data set")
-        if options.negatives not in ("exact", "any"):
-            raise KdistillError(f"method crd: negatives '{options.negatives}' is unknown; use exact or any")
         self.embed_s = nn.Linear(embedding_width(context.student_shapes, options.student_feature), options.feat_dim)
         self.embed_t = nn.Linear(embedding_width(context.teacher_shapes, options.teacher_feature), options.feat_dim)
-        self.sampler = NegativeSampler(context.train_labels, exact=options.negatives == "exact")
+        self.sampler = NegativeSampler(context.train_labels, exact=options.negatives is Negatives.exact)
         num_data = self.sampler.num_data
         bound = 1.0 / math.sqrt(options.feat_dim / 3)  # the reference's uniform initialisation
         self.register_buffer("bank_s", torch.rand(num_data, options.feat_dim) * 2 * bound - bound)

@@ -24,7 +24,7 @@ from kdistill.methods.registry import register_method
 CROSS_VIEW_TERM = "crld"
 
 
-@dataclass
+@dataclass(frozen=True)
 class CRLDOptions(MethodOptions):
     # `temperature` (of MethodOptions, 4.0) is the temperature of the within- and cross-view KD.
     weak_threshold: float = 0.9  # teacher confidence (top softmax at T = 1) on the weak view
@@ -91,7 +91,7 @@ def with_cross_view(method: type[Distiller]) -> type[Distiller]:
     weights are `method`'s, its own terms are computed on the weak view's features."""
     if method.distill is not Distiller.distill:
         raise KdistillError(f"'{method.__name__}' replaces Distiller.distill, so CRLD cannot be added to it")
-    options = make_dataclass(f"CRLD{method.Options.__name__}", [], bases=(CRLDOptions, method.Options))
+    options = make_dataclass(f"CRLD{method.Options.__name__}", [], bases=(CRLDOptions, method.Options), frozen=True)
     return type(f"CRLDPlus{method.__name__}", (CRLD, method), {
         "Options": options,
         "default_weights": dict(method.default_weights),

@@ -10,22 +10,23 @@ from torch import nn
 
 from kdistill.data import Batch
 from kdistill.distributed import gather_with_grad
-from kdistill.errors import KdistillError
-from kdistill.losses import dcd_loss
+from kdistill.losses import ContrastiveForm, dcd_loss
 from kdistill.methods.base import (
     LOGITS_AND_POOLED,
     Distiller,
     MethodContext,
     MethodOptions,
     Terms,
+    check_feature_source,
     embedding_source,
     embedding_width,
+    reads_of_feature,
 )
 from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
 
 
-@dataclass
+@dataclass(frozen=True)
 class DCDOptions(MethodOptions):
     proj_dim: int = 128
     learn_scale: bool = True
@@ -36,10 +37,14 @@ class DCDOptions(MethodOptions):
     # multiplier itself to 0.07 in that mode, which looks like a slip; we use 1/0.07.
     fixed_temperature: float = 0.07
     consistency_weight: float = 0.5
-    form: str = "softmax"  # "sigmoid": pairwise sigmoid contrastive term, where the bias matters
+    form: ContrastiveForm = ContrastiveForm.softmax  # sigmoid: pairwise sigmoid terms, where the bias matters
     student_feature: str = "pooled"  # "pooled" or a stage index (that map averaged over space)
     teacher_feature: str = "pooled"
     gather_negatives: bool = True  # under torch.distributed, contrast against the global batch
+
+    def __post_init__(self):
+        check_feature_source(self.student_feature, "method.student_feature")
+        check_feature_source(self.teacher_feature, "method.teacher_feature")
 
 
 @register_method("dcd", "icd")
@@ -56,12 +61,12 @@ class DCD(Distiller):
     teacher_reads = LOGITS_AND_POOLED
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
 
+    @classmethod
+    def teacher_reads_for(cls, options: DCDOptions) -> frozenset[str]:
+        return cls.teacher_reads | reads_of_feature(options.teacher_feature)
+
     def __init__(self, student: FeatureModel, teacher: FeatureModel, options: DCDOptions, context: MethodContext):
         super().__init__(student, teacher, options, context)
-        if options.teacher_feature != "pooled":  # a stage map averaged over space
-            self.teacher_reads = self.teacher_reads | {"stages"}
-        if options.form not in ("softmax", "sigmoid"):
-            raise KdistillError(f"method dcd: form '{options.form}' is unknown; use form=softmax or form=sigmoid")
         self.embed_s = nn.Linear(embedding_width(context.student_shapes, options.student_feature), options.proj_dim)
         self.embed_t = nn.Linear(embedding_width(context.teacher_shapes, options.teacher_feature), options.proj_dim)
         # Both scalars are trained with the student and get the same weight decay (as in the paper's code).

@@ -13,7 +13,7 @@ from kdistill.models.base import Features
 DIST_TERM = "dist"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DISTOptions(MethodOptions):
     # `temperature` (of MethodOptions, 4.0) is DIST's tau (CIFAR 4, ImageNet 1).
     beta: float = 2.0  # weight of the inter-class relation

@@ -13,7 +13,7 @@ from kdistill.models.base import Features
 DKD_TERM = "dkd"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DKDOptions(MethodOptions):
     # `temperature` (of MethodOptions, 4.0) is DKD's T.
     alpha: float = 1.0  # weight of TCKD

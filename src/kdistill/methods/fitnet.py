@@ -14,7 +14,7 @@ from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
 
 
-@dataclass
+@dataclass(frozen=True)
 class FitNetOptions(MethodOptions):
     hint_stage: int = 2  # index into Features.stages (0 = stem), the benchmark's `hint_layer`
 

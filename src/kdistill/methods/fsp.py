@@ -21,7 +21,7 @@ from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
 
 
-@dataclass
+@dataclass(frozen=True)
 class FSPOptions(InitStageOptions):
     term_in_distillation: bool = False
 

@@ -18,18 +18,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdistill.data import Batch
-from kdistill.errors import KdistillError
-from kdistill.losses import ft_loss
+from kdistill.losses import ReferenceForm, ft_loss
 from kdistill.methods._feature_pairs import InitStageOptions
 from kdistill.methods.base import Distiller, InitPhase, MethodContext, Terms
 from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
 
 
-@dataclass
+@dataclass(frozen=True)
 class FTOptions(InitStageOptions):
     rate: float = 0.5  # factor channels = int(rate * teacher channels), the paper's k
-    form: str = "benchmark"  # benchmark | paper: the factor distance (see kdistill.losses.ft_loss)
+    form: ReferenceForm = ReferenceForm.benchmark  # the factor distance (see kdistill.losses.ft_loss)
 
 
 def _conv_stack(channels: list[int], conv: type[nn.Module], batch_norm: bool) -> nn.Sequential:
@@ -64,8 +63,6 @@ class FT(Distiller):
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel, options: FTOptions, context: MethodContext):
         super().__init__(student, teacher, options, context)
-        if options.form not in ("benchmark", "paper"):
-            raise KdistillError(f"method ft: form '{options.form}' is unknown; use form=benchmark or form=paper")
         student_channels = context.student_shapes.stages[-1].shape[1]
         teacher_channels = context.teacher_shapes.stages[-1].shape[1]
         factor_channels = int(teacher_channels * options.rate)

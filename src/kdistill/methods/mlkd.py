@@ -10,7 +10,7 @@ from kdistill.methods.base import LOGITS_AND_POOLED, Distiller, DistillOutput, M
 from kdistill.methods.registry import register_method
 
 
-@dataclass
+@dataclass(frozen=True)
 class MLKDOptions(MethodOptions):
     # `temperature` (of MethodOptions, 4.0) is the first of the temperatures; these are the others.
     extra_temperatures: list[float] = field(default_factory=lambda: [3.0, 5.0, 2.0, 6.0])

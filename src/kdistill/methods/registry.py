@@ -8,11 +8,14 @@ from collections.abc import Callable
 from dataclasses import fields, make_dataclass
 from typing import Any
 
+from kdistill.config import MethodOptions, MethodSpec
 from kdistill.methods.base import Distiller
 from kdistill.registry import Registry
 
 METHODS: Registry[type[Distiller]] = Registry("method")
 KD_SUFFIX = "+kd"
+# The student trained on the labels alone: the baseline of every table, and what `kdistill train` runs.
+TEACHER_FREE_METHOD = "vanilla"
 
 
 def with_kd_term(cls: type[Distiller]) -> type[Distiller]:
@@ -28,7 +31,7 @@ def with_defaults(cls: type[Distiller], suffix: str, weights: dict[str, float], 
     if unknown := set(options) - known:
         raise ValueError(f"{cls.__name__} has no options {sorted(unknown)}")
     option_fields = [(name, type(value), value) for name, value in options.items()]
-    option_class = make_dataclass(f"{cls.Options.__name__}{suffix}", option_fields, bases=(cls.Options,))
+    option_class = make_dataclass(f"{cls.Options.__name__}{suffix}", option_fields, bases=(cls.Options,), frozen=True)
     return type(f"{cls.__name__}{suffix}", (cls,), {"Options": option_class,
                                                     "default_weights": {**cls.default_weights, **weights},
                                                     "offers_kd_variant": False, "__module__": cls.__module__})
@@ -56,6 +59,14 @@ def register_method(*names: str) -> Callable[[type[Distiller]], type[Distiller]]
 
 def method_class(name: str) -> type[Distiller]:
     return METHODS.get(name)
+
+
+def method_spec(name: str, options: MethodOptions) -> MethodSpec:
+    """Method `name` resolved once: its class and what it needs of a run with `options`."""
+    cls = method_class(name)
+    views = ("image", "image_strong") if cls.needs_strong_view else ("image",)
+    return MethodSpec(name, cls, cls.needs_teacher, cls.uses_teacher_logits, cls.teacher_reads_for(options), views,
+                      cls.matches_logits)
 
 
 def list_methods() -> list[str]:

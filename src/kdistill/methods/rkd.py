@@ -10,7 +10,7 @@ from kdistill.methods.registry import register_method
 from kdistill.models.base import Features
 
 
-@dataclass
+@dataclass(frozen=True)
 class RKDOptions(MethodOptions):
     distance_weight: float = 25.0
     angle_weight: float = 50.0

@@ -20,7 +20,7 @@ from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel
 
 
-@dataclass
+@dataclass(frozen=True)
 class TinTeMOptions(MethodOptions):
     temperatures: list[float] = field(default_factory=lambda: list(TINTEM_TEMPERATURES))
     # Under torch.distributed, the CLS-CLS (global) term compares the CLS tokens of every rank.

@@ -18,7 +18,7 @@ from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
 
 
-@dataclass
+@dataclass(frozen=True)
 class VIDOptions(MethodOptions):
     init_variance: float = 5.0
     eps: float = 1e-5  # variance floor

@@ -9,6 +9,7 @@ cannot run code. Writing is atomic (`kdistill.files`): a crash or a full disk mi
 leaves a broken or missing file.
 """
 
+import hashlib
 import re
 import warnings
 from collections.abc import Mapping
@@ -202,3 +203,13 @@ def load_state_into(model: nn.Module, state_dict: dict[str, Tensor], path: str |
 def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True, allow_missing_head: bool = False) -> None:
     """Load a weight file into `model` (in place); KdistillError if it is missing, unreadable or does not fit."""
     load_state_into(model, read_state_dict(path), path, strict, allow_missing_head)
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A checksum of the model's weights (names and bytes): the same for the same weights in any
+    file format, and defined for library-pretrained teachers that have no file."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdistill.config import EXECUTION_KEYS
+from kdistill.config import EXECUTION_KEYS, flatten
 from kdistill.errors import KdistillError
 from kdistill.files import atomic_write_text
 from kdistill.run_folder import RESULTS_FILE, RunFolder
@@ -30,7 +30,6 @@ from kdistill.run_folder import RESULTS_FILE, RunFolder
 VARIANTS = {"last": "top1_last", "best": "top1_best"}  # variant -> key in results.json
 VARIANT_TITLES = {"last": "last epoch", "best": "best epoch"}
 TEACHER_ROW, STUDENT_ROW, REFERENCE = "teacher", "student", "kd"
-VANILLA = "vanilla"
 
 Pair = tuple[str, str]  # (teacher, student)
 Setting = tuple[tuple[str, str], ...]  # sorted (dotted config key, value) pairs
@@ -69,22 +68,12 @@ class RunResult:
     setting: Setting = ()  # the configuration without the seed: runs of one setting pool over seeds
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """{"a": {"b": 1}} -> {"a.b": "1"}; lists and scalars as JSON text."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value) if not isinstance(value, str) else value
-    return flat
-
-
 def run_setting(run: RunFolder, results: dict[str, Any]) -> Setting:
     """The run's configuration without the seed and the keys that change nothing it trains; a
     hand-made folder without config.yaml is identified by its results' fields."""
     if run.is_run():
-        flat = flatten(run.read_config())
+        flat = {key: value if isinstance(value, str) else json.dumps(value)
+                for key, value in flatten(run.read_config()).items()}
     else:
         flat = {key: json.dumps(results[key]) for key in RESULT_SETTING_KEYS if key in results}
     return tuple(sorted((key, value) for key, value in flat.items() if key not in UNPOOLED_KEYS))
@@ -165,7 +154,7 @@ def _cell_runs(runs: list[RunResult], pairs: list[Pair]) -> dict[tuple[str, Pair
     cells: dict[tuple[str, Pair], list[RunResult]] = {}
     for pair in pairs:
         for run in runs:
-            if run.method == VANILLA:
+            if run.teacher is None:  # trained without a teacher: the vanilla model
                 kinds = [row for row, model in ((TEACHER_ROW, pair[0]), (STUDENT_ROW, pair[1])) if run.student == model]
             else:
                 kinds = [run.method] if (run.teacher, run.student) == pair else []
@@ -208,7 +197,7 @@ def build_tables(results: list[RunResult]) -> list[Table]:
     tables = []
     for dataset in dict.fromkeys(result.dataset for result in results):
         runs = [result for result in results if result.dataset == dataset]
-        distilled = [run for run in runs if run.method != VANILLA]
+        distilled = [run for run in runs if run.teacher is not None]
         pairs = list(dict.fromkeys((run.teacher, run.student) for run in distilled))
         if not pairs:
             continue

@@ -1,17 +1,24 @@
 """Typed run configuration: every CLI option is a key here, settable from YAML or `key=value`.
 
-A loaded configuration (`kdistill.config_loading.load_config`) is a tree of these frozen
+A loaded configuration (`kdistill.config.loading.load_config`) is a tree of these frozen
 dataclasses whose annotations hold at run time: enum-like keys are Enums, `method.options` is
-the method's own Options dataclass. Values derived from it (the learning-rate rule, the strong
-view a method needs) are computed by the engine and passed explicitly, never written back.
+the method's own (frozen) Options dataclass and `method.spec` the method resolved once
+(`MethodSpec`). Values derived from it (the learning-rate rule, the strong view a method needs)
+are computed by the engine and passed explicitly, never written back.
 """
 
 import dataclasses
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from kdistill.errors import KdistillError
+
+__all__ = ["EXECUTION_KEYS", "BadImages", "CacheDtype", "DataConfig", "Interpolation", "MethodConfig",
+           "MethodOptions", "MethodSpec", "NonFinite", "OptimConfig", "OptimName", "Precision", "ReadOnlyDict",
+           "RunConfig", "ScheduleConfig", "ScheduleName", "TrainTransform", "config_to_dict", "enum_value",
+           "flat_config", "flatten", "recorded_config"]
 
 
 def enum_value(choices: type[enum.Enum], value: Any, key: str) -> enum.Enum:
@@ -21,6 +28,15 @@ def enum_value(choices: type[enum.Enum], value: Any, key: str) -> enum.Enum:
     except ValueError:
         valid = ", ".join(member.value for member in choices)
         raise KdistillError(f"{key}={value!r} is not one of: {valid}") from None
+
+
+class ReadOnlyDict(dict):
+    """A dict that refuses changes: a loaded configuration's free-form mappings (builder options)."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a loaded configuration is read-only: build another with dataclasses.replace")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _refuse
 
 
 class OptimName(enum.StrEnum):
@@ -47,6 +63,18 @@ class Interpolation(enum.StrEnum):
     nearest = "nearest"
     bilinear = "bilinear"
     bicubic = "bicubic"
+
+
+class Precision(enum.StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast, CUDA or CPU
+    fp16 = "fp16"  # autocast + loss scaling, CUDA
+
+
+class CacheDtype(enum.StrEnum):
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    float32 = "float32"  # reads are exact
 
 
 class NonFinite(enum.StrEnum):
@@ -125,7 +153,7 @@ class ScheduleConfig:
         object.__setattr__(self, "name", enum_value(ScheduleName, self.name, "schedule.name"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class MethodOptions:
     """Options every method has; a method extends this with its own fields (its `Options`).
 
@@ -154,18 +182,39 @@ class MethodOptions:
 
 
 @dataclass(frozen=True)
+class MethodSpec:
+    """A method resolved once from its name and options (`kdistill.methods.method_spec`): its
+    Distiller class and what it needs of a run, so nothing downstream looks the method up again
+    or compares its name."""
+
+    name: str
+    distiller: type  # the method's Distiller subclass
+    needs_teacher: bool
+    uses_teacher_logits: bool  # False: a backbone-only teacher file will do (label-free methods)
+    teacher_reads: frozenset[str]  # the fields of the teacher's Features it reads (a cache holds logits, pooled)
+    views: tuple[str, ...]  # the batch views it trains on: ("image",) or ("image", "image_strong")
+    matches_logits: bool  # its own terms compare teacher and student logits (KD, DKD, CRLD, ...)
+
+    @property
+    def needs_strong_view(self) -> bool:
+        return "image_strong" in self.views
+
+
+@dataclass(frozen=True)
 class MethodConfig:
-    """`method.name` and the method's options, written `method.<option>` in YAML and overrides."""
+    """`method.name` and the method's options, written `method.<option>` in YAML and overrides;
+    `spec` is the method resolved by `load_config` (None only in a hand-built RunConfig)."""
 
     name: str = "vanilla"
     options: MethodOptions = field(default_factory=MethodOptions)  # the method's Options subclass
+    spec: MethodSpec | None = None
 
 
 @dataclass(frozen=True)
 class RunConfig:
     student: str = "resnet8"  # the model that is trained
     student_checkpoint: str | None = None  # start the student from these weights
-    student_options: dict[str, Any] = field(default_factory=dict)  # timm:/tv: builder options
+    student_options: dict[str, Any] = field(default_factory=dict)  # timm:/tv: builder options (read-only once loaded)
     student_pretrained: bool = False  # start a timm:/tv: student from its library's weights
     teacher: str | None = None
     teacher_checkpoint: str | None = None  # weight file or run folder; wins over teacher_pretrained
@@ -183,13 +232,13 @@ class RunConfig:
     nonfinite: NonFinite = NonFinite.stop  # what a non-finite loss does: stop | skip the step
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast, CUDA or CPU) | fp16 (autocast + loss scaling, CUDA)
+    precision: Precision = Precision.fp32
     compile: bool = False  # torch.compile the student's and the teacher's forward passes
     channels_last: bool = True  # NHWC activations: faster convolutions on CUDA and on this project's CPUs
     # A folder of the teacher's outputs (logits, pooled feature) per (epoch, sample, view), shared by
     # runs with the same teacher, data, transform and seed: the teacher runs once per epoch (`kdistill cache`).
     teacher_cache: str | None = None
-    teacher_cache_dtype: str = "float16"  # float16 | bfloat16 | float32 (float32: reads are exact)
+    teacher_cache_dtype: CacheDtype = CacheDtype.float16
     # The compact cache: per sample only the K largest logits, their classes and the log-sum-exp of
     # the others (methods that read only logits and accept it: KD, DKD, DIST, MLKD, CRLD); None = exact.
     teacher_cache_topk: int | None = None
@@ -202,6 +251,11 @@ class RunConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "nonfinite", enum_value(NonFinite, self.nonfinite, "nonfinite"))
+        object.__setattr__(self, "precision", enum_value(Precision, self.precision, "precision"))
+        object.__setattr__(self, "teacher_cache_dtype",
+                           enum_value(CacheDtype, self.teacher_cache_dtype, "teacher_cache_dtype"))
+        for name in ("student_options", "teacher_options"):
+            object.__setattr__(self, name, ReadOnlyDict(getattr(self, name)))
 
 
 # Keys that say how a run executes, not what it computes: a resume may change them, a grid does
@@ -222,7 +276,7 @@ def _plain(value: Any) -> Any:
         return value.value
     if isinstance(value, tuple | list):
         return [_plain(item) for item in value]
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {key: _plain(item) for key, item in value.items()}
     return value
 
@@ -236,16 +290,19 @@ def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     return _plain(values)
 
 
+def flatten(values: Mapping[str, Any], keep: frozenset[str] = frozenset(), prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: nested mappings as dotted keys; an empty mapping, and the
+    mappings named in `keep` (by dotted key), stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and dotted not in keep:
+            flat.update(flatten(value, keep, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
 def flat_config(cfg: RunConfig) -> dict[str, Any]:
     """`config_to_dict` with dotted keys (`data.root`, `method.temperature`), for comparing configurations."""
-    flat: dict[str, Any] = {}
-
-    def add(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and value and prefix not in ("student_options", "teacher_options"):
-            for key, item in value.items():
-                add(f"{prefix}.{key}" if prefix else key, item)
-        else:
-            flat[prefix] = value
-
-    add("", config_to_dict(cfg))
-    return flat
+    return flatten(config_to_dict(cfg), keep=frozenset({"student_options", "teacher_options"}))

@@ -13,10 +13,10 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from kdistill.config import MethodConfig, RunConfig
+from kdistill.config import RunConfig
+from kdistill.config.yaml_file import read_yaml_mapping
 from kdistill.errors import KdistillError
-from kdistill.methods import parse_method_options
-from kdistill.yaml_file import read_yaml_mapping
+from kdistill.methods import resolve_method
 
 CONFIG_KEYS_HINT = "see the keys in kdistill.config.RunConfig"
 
@@ -80,10 +80,6 @@ def load_config(config_file: str | None = None, overrides: list[str] = ()) -> Ru
         key = getattr(error, "full_key", None) or ""
         message = error.msg.splitlines()[0]
         raise KdistillError(f"config key '{key}' is invalid ({message}); {CONFIG_KEYS_HINT}") from None
-    method = dict(method)
-    name = method.pop("name", MethodConfig.name)
-    if not name:
-        raise KdistillError("no method name: set method.name=<name> (`kdistill list` shows all)")
-    cfg = dataclasses.replace(cfg, method=MethodConfig(str(name), parse_method_options(str(name), method)))
+    cfg = dataclasses.replace(cfg, method=resolve_method(method))
     _check_values(cfg)
     return cfg
