@@ -381,7 +381,7 @@ class Trainer:
         metrics["epoch_time_s"] = elapsed
         # Near 1: the input pipeline, not the step, is the wall (this process's part of the epoch).
         metrics["data_wait_fraction"] = data_wait / max(time.perf_counter() - resumed_at, 1e-9)
-        metrics["precision"] = self.cfg.precision
+        metrics["precision"] = self.cfg.precision.value
         return metrics
 
     def _non_finite_stop(self, phase: Phase, epoch: int, step: int, terms: list[str]) -> RunStopped:

@@ -229,13 +229,15 @@ class Distiller(nn.Module):
 
     def supervised_terms(self, student: Features, teacher: Features | None, labels: Tensor) -> dict[str, Tensor]:
         """CE on the labels, and KD when its weight is on: the terms most methods add to theirs."""
-        terms = {}
-        if self.weights["w_ce"]:
-            terms["ce"] = F.cross_entropy(student.logits, labels)
-        if self.weights["w_kd"] and teacher is not None:
-            temperature = self.logit_temperature(student.logits, teacher.logits)
-            terms["kd"] = kd_loss(student.logits, teacher.logits, temperature, self.options.logit_standardize)
-        return terms
+        terms = {"ce": F.cross_entropy(student.logits, labels)} if self.weights["w_ce"] else {}
+        return {**terms, **self.kd_term(student, teacher)}
+
+    def kd_term(self, student: Features, teacher: Features | None) -> dict[str, Tensor]:
+        """Hinton's KD term when its weight is on (`X+kd` methods), else nothing."""
+        if not self.weights["w_kd"] or teacher is None:
+            return {}
+        temperature = self.logit_temperature(student.logits, teacher.logits)
+        return {"kd": kd_loss(student.logits, teacher.logits, temperature, self.options.logit_standardize)}
 
     def method_terms(self, student: Features, teacher: Features, batch: Batch) -> Terms:
         """The method's own loss terms; feature methods override only this."""
@@ -282,6 +284,37 @@ class Distiller(nn.Module):
             terms = self.init_terms(batch)
             return self.output(None, Terms(terms), weights=dict.fromkeys(terms, 1.0))
         return self.distill(batch)
+
+
+@dataclass
+class TwoViews:
+    """What a two-view method computes on a batch: the student's and the teacher's outputs on the
+    weak view (the batch's "image") and on the strong view ("image_strong")."""
+
+    student: Features  # on the weak view
+    student_strong: Tensor  # logits on the strong view
+    teacher: Features
+    teacher_strong: Features
+
+
+class TwoViewDistiller(Distiller):
+    """Base of the methods that distil on a weak and a strong view of every image (CRLD, MLKD).
+
+    The student sees the views in two passes, so batch-norm statistics stay per view as in the
+    reference codes. Their losses compute CE over both views, so `two_view_terms` adds only KD
+    (on the weak view, when `w_kd` > 0) to it: CE is computed once.
+    """
+
+    needs_strong_view = True
+
+    def two_views(self, batch: Batch) -> TwoViews:
+        student = self.student.extract(batch["image"], preact=self.needs_preact)
+        return TwoViews(student, self.student(self.strong_view(batch)), self.teacher_view(batch),
+                        self.teacher_view(batch, "image_strong"))
+
+    def two_view_terms(self, views: TwoViews, both_views_ce: Tensor) -> dict[str, Tensor]:
+        """CE (summed over the two views, from the method's loss) and Hinton's KD on the weak view."""
+        return {"ce": both_views_ce, **self.kd_term(views.student, views.teacher)}
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, make_dataclass
 from kdistill.data import Batch
 from kdistill.errors import KdistillError
 from kdistill.losses import crld_loss
-from kdistill.methods.base import LOGITS_AND_POOLED, Distiller, DistillOutput, MethodOptions, Terms
+from kdistill.methods.base import LOGITS_AND_POOLED, Distiller, DistillOutput, MethodOptions, Terms, TwoViewDistiller
 from kdistill.methods.dcd import DCD
 from kdistill.methods.dist import DIST
 from kdistill.methods.dkd import DKD
@@ -34,7 +34,7 @@ class CRLDOptions(MethodOptions):
 
 
 @register_method("crld")
-class CRLD(Distiller):
+class CRLD(TwoViewDistiller):
     """CRLD. Loss = `w_ce * (CE(weak) + CE(strong)) + within_view_weight * L_wv +
     cross_view_weight * L_cv` with the paper's weights 1.0 / 2.0 / 0.5, T = 4, thresholds 0.9 / 0.2.
 
@@ -53,7 +53,6 @@ class CRLD(Distiller):
 
     Options = CRLDOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
-    needs_strong_view = True
     matches_logits = True
 
     # The regulariser carries its own weights, so w_method is free for a combined method.
@@ -63,16 +62,12 @@ class CRLD(Distiller):
     accepts_topk_teacher = True
 
     def distill(self, batch: Batch) -> DistillOutput:
-        weak, strong, labels = batch["image"], self.strong_view(batch), batch["label"]
-        student = self.student.extract(weak, preact=self.needs_preact)
-        teacher = self.teacher_view(batch)
-        options = self.options
-        teacher_strong = self.teacher_view(batch, "image_strong")
-        parts = crld_loss(student.logits, self.student(strong), teacher.logits, teacher_strong.logits,
-                          labels, self.logit_temperature(student.logits, teacher.logits), options.weak_threshold,
-                          options.strong_threshold, standardize=options.logit_standardize)
-        losses = self.supervised_terms(student, teacher, labels)  # KD on the weak view when w_kd > 0
-        losses["ce"] = parts["ce"]  # both views
+        views, options = self.two_views(batch), self.options
+        student, teacher = views.student, views.teacher
+        parts = crld_loss(student.logits, views.student_strong, teacher.logits, views.teacher_strong.logits,
+                          batch["label"], self.logit_temperature(student.logits, teacher.logits),
+                          options.weak_threshold, options.strong_threshold, standardize=options.logit_standardize)
+        losses = self.two_view_terms(views, parts["ce"])
         losses[CROSS_VIEW_TERM] = (options.within_view_weight * parts["within_view"]
                                    + options.cross_view_weight * parts["cross_view"])
         extras = {

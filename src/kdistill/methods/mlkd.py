@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from kdistill.data import Batch
 from kdistill.losses import mlkd_loss
-from kdistill.methods.base import LOGITS_AND_POOLED, Distiller, DistillOutput, MethodOptions, Terms
+from kdistill.methods.base import LOGITS_AND_POOLED, DistillOutput, MethodOptions, Terms, TwoViewDistiller
 from kdistill.methods.registry import register_method
 
 
@@ -17,7 +17,7 @@ class MLKDOptions(MethodOptions):
 
 
 @register_method("mlkd")
-class MLKD(Distiller):
+class MLKD(TwoViewDistiller):
     """Loss = `w_ce * (CE(weak) + CE(strong)) + w_method * (instance + class_level + batch_level)`
     with the reference's weights `w_ce = 0.1`, `w_method = 0.9` (its CE and KD weights) and
     temperatures {T, 3, 5, 2, 6}, T = 4. The reference's KD weight multiplies all three levels,
@@ -31,22 +31,17 @@ class MLKD(Distiller):
 
     Options = MLKDOptions
     default_weights = {"w_ce": 0.1, "w_kd": 0.0, "w_method": 0.9}
-    needs_strong_view = True
     matches_logits = True
     teacher_reads = LOGITS_AND_POOLED  # so a teacher cache (both views) serves it
     accepts_topk_teacher = True
 
     def distill(self, batch: Batch) -> DistillOutput:
-        weak, strong, labels = batch["image"], self.strong_view(batch), batch["label"]
-        student = self.student.extract(weak)
-        teacher = self.teacher_view(batch)
-        s_strong, t_strong = self.student(strong), self.teacher_view(batch, "image_strong").logits
-        options = self.options
-        temperature = self.logit_temperature(student.logits, teacher.logits)
-        parts = mlkd_loss(student.logits, s_strong, teacher.logits, t_strong, labels,
-                          (temperature, *options.extra_temperatures), options.logit_standardize)
-        losses = self.supervised_terms(student, teacher, labels)  # Hinton's KD on the weak view if w_kd > 0
-        losses["ce"] = parts["ce"]  # both views
+        views, options = self.two_views(batch), self.options
+        student = views.student
+        temperature = self.logit_temperature(student.logits, views.teacher.logits)
+        parts = mlkd_loss(student.logits, views.student_strong, views.teacher.logits, views.teacher_strong.logits,
+                          batch["label"], (temperature, *options.extra_temperatures), options.logit_standardize)
+        losses = self.two_view_terms(views, parts["ce"])
         losses.update({"mlkd_instance": parts["instance"], "mlkd_class": parts["class_level"],
                        "mlkd_batch": parts["batch_level"]})
         extras = {"mlkd_samples_kept": parts["sample_mask"].float().mean(),
