@@ -11,7 +11,7 @@ from PIL import Image
 from kdistill.config.loading import load_config
 from kdistill.data import build_loaders
 from kdistill.engine.schedule import build_optimizer
-from kdistill.methods import MethodContext, distiller_from_options, method_class
+from kdistill.methods import MethodContext, build_distiller, method_class
 from kdistill.models import create_model
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -113,7 +113,7 @@ def test_recipe_builds_and_runs_one_forward(recipe, models):
     student = models(cfg.student, chans, classes, cfg.student_options)
     teacher = models(cfg.teacher, chans, classes, cfg.teacher_options) if cls.needs_teacher else None
     context = MethodContext((chans, side, side), classes, torch.arange(CIFAR100_TRAIN_SIZE) % classes, cfg.optim.lr)
-    distiller = distiller_from_options(cfg.method.name, cfg.method.options, student, teacher, context)
+    distiller = build_distiller(cfg.method, student, teacher, context)
     batch = {"image": torch.randn(2, chans, side, side), "label": torch.tensor([0, 1]), "index": torch.tensor([0, 1])}
     if cls.needs_strong_view:
         batch["image_strong"] = torch.randn(2, chans, side, side)
@@ -192,7 +192,7 @@ def test_imagenet_recipe_trains_one_step_on_a_tiny_image_folder(recipe, tmp_path
     student = create_model(cfg.student, num_classes=classes, **cfg.student_options)
     teacher = create_model(cfg.teacher, num_classes=classes, **cfg.teacher_options)
     context = MethodContext((3, 28, 28), classes, loaders.train.labels, cfg.optim.lr)
-    distiller = distiller_from_options(cfg.method.name, cfg.method.options, student, teacher, context).train()
+    distiller = build_distiller(cfg.method, student, teacher, context).train()
     optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, cfg.optim.lr)
     before = [p.detach().clone() for p in student.parameters()]
     loss = distiller(next(iter(loaders.train))).total

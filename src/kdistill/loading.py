@@ -8,7 +8,7 @@ import torch
 
 from kdistill.config import RunConfig
 from kdistill.errors import KdistillError
-from kdistill.methods import MethodContext, distiller_from_options, method_class
+from kdistill.methods import MethodContext, build_distiller
 from kdistill.models import TIMM_PREFIX, TV_PREFIX, create_model
 from kdistill.models.base import FeatureModel
 from kdistill.models.checkpoint import load_state_into, read_state_dict, stored_classes
@@ -67,14 +67,13 @@ def load_trained_student(cfg: RunConfig, checkpoint: str, num_classes: int, in_c
     teacher's classifier), the method is built on the teacher's architecture (no teacher weights
     are read: the weight file holds every part the deployed student uses)."""
     student = create_model(cfg.student, num_classes=num_classes, in_chans=in_chans, **cfg.student_options)
-    if method_class(cfg.method.name).deploys_composite:
+    if cfg.method.spec.deploys_composite:
         if cfg.teacher is None:
             raise KdistillError(f"method '{cfg.method.name}' deploys its student with parts of the teacher: "
                                 "set teacher=<the run's teacher model>")
         teacher = create_model(cfg.teacher, num_classes=num_classes, in_chans=in_chans, **cfg.teacher_options)
         context = MethodContext((in_chans, image_size, image_size), num_classes)
-        student = distiller_from_options(cfg.method.name, cfg.method.options, student, teacher,
-                                         context).deployed_student()
+        student = build_distiller(cfg.method, student, teacher, context).deployed_student()
     return _with_trained_weights(student, checkpoint, num_classes, cfg.data.name, which, needs_head=True)
 
 

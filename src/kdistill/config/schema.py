@@ -194,6 +194,7 @@ class MethodSpec:
     teacher_reads: frozenset[str]  # the fields of the teacher's Features it reads (a cache holds logits, pooled)
     views: tuple[str, ...]  # the batch views it trains on: ("image",) or ("image", "image_strong")
     matches_logits: bool  # its own terms compare teacher and student logits (KD, DKD, CRLD, ...)
+    deploys_composite: bool  # its deployed student holds parts beyond the student model (SimKD: the teacher's head)
 
     @property
     def needs_strong_view(self) -> bool:

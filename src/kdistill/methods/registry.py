@@ -66,7 +66,7 @@ def method_spec(name: str, options: MethodOptions) -> MethodSpec:
     cls = method_class(name)
     views = ("image", "image_strong") if cls.needs_strong_view else ("image",)
     return MethodSpec(name, cls, cls.needs_teacher, cls.uses_teacher_logits, cls.teacher_reads_for(options), views,
-                      cls.matches_logits)
+                      cls.matches_logits, cls.deploys_composite)
 
 
 def list_methods() -> list[str]:

@@ -24,7 +24,7 @@ REVIEWKD_TERM = "reviewkd"
 MAX_MID_CHANNELS = 512  # the fusion width: the student's pooled width, at most this (mdistiller's min(512, .))
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReviewKDOptions(MethodOptions):
     warmup: int = 20  # epochs over which the ReviewKD term's weight rises linearly to w_method (0: none)
 

@@ -22,7 +22,7 @@ from kdistill.models.base import FeatureModel, Features
 from kdistill.models.checkpoint import classifier_name
 
 
-@dataclass
+@dataclass(frozen=True)
 class SimKDOptions(MethodOptions):
     factor: int = 2  # the projector's bottleneck: teacher channels // factor
 
