@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import QUICK_RUN, run_kdistill, write_mnist_format
 
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.data import DATASETS
 from kdistill.engine import train_run
 from kdistill.eval.common import load_evaluation, resolve_target
