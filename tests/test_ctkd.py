@@ -10,7 +10,7 @@ import torch
 from helpers import QUICK_RUN
 from test_crld import make, two_view_batch
 
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.engine import train_run
 from kdistill.engine.schedule import build_optimizer
 from kdistill.errors import KdistillError

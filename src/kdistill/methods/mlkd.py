@@ -46,5 +46,5 @@ class MLKD(TwoViewDistiller):
                        "mlkd_batch": parts["batch_level"]})
         extras = {"mlkd_samples_kept": parts["sample_mask"].float().mean(),
                   "mlkd_classes_kept": parts["class_mask"].float().mean(),
-                  **self.temperature_extras(student.logits, teacher.logits)}
+                  **self.temperature_extras(student.logits, views.teacher.logits)}
         return self.output(student.logits, Terms(losses, extras))

@@ -19,7 +19,7 @@ from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
 
 
-@dataclass
+@dataclass(frozen=True)
 class OFDOptions(MethodOptions):
     connector_kernel_size: int = 1  # mdistiller's OFD.CONNECTOR.KERNEL_SIZE
 
