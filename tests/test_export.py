@@ -14,7 +14,7 @@ import torch
 from helpers import QUICK_RUN, run_kdistill
 
 from kdistill.cli import main
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.data.sources import DATASETS
 from kdistill.engine import train_run
 from kdistill.errors import KdistillError

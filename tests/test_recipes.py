@@ -140,7 +140,7 @@ def test_feature_baseline_recipe_trains_one_step(recipe):
     torch.manual_seed(0)
     student, teacher = create_model(cfg.student), create_model(cfg.teacher)
     context = MethodContext((3, 16, 16), 100, None, cfg.optim.lr)  # a quarter of the pixels: 4x faster
-    distiller = distiller_from_options(cfg.method.name, cfg.method.options, student, teacher, context).train()
+    distiller = build_distiller(cfg.method, student, teacher, context).train()
     distiller.on_epoch_start(20, cfg.epochs)  # past ReviewKD's warm-up
     optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, cfg.optim.lr)
     before = [p.detach().clone() for p in student.parameters()]

@@ -36,7 +36,6 @@ from kdistill.export import DEFAULT_OPSET, ExportFormat
 from kdistill.export.card import model_card
 from kdistill.files import atomic_write_bytes, atomic_write_text
 from kdistill.loading import library_preprocessing
-from kdistill.methods import method_class
 from kdistill.models.adapters import TimmModel, TorchvisionModel
 from kdistill.models.checkpoint import (
     load_state_into,
@@ -233,7 +232,7 @@ def export_run(run: str, overrides: list[str], formats: list[str] | None = None,
     model = evaluation.models["student"].model
     dtype = torch.float16 if fp16 else torch.float32
     net = copy.deepcopy(deployable(model)).to(dtype).eval()
-    composite = method_class(target.cfg.method.name).deploys_composite
+    composite = target.cfg.method.spec.deploys_composite
     chosen = [ExportFormat(name) for name in formats] if formats else default_formats(model, composite)
     destination = Path(out) if out else folder.path / "export"
     destination.mkdir(parents=True, exist_ok=True)

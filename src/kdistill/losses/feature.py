@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ReferenceForm", "ab_loss", "at_loss", "cc_loss", "fitnet_loss", "fsp_loss", "ft_loss", "hcl_loss", "kdsvd_loss",
-           "nst_loss", "ofd_loss", "ofd_margin", "pkt_loss", "rkd_loss", "simkd_loss", "sp_loss", "srrl_loss",
-           "vid_loss"]
+__all__ = ["ReferenceForm", "ab_loss", "at_loss", "cc_loss", "fitnet_loss", "fsp_loss", "ft_loss", "hcl_loss",
+           "kdsvd_loss", "nst_loss", "ofd_loss", "ofd_margin", "pkt_loss", "rkd_loss", "simkd_loss", "sp_loss",
+           "srrl_loss", "vid_loss"]
 
 
 def pool_to_common_size(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

@@ -14,7 +14,7 @@ from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
 
 
-@dataclass
+@dataclass(frozen=True)
 class KDSVDOptions(MethodOptions):
     k: int = 1  # the teacher's singular vectors per stage (the student's: k + 3)
 

@@ -23,7 +23,7 @@ from kdistill.methods.registry import register_method
 from kdistill.models.base import FeatureModel, Features
 
 
-@dataclass
+@dataclass(frozen=True)
 class RRDOptions(MethodOptions):
     feat_dim: int = 128
     queue_size: int = 16384  # the reference's nce_k
