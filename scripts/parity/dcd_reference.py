@@ -1,0 +1,52 @@
+"""The DCD authors' code (giakoumoglou/distillers, `cifar/`): DCD and DCD+KD.
+
+The code base is RepDistiller's with more methods, so its runner is RepDistiller's. At the
+commit measured, `cifar/train_student.py` has no `--distill dcd` branch (the README gives the
+command; the branch was in the authors' earlier root-level `train_student.py`, e.g. commit
+1b842ab, whose imports no longer resolve). The branch is restored in memory exactly as that
+commit wires it: `DCDLoss` on the pooled features, its `embed_s`, `embed_t` and `params` (the
+learnable scale and bias) trained with the student.
+"""
+
+from core import Reference, stub_missing_modules
+from repdistiller import TO_RUN_DTYPE, RepDistiller, Script
+from torch import nn
+
+DCD_TRAIN_BRANCH = [(
+    "        else:\n            raise NotImplementedError(opt.distill)\n\n        loss = opt.gamma",
+    "        elif opt.distill == 'dcd':\n            loss_kd = criterion_kd(feat_s[-1], feat_t[-1])\n"
+    "        else:\n            raise NotImplementedError(opt.distill)\n\n        loss = opt.gamma",
+)]
+
+
+class DistillersDCD(RepDistiller):
+    reference = Reference("distillers", "giakoumoglou/distillers", "a2ee80bd7179b808df63e4264318c40ca6e2966b")
+    methods = {  # README: -a 0 -b 1 (DCD), -a 1 -b 1 (DCD+KD)
+        "dcd": Script("dcd", 1.0, 0.0, 1.0, "dcd", "dcd"),
+        "dcd+kd": Script("dcd", 1.0, 1.0, 1.0, "dcd+kd", "dcd"),
+    }
+
+    def __init__(self, path, *args):
+        super().__init__(path / "cifar", *args)
+
+    def __enter__(self):
+        self.code.__enter__()
+        stub_missing_modules(["torch.utils.tensorboard"])
+        code = self.code
+        self.models = code.load("models")
+        self.util = code.load("models.util")
+        self.zoo = code.load("distillers")
+        self.train_epoch = code.load("train_student", TO_RUN_DTYPE + DCD_TRAIN_BRANCH).train
+        return self
+
+    def build_other(self, distill, opt, feat_s, feat_t, module_list, trainable_list, aux) -> nn.Module:
+        if distill != "dcd":
+            return super().build_other(distill, opt, feat_s, feat_t, module_list, trainable_list, aux)
+        opt.s_dim, opt.t_dim = feat_s[-1].shape[1], feat_t[-1].shape[1]
+        criterion_kd = self.zoo.DCDLoss(opt)
+        parts = [criterion_kd.embed_s, criterion_kd.embed_t, criterion_kd.params]
+        module_list.extend(parts)
+        trainable_list.extend(parts)
+        aux.update({"embed_s": criterion_kd.embed_s, "embed_t": criterion_kd.embed_t,
+                    "log_scale": criterion_kd.params.tau, "bias": criterion_kd.params.b})
+        return criterion_kd

@@ -1,0 +1,121 @@
+"""Step-by-step parity of kdistill with the authors' reference code (a research tool: not part of
+the installed package, not run by CI).
+
+    python scripts/parity/run.py --reference repdistiller=../refs/repdistiller \\
+        --reference mdistiller=../refs/mdistiller ... --methods all --steps 50 \\
+        --out benchmarks/parity/cpu.json
+
+Each PATH is a clone of the public repository the script names (it prints the commit it
+expects); nothing of it is copied into kdistill, and what a CPU run needs (`.cuda()` calls,
+float32 casts of the input) is patched in memory. For every method: both sides get the same
+initial weights (student, teacher, auxiliary modules), the same batches (kdistill's keyed views)
+and the same random draws, each its own optimizer; K steps; every loss term and the total per
+step, and the largest weight difference per module at the end, in float64 and float32.
+"""
+
+import argparse
+import fcntl
+import json
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from core import Data, step_differences  # noqa: E402
+from dcd_reference import DistillersDCD  # noqa: E402
+from mdistiller_style import LogitStandardization, MDistiller, MLKDAuthors  # noqa: E402
+from repdistiller import RepDistiller  # noqa: E402
+
+REFERENCES = {runner.reference.name: runner for runner in (RepDistiller, MDistiller, DistillersDCD,
+                                                             LogitStandardization, MLKDAuthors)}
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reference", action="append", default=[], metavar="NAME=PATH",
+                        help=f"a reference clone; names: {', '.join(REFERENCES)}")
+    parser.add_argument("--methods", nargs="+", default=["all"], help="kdistill method names, or all")
+    parser.add_argument("--steps", type=int, default=50, help="steps in float32")
+    parser.add_argument("--float64-steps", type=int, default=5, help="steps in float64 (slow on a CPU)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--pair", default="resnet56:resnet20", help="teacher:student of the CIFAR zoo")
+    parser.add_argument("--data-size", type=int, default=2000, help="samples of the synthetic training set")
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", type=Path, required=True, help="results JSON (merged into an existing file)")
+    return parser.parse_args(argv)
+
+
+def kdistill_commit() -> str:
+    result = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+                            capture_output=True, text=True)
+    return result.stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    paths = {}
+    for item in args.reference:
+        name, _, path = item.partition("=")
+        if name not in REFERENCES or not path:
+            sys.exit(f"--reference {item}: give NAME=PATH with NAME one of {', '.join(REFERENCES)}")
+        paths[name] = Path(path)
+    teacher, student = args.pair.split(":")
+    data = Data.synthetic(args.data_size, seed=0)
+    command = " ".join(["python", "scripts/parity/run.py", *(argv if argv is not None else sys.argv[1:])])
+    run_info = {"kdistill_commit": kdistill_commit(), "torch": torch.__version__, "machine": platform.machine(),
+                "threads": torch.get_num_threads(), "data_size": args.data_size}
+    for name, path in paths.items():
+        runner_class = REFERENCES[name]
+        reference = {"repository": runner_class.reference.repository, "commit": runner_class.reference.check(path)}
+        wanted = [m for m in runner_class.methods if "all" in args.methods or m in args.methods]
+        with runner_class(path, teacher, student, args.batch_size, data) as runner:
+            for method in wanted:
+                entry = {"reference": name, **reference, "pair": f"{teacher} -> {student}",
+                         "batch_size": args.batch_size, "command": command, **run_info}
+                for dtype_name in args.dtypes:
+                    started = time.perf_counter()
+                    steps = args.float64_steps if dtype_name == "float64" else args.steps
+                    entry[f"{dtype_name}_steps"] = steps
+                    try:
+                        comparison = runner.run(method, steps, DTYPES[dtype_name])
+                    except Exception as error:  # one method's failure is recorded, the others still run
+                        traceback.print_exc()
+                        entry[dtype_name] = {"error": f"{type(error).__name__}: {error}"}
+                        continue
+                    entry[dtype_name] = comparison.as_dict()
+                    print(f"{method:8s} {dtype_name}: step 1 rel {comparison.step1_relative:.2e}, "
+                          f"largest rel {comparison.largest_relative:.2e}, "
+                          f"weights {comparison.largest_weight:.2e} "
+                          f"({time.perf_counter() - started:.0f} s)", flush=True)
+                if "reference" in entry.get("float32", {}) and "reference" in entry.get("float64", {}):
+                    # The float32 noise floor: how far the reference's own float32 run drifts from its
+                    # float64 run, step by step (early training amplifies rounding differences).
+                    same = {term: term for term in entry["float32"]["terms"]}
+                    floor = step_differences(entry["float64"]["reference"], entry["float32"]["reference"], same)
+                    entry["float32"]["reference_float32_vs_float64"] = floor
+                save(args.out, method, entry)  # after each method: a partial run counts
+
+
+def save(out: Path, method: str, entry: dict) -> None:
+    """Merge one method's entry into the results file (several runs may share it: locked)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(out.read_text()) if out.exists() else {"methods": {}}
+        results["methods"][method] = entry
+        results["methods"] = dict(sorted(results["methods"].items()))
+        out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

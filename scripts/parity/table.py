@@ -1,0 +1,50 @@
+"""The README's parity table from a results file of run.py.
+
+    python scripts/parity/table.py benchmarks/parity/cpu.json
+"""
+
+import json
+import sys
+from pathlib import Path
+
+FLOAT64_TOLERANCE = 1e-6  # step 1 and every later step, relative; weights (see core.largest_difference)
+FLOAT32_TOLERANCE = 1e-4  # loss (relative) and weights
+NOISE_MULTIPLE = 10  # float32 drift this close to the reference's own float32-vs-float64 drift is noise
+
+
+def verdict(entry: dict) -> str:
+    f64, f32 = entry.get("float64", {}), entry.get("float32", {})
+    if "error" in f64 or "error" in f32 or not f64 or not f32:
+        return "not run: " + (f64.get("error") or f32.get("error") or "missing dtype")
+    if max(f64["step1_relative"], f64["largest_relative"], f64["largest_weight"]) > FLOAT64_TOLERANCE:
+        return "**differs** (float64)"
+    if max(f32["largest_relative"], f32["largest_weight"]) <= FLOAT32_TOLERANCE:
+        return "equal"
+    floor = max(f32.get("reference_float32_vs_float64", [0.0]))
+    if f32["largest_relative"] <= NOISE_MULTIPLE * floor:
+        return "equal in float64; float32 drift at the noise floor"
+    return "**differs** (float32)"
+
+
+def rows(results: dict) -> list[str]:
+    lines = ["| method | reference @ commit | steps (f64 / f32) | step 1, f64 | loss, f64 | weights, f64 "
+             "| loss, f32 (ref. f32 vs f64) | weights, f32 | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for method, entry in results["methods"].items():
+        f64, f32 = entry.get("float64", {}), entry.get("float32", {})
+
+        def number(part: dict, key: str) -> str:
+            return f"{part[key]:.1e}" if key in part else "—"
+
+        floor = f32.get("reference_float32_vs_float64")
+        f32_loss = number(f32, "largest_relative") + (f" ({max(floor):.1e})" if floor else "")
+        lines.append(
+            f"| {method} | {entry['repository']} @ {entry['commit'][:7]} "
+            f"| {entry.get('float64_steps', '—')} / {entry.get('float32_steps', '—')} "
+            f"| {number(f64, 'step1_relative')} | {number(f64, 'largest_relative')} | {number(f64, 'largest_weight')} "
+            f"| {f32_loss} | {number(f32, 'largest_weight')} | {verdict(entry)} |")
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(rows(json.loads(Path(sys.argv[1]).read_text()))))

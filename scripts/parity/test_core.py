@@ -1,0 +1,85 @@
+"""The parity tool's shared core, without any reference clone:
+`PYTHONPATH=src python -m pytest -q -n 0 scripts/parity/test_core.py`."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from core import (  # noqa: E402
+    Comparison,
+    Data,
+    TermRecorder,
+    copy_weights,
+    largest_difference,
+    run_dtype,
+    step_differences,
+)
+
+
+def test_copy_weights_matches_by_order_and_shape_and_differences_are_measured():
+    torch.manual_seed(0)
+    source = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    target = nn.Sequential()
+    target.add_module("conv", nn.Conv2d(3, 4, 3))
+    target.add_module("bn", nn.BatchNorm2d(4))
+    pairs = copy_weights(source, target)
+    assert ("0.weight", "conv.weight") in pairs and ("1.running_var", "bn.running_var") in pairs
+    assert largest_difference(source, target)["difference"] == 0.0
+    with torch.no_grad():
+        source.get_submodule("1").running_var.fill_(40.0)
+        target.bn.running_var.fill_(40.0)
+        target.bn.running_var[2] += 2.0  # a large tensor: relative to its scale, 2 / 40
+        target.conv.bias[1] += 0.1  # a small one: absolute, so this is the worst
+    worst = largest_difference(source, target)
+    assert worst["tensor"] == "0.bias" and worst["difference"] == pytest.approx(0.1)
+    with torch.no_grad():
+        target.conv.bias[1] -= 0.1
+    assert largest_difference(source, target)["difference"] == pytest.approx(2.0 / 40.0)
+
+
+def test_copy_weights_refuses_a_shape_mismatch():
+    try:
+        copy_weights(nn.Linear(3, 4), nn.Linear(4, 3))
+    except RuntimeError as error:
+        assert "does not fit" in str(error)
+    else:
+        raise AssertionError("a mismatch was copied")
+
+
+def test_batches_are_keyed_views_and_repeat():
+    data = Data.synthetic(300, seed=0)
+    first, second = data.batches(3, 8, strong=True), data.batches(3, 8, strong=True)
+    assert all(torch.equal(a["image"], b["image"]) and torch.equal(a["image_strong"], b["image_strong"])
+               for a, b in zip(first, second))
+    assert first[0]["image"].shape == (8, 3, 32, 32) and not torch.equal(first[0]["image"], first[0]["image_strong"])
+
+
+def test_step_differences_and_comparison_take_the_worst_term_per_step():
+    reference = {"train": [{"ce": 1.0, "total": 2.0}, {"ce": 1.0, "total": 2.0}]}
+    ours = {"train": [{"ce": 1.0, "total": 2.0}, {"ce": 1.1, "total": 2.0}]}
+    assert step_differences(reference, ours, {"ce": "ce", "total": "total"}) == pytest.approx([0.0, 0.1 / 1.1])
+    comparison = Comparison({"ce": "ce", "total": "total"}, reference, ours,
+                            {"student": {"difference": 3e-5, "absolute": 3e-5, "tensor": "w"}})
+    assert comparison.step1_relative == 0.0 and comparison.largest_weight == 3e-5
+
+
+def test_recorder_reads_criteria_and_closes_steps_at_backward():
+    criterion, weight = nn.MSELoss(), nn.Parameter(torch.tensor(2.0))
+    recorder = TermRecorder()
+    recorder.watch(criterion, "mse")
+    with recorder.steps_by_backward():
+        for _ in range(2):
+            (3 * criterion(weight, torch.tensor(0.0))).backward()
+    assert recorder.steps == [{"mse": 4.0, "total": 12.0}] * 2
+
+
+def test_float64_runs_keep_float64_through_float_casts():
+    with run_dtype(torch.float64):
+        assert torch.zeros(2).dtype == torch.float64 and torch.zeros(2).float().dtype == torch.float64
+        assert torch.zeros(2, dtype=torch.float16).float().dtype == torch.float32
+    assert torch.zeros(2).float().dtype == torch.float32
