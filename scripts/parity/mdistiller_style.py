@@ -104,14 +104,12 @@ class MDistillerStyle:
     def run(self, name: str, steps: int, dtype: torch.dtype) -> Comparison:
         run = self.methods[name]
         recipe = Recipe.load(run.method, self.teacher, self.student, **dict(run.overrides))
-        torch.manual_seed(0)
-        with run_dtype(dtype), cuda_calls_as_no_ops():
+        torch.manual_seed(0)  # built in float32 and then converted: the same initial weights in every dtype
+        with cuda_calls_as_no_ops():
             cfg = self.config(run)
             model_dict = self.models.cifar_model_dict
             teacher = model_dict[cfg.DISTILLER.TEACHER][0](num_classes=NUM_CLASSES)
             student = model_dict[cfg.DISTILLER.STUDENT][0](num_classes=NUM_CLASSES)
-            batches = [in_dtype(b, dtype) for b in self.data.batches(steps, self.batch_size, strong=run.two_views)]
-            calibrate_batch_norm(teacher, batches[:CALIBRATION_BATCHES])
             if run.patch:
                 module, class_name, patches = run.patch
                 distiller_class = getattr(self.code.load(module, patches), class_name)
@@ -119,10 +117,13 @@ class MDistillerStyle:
                 distiller_class = self.distillers.distiller_dict[cfg.DISTILLER.TYPE]
             distiller = distiller_class(student, teacher, cfg)
             ours = build_kdistill(recipe, self.student, self.teacher, self.data.labels)
-            copy_weights(student, ours.student)
-            copy_weights(teacher, ours.teacher)
+        with run_dtype(dtype), cuda_calls_as_no_ops():
             distiller.to(dtype)
             ours.to(dtype)
+            batches = [in_dtype(b, dtype) for b in self.data.batches(steps, self.batch_size, strong=run.two_views)]
+            calibrate_batch_norm(teacher, batches[:CALIBRATION_BATCHES])
+            copy_weights(student, ours.student)
+            copy_weights(teacher, ours.teacher)
             reference_steps = {"train": self.train_reference(cfg, distiller, batches, run)}
             kdistill_steps = run_kdistill(ours, batches, [], recipe.lr)
         terms = {**run.terms, "total": "total"}

@@ -186,18 +186,19 @@ class RepDistiller:
         script = self.methods[name]
         recipe = Recipe.load(script.method, self.teacher, self.student,
                              **({"num_negatives": NCE_K} if script.distill == "crd" else {}))
-        torch.manual_seed(0)
-        with run_dtype(dtype), cuda_calls_as_no_ops():
+        torch.manual_seed(0)  # built in float32 and then converted: the same initial weights in every dtype
+        with cuda_calls_as_no_ops():
             ref = self.build(script)
+            ours = build_kdistill(recipe, self.student, self.teacher, self.data.labels)
+        with run_dtype(dtype), cuda_calls_as_no_ops():
+            for module in (ref.module_list, ref.criterion_list, ref.model_t, ours):
+                module.to(dtype)
             batches = [in_dtype(b, dtype) for b in self.data.batches(steps, self.batch_size, strong=False)]
             calibrate_batch_norm(ref.model_t, batches[:CALIBRATION_BATCHES])
-            ours = build_kdistill(recipe, self.student, self.teacher, self.data.labels)
             copy_weights(ref.model_s, ours.student)
             copy_weights(ref.model_t, ours.teacher)
             for path, module in ref.aux.items():
                 copy_weights(module, resolve(ours, path))
-            for module in (ref.module_list, ref.criterion_list, ref.model_t, ours):
-                module.to(dtype)
             negatives = self.contrast_indices(batches) if script.distill == "crd" else None
             reference_steps = self.train_reference(ref, batches, negatives)
             if negatives is not None:  # hand the reference's negatives to kdistill's sampler

@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                     same = {term: term for term in entry["float32"]["terms"]}
                     floor = step_differences(entry["float64"]["reference"], entry["float32"]["reference"], same)
                     entry["float32"]["reference_float32_vs_float64"] = floor
+                    entry["float32"]["same_initial_weights_as_float64"] = True
                 save(args.out, method, entry)  # after each method: a partial run counts
 
 

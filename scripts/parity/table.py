@@ -12,6 +12,11 @@ FLOAT32_TOLERANCE = 1e-4  # loss (relative) and weights
 NOISE_MULTIPLE = 10  # float32 drift this close to the reference's own float32-vs-float64 drift is noise
 
 
+def noise_floor(f32: dict) -> list[float] | None:
+    """The reference's own float32-vs-float64 drift per step, when both runs began from the same weights."""
+    return f32.get("reference_float32_vs_float64") if f32.get("same_initial_weights_as_float64") else None
+
+
 def verdict(entry: dict) -> str:
     f64, f32 = entry.get("float64", {}), entry.get("float32", {})
     if "error" in f64 or "error" in f32 or not f64 or not f32:
@@ -20,7 +25,7 @@ def verdict(entry: dict) -> str:
         return "**differs** (float64)"
     if max(f32["largest_relative"], f32["largest_weight"]) <= FLOAT32_TOLERANCE:
         return "equal"
-    floor = max(f32.get("reference_float32_vs_float64", [0.0]))
+    floor = max(noise_floor(f32) or [0.0])
     if f32["largest_relative"] <= NOISE_MULTIPLE * floor:
         return "equal in float64; float32 drift at the noise floor"
     return "**differs** (float32)"
@@ -36,7 +41,7 @@ def rows(results: dict) -> list[str]:
         def number(part: dict, key: str) -> str:
             return f"{part[key]:.1e}" if key in part else "—"
 
-        floor = f32.get("reference_float32_vs_float64")
+        floor = noise_floor(f32)
         f32_loss = number(f32, "largest_relative") + (f" ({max(floor):.1e})" if floor else "")
         lines.append(
             f"| {method} | {entry['repository']} @ {entry['commit'][:7]} "
