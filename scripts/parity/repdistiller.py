@@ -1,5 +1,5 @@
 """RepDistiller (HobbitLong/RepDistiller, the CRD benchmark): KD, FitNet, AT, SP, CC, VID, RKD, PKT,
-AB, FT, FSP, NST, CRD, CRD+KD.
+AB, FT, FSP, NST, CRD, CRD+KD, and KDSVD.
 
 The reference side is built as its `train_student.py` builds it (criteria, auxiliary modules,
 trainable list, SGD over it; the initialisation stage of AB, FT and FSP through its
@@ -69,6 +69,8 @@ SCRIPTS = {
     "nst": Script("nst", 1.0, 0.0, 50.0, "nst", "nst"),
     "crd": Script("crd", 1.0, 0.0, 0.8, "crd", "crd"),
     "crd+kd": Script("crd", 1.0, 1.0, 0.8, "crd+kd", "crd"),
+    # Not in the benchmark's script (no weight given): kdistill's recipe weight, mdistiller's CE 1, KDSVD 1.
+    "kdsvd": Script("kdsvd", 1.0, 0.0, 1.0, "kdsvd", "kdsvd"),
 }
 
 
@@ -138,6 +140,8 @@ class RepDistiller:
             criterion_kd = zoo.RKDLoss()
         elif distill == "pkt":
             criterion_kd = zoo.PKT()
+        elif distill == "kdsvd":
+            criterion_kd = zoo.KDSVD()
         elif distill == "correlation":
             criterion_kd = zoo.Correlation()
             embed_s = util.LinearEmbed(feat_s[-1].shape[1], opt.feat_dim)
