@@ -405,3 +405,14 @@ def test_two_processes_under_torchrun_fill_the_bytes_of_one(setup, tmp_path):
     assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
     two = json.loads((tmp_path / "two" / MANIFEST_FILE).read_text())["files"][name]
     assert two == json.loads((tmp_path / "one" / MANIFEST_FILE).read_text())["files"][name]
+
+
+def test_runs_that_need_one_epoch_at_once_fill_it_once(setup, tmp_path):
+    args = run_args(setup, "kd", tmp_path / "unused", f"teacher_cache={tmp_path / 'cache'}", "epochs=1")
+    processes = [subprocess.Popen(kdistill_command() + ["cache", *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    # The filler announces the disk use before it fills; the other waited on the lock, then found it filled.
+    assert sorted("MB (logits" in stdout for stdout, _ in outputs) == [False, True], outputs
+    assert sorted("(1 epoch files computed now)" in stdout for stdout, _ in outputs) == [False, True], outputs

@@ -147,7 +147,9 @@ def _locked(folder: Path, held: bool) -> Iterator[None]:
     if not held:
         yield
         return
-    with reported_write(folder / FILL_LOCK), open(folder / FILL_LOCK, "a") as lock:
+    with reported_write(folder / FILL_LOCK):
+        lock = open(folder / FILL_LOCK, "a")  # noqa: SIM115 (closed below, after the block it guards)
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
