@@ -23,7 +23,7 @@ from kdistill.data.augment import crop_flip, crop_flip_params
 from kdistill.data.loaders import BatchOrder
 from kdistill.data.two_view import mean_fill, strong_view
 from kdistill.engine.schedule import build_optimizer
-from kdistill.methods import Distiller, MethodContext, distiller_from_options, parse_method_options
+from kdistill.methods import Distiller, MethodContext, build_distiller
 from kdistill.models import create_model
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)  # the references' CIFAR-100 normalisation
@@ -296,8 +296,7 @@ def build_kdistill(recipe: Recipe, student_name: str, teacher_name: str, labels:
     student = create_model(student_name, num_classes=NUM_CLASSES)
     teacher = create_model(teacher_name, num_classes=NUM_CLASSES)
     context = MethodContext((3, 32, 32), NUM_CLASSES, labels, recipe.lr)
-    options = parse_method_options(recipe.method, recipe.options)
-    return distiller_from_options(recipe.method, options, student, teacher, context)
+    return build_distiller({"name": recipe.method, **recipe.options}, student, teacher, context)
 
 
 def run_kdistill(distiller: Distiller, batches: list[dict[str, Tensor]], init_batches: list[dict[str, Tensor]],

@@ -7,6 +7,7 @@ is its trainer's own `train_iter`, fed the run's batches. Its terms are what the
 `forward_train` returns (already weighted), compared with kdistill's weighted terms.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +28,7 @@ from core import (
     cuda_calls_as_no_ops,
     in_dtype,
     largest_difference,
+    resolve,
     run_dtype,
     run_kdistill,
     stub_missing_modules,
@@ -45,6 +47,9 @@ class Run:
     two_views: bool = False  # the trainer feeds (image_weak, image_strong)
     overrides: tuple = ()  # kdistill options set over its recipe's, as (key, value) pairs
     patch: tuple = ()  # (module, class, [(old, new)]): a distiller patched in memory (a known slip)
+    config_file: str | None = None  # one config for every pair (else <folder>/<teacher>_<student>.yaml)
+    configure: Callable | None = None  # (cfg, teacher, student, recipe): the pair's settings the command line gives
+    auxiliary: Callable | None = None  # distiller -> {kdistill path: reference module}
 
 
 # MLKD's strong-view instance terms at T = 2 and 6 read the weak view's logits (a copy of the
@@ -88,6 +93,9 @@ class MDistillerStyle:
     def config(self, run: Run):
         """The reference's configuration as its tools/train.py makes it."""
         cfg = self.cfg_module.CFG.clone()
+        if run.config_file:
+            cfg.merge_from_file(str(self.path / "configs" / "cifar100" / run.config_file))
+            return cfg
         folder = self.path / "configs" / "cifar100" / run.config_folder
         names = [f"{self.teacher}_{self.student}.yaml", short_config_name(self.teacher, self.student)]
         found = [folder / name for name in names if (folder / name).exists()]
@@ -108,8 +116,10 @@ class MDistillerStyle:
         with cuda_calls_as_no_ops():
             cfg = self.config(run)
             model_dict = self.models.cifar_model_dict
-            teacher = model_dict[cfg.DISTILLER.TEACHER][0](num_classes=NUM_CLASSES)
-            student = model_dict[cfg.DISTILLER.STUDENT][0](num_classes=NUM_CLASSES)
+            teacher = model_dict[self.teacher][0](num_classes=NUM_CLASSES)
+            student = model_dict[self.student][0](num_classes=NUM_CLASSES)
+            if run.configure:
+                run.configure(cfg, teacher, student, recipe)
             if run.patch:
                 module, class_name, patches = run.patch
                 distiller_class = getattr(self.code.load(module, patches), class_name)
@@ -124,10 +134,14 @@ class MDistillerStyle:
             calibrate_batch_norm(teacher, batches[:CALIBRATION_BATCHES])
             copy_weights(student, ours.student)
             copy_weights(teacher, ours.teacher)
+            auxiliary = run.auxiliary(distiller) if run.auxiliary else {}
+            for path, module in auxiliary.items():
+                copy_weights(module, resolve(ours, path))
             reference_steps = {"train": self.train_reference(cfg, distiller, batches, run)}
             kdistill_steps = run_kdistill(ours, batches, [], recipe.lr)
         terms = {**run.terms, "total": "total"}
         weights = {"student": largest_difference(student, ours.student)}
+        weights.update({path: largest_difference(module, resolve(ours, path)) for path, module in auxiliary.items()})
         return Comparison(terms, reference_steps, kdistill_steps, weights)
 
     def train_reference(self, cfg, distiller, batches: list[dict], run: Run) -> list[dict[str, float]]:
@@ -177,9 +191,35 @@ class MLKDAuthors(MDistillerStyle):
     }
 
 
+@torch.no_grad()
+def reviewkd_pair(cfg, teacher, student, recipe) -> None:
+    """What mdistiller's README passes on the command line for a pair other than its config's:
+    the levels' channels (shallow to deep) and sizes (deep to shallow), and the
+    pair's ReviewKD weight (the authors' per-pair value, which kdistill's recipe carries)."""
+    probe = torch.zeros(2, 3, 32, 32)
+    (_, s), (_, t) = student.eval()(probe), teacher.eval()(probe)
+    s_levels = [*s["feats"][1:], s["pooled_feat"][:, :, None, None]]
+    t_levels = [*t["preact_feats"][1:], t["pooled_feat"][:, :, None, None]]
+    cfg.REVIEWKD.IN_CHANNELS = [f.shape[1] for f in s_levels]
+    cfg.REVIEWKD.OUT_CHANNELS = [f.shape[1] for f in t_levels]
+    cfg.REVIEWKD.SHAPES = [f.shape[2] for f in s_levels][::-1]
+    cfg.REVIEWKD.OUT_SHAPES = [f.shape[2] for f in t_levels][::-1]
+    cfg.REVIEWKD.REVIEWKD_WEIGHT = recipe.options["w_method"]
+
+
+def reviewkd_fusions(distiller) -> dict:
+    """mdistiller keeps its ABFs deep to shallow (`abfs[::-1]`), kdistill its fusions shallow to deep."""
+    count = len(distiller.abfs)
+    return {f"fusions.{level}": distiller.abfs[count - 1 - level] for level in range(count)}
+
+
 class MDistiller(MDistillerStyle):
     reference = Reference("mdistiller", "megvii-research/mdistiller", "a08d46f10d6102bd6e3f258ca5ac880b020ea259")
-    methods = {"dkd": Run("DKD", "dkd", "dkd", {"loss_ce": "weighted ce", "loss_kd": "weighted dkd"})}
+    methods = {
+        "dkd": Run("DKD", "dkd", "dkd", {"loss_ce": "weighted ce", "loss_kd": "weighted dkd"}),
+        "reviewkd": Run("REVIEWKD", "", "reviewkd", {"loss_ce": "weighted ce", "loss_kd": "weighted reviewkd"},
+                        config_file="reviewkd.yaml", configure=reviewkd_pair, auxiliary=reviewkd_fusions),
+    }
 
 
 LS_ARGUMENT = "            logit_stand=self.logit_stand,\n"  # the LS code's extra line in each kd_loss call
