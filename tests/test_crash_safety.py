@@ -434,6 +434,10 @@ RESUMED_METHODS = {
     "kd+ctkd": [],
     "dkd+ctkd": ["method.instance_temperature=true", "method.warmup=2"],
     "rrd": ["method.queue_size=48"],
+    # The DeiT token on a one-block ViT of width 32 (its two heads and tokens in the state).
+    "deit": ["student=timm:deit_tiny_distilled_patch16_224", "student_options.img_size=12",
+             "student_options.patch_size=4", "student_options.depth=1", "student_options.embed_dim=32",
+             "student_options.num_heads=2"],
 }
 
 

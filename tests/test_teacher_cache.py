@@ -64,6 +64,8 @@ METHOD_OPTIONS = {
     "srrl": [],  # its teacher's classifier is applied to the student's features: the weights, not a cached output
     "kd+ctkd": ["method.instance_temperature=true"],  # the temperature MLP reads the cached teacher logits too
     "rrd+kd": ["method.queue_size=64"],
+    "deit": ["student=timm:deit_tiny_distilled_patch16_224", "student_options.img_size=16", "student_options.depth=1",
+             "student_options.patch_size=4", "student_options.embed_dim=32", "student_options.num_heads=2"],
 }
 
 
@@ -83,8 +85,10 @@ def test_a_run_reading_an_fp32_cache_ends_with_the_weights_of_a_run_computing_th
                          for key in weights["teacher"])
         assert difference <= 1e-6, (name, difference)
     # Training moved the weights, so equality says something.
-    initial = create_model("resnet8", num_classes=CLASSES).state_dict()
-    assert not torch.equal(initial["fc.weight"], weights["read"]["fc.weight"])
+    cfg = load_config(str(tmp_path / "read" / "config.yaml"))
+    initial = create_model(cfg.student, num_classes=CLASSES, **cfg.student_options).state_dict()
+    classifier = next(key for key in ("fc.weight", "model.head.weight") if key in initial)
+    assert not torch.equal(initial[classifier], weights["read"][classifier])
 
 
 def test_a_grid_runs_the_teacher_once_per_seed_and_epoch(setup, tmp_path, monkeypatch):

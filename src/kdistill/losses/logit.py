@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["crld_loss", "dist_loss", "dkd_loss", "kd_loss", "kd_per_sample", "mlkd_loss", "standardize_logits"]
+__all__ = ["crld_loss", "deit_distillation_loss", "dist_loss", "dkd_loss", "kd_loss", "kd_per_sample", "mlkd_loss",
+           "standardize_logits"]
 
 
 def standardize_logits(logits: Tensor) -> Tensor:
@@ -86,6 +87,22 @@ def dkd_loss(logits_s: Tensor, logits_t: Tensor, labels: Tensor, alpha: float = 
     scale = _squared_per_sample(temperature) / labels.shape[0]
     tckd, nckd = (tckd * scale).sum(), (nckd * scale).sum()
     return {"tckd": tckd, "nckd": nckd, "total": alpha * tckd + beta * nckd}
+
+
+def deit_distillation_loss(logits_dist: Tensor, logits_t: Tensor, soft: bool = False,
+                           temperature: float | Tensor = 1.0, standardize: bool = False) -> Tensor:
+    """The distillation token's loss of DeiT (facebookresearch/deit `losses.py` DistillationLoss),
+    on the student's distillation-head logits.
+
+    Hard (DeiT's default): cross-entropy with the teacher's top class, averaged over the batch.
+    Soft: `T^2 * sum KL(softmax(t/T) || softmax(s/T)) / (B * C)`: the reference divides the summed
+    KL by the number of logits (PyTorch's legacy mean), not by B, so it is `kd_loss / C`.
+    `standardize` (soft only): both sides z-scored first. The teacher's logits are detached.
+    """
+    logits_t = logits_t.detach()
+    if not soft:
+        return F.cross_entropy(_prepared(logits_dist, False), logits_t.argmax(dim=1))
+    return kd_per_sample(logits_dist, logits_t, temperature, standardize).sum() / logits_dist.numel()
 
 
 def _mean_pearson_of_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:

@@ -7,7 +7,9 @@ importing timm alone costs seconds, which zoo-only runs should not pay.
 timm: `stages` are what the model's `forward_intermediates` returns with its defaults, in
 NCHW: for CNNs usually the stem output then each stage's output (timm ResNets: stem after
 its ReLU, layer1..4); for ViTs every block's patch tokens as a grid (prefix tokens
-dropped). `pooled` is `forward_head(pre_logits=True)`.
+dropped). `pooled` is `forward_head(pre_logits=True)`. A DeiT distilled ViT (`deit_*_distilled_*`)
+has a class and a distillation token, each with its head: its logits are the mean of the two
+heads' (as timm's and DeiT's inference), `pooled` the mean of the two tokens.
 
 torchvision: a supported CNN's trunk (the modules before global pooling and the head, with
 containers such as `features` opened up) is cut into runs of equal resolution at each
@@ -93,14 +95,31 @@ class TimmModel(FeatureModel):
             raise KdistillError(
                 f"timm model '{name}' has no forward_intermediates, so its stages cannot be read: pick another model"
             )
+        self.has_distillation_token = hasattr(self.model, "head_dist")
 
     def extract(self, x: Tensor, preact: bool = False) -> Features:
+        if self.has_distillation_token:
+            features, _, _ = self.extract_heads(x)
+            return Features(features.logits, features.stages, features.pooled,
+                            list(features.stages) if preact else None)
         final, stages = self.model.forward_intermediates(x)
         # The classifier runs once, on the pooled feature (timm's forward_head = pre-logits, then
         # the classifier), so head dropout draws one mask for both outputs.
         pooled = self.model.forward_head(final, pre_logits=True)
         logits = self.model.get_classifier()(pooled)
         return Features(logits, stages, pooled, list(stages) if preact else None)
+
+    def extract_heads(self, x: Tensor) -> tuple[Features, Tensor, Tensor]:
+        """A DeiT distilled ViT's features (logits: the mean of both heads') and the class and
+        distillation heads' logits, from the class and distillation tokens (as timm's
+        `VisionTransformerDistilled.forward_head`)."""
+        if not self.has_distillation_token:
+            return super().extract_heads(x)
+        final, stages = self.model.forward_intermediates(x)
+        class_token, distillation_token = self.model.head_drop(final[:, 0]), self.model.head_drop(final[:, 1])
+        class_logits, distillation_logits = self.model.head(class_token), self.model.head_dist(distillation_token)
+        features = Features((class_logits + distillation_logits) / 2, stages, (class_token + distillation_token) / 2)
+        return features, class_logits, distillation_logits
 
     def tokens(self, x: Tensor) -> TokenSequence:
         """A ViT's final-normed tokens, class token first, register tokens dropped (its logits are

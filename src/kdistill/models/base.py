@@ -45,9 +45,17 @@ class FeatureModel(nn.Module):
     a `TokenSequence`."""
 
     num_classes: int
+    # A DeiT distilled ViT: a distillation token with its own head beside the class token's;
+    # `extract` gives the two heads' mean as the logits (DeiT's evaluation), `extract_heads` each.
+    has_distillation_token: bool = False
 
     def extract(self, x: Tensor, preact: bool = False) -> Features:
         raise NotImplementedError
+
+    def extract_heads(self, x: Tensor) -> tuple[Features, Tensor, Tensor]:
+        """`extract(x)` and the class head's and the distillation head's logits apart."""
+        raise KdistillError(f"model {type(self).__name__} has no distillation token: use a timm DeiT distilled "
+                            "ViT (e.g. timm:deit_tiny_distilled_patch16_224)")
 
     def preact_batch_norms(self) -> list[nn.BatchNorm2d]:
         """For each stage after the stem (`Features.preact[1:]`), the batch norm whose output is the
