@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from helpers import QUICK_RUN, run_kdistill
 from test_crld import CONTEXT
 
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.engine import train_run
 from kdistill.errors import KdistillError
 from kdistill.losses import deit_distillation_loss

@@ -22,7 +22,7 @@ class DeiTTarget(enum.StrEnum):
     soft = "soft"  # KL to the teacher's softened distribution at `temperature`
 
 
-@dataclass
+@dataclass(frozen=True)
 class DeiTOptions(MethodOptions):
     distillation: DeiTTarget = DeiTTarget.hard
     temperature: float = 1.0  # DeiT's tau, of the soft target
