@@ -39,7 +39,7 @@ from kdistill.config import EXECUTION_KEYS, RunConfig, flat_config
 from kdistill.data import Loader, Loaders
 from kdistill.data.batch import channels_last_views
 from kdistill.data.loaders import BatchOrder
-from kdistill.distributed import barrier, is_main_process, rank, world_size
+from kdistill.distributed import barrier, is_distributed, is_main_process, rank, world_size
 from kdistill.errors import KdistillError
 from kdistill.files import atomic_write_bytes, reported_write
 from kdistill.methods.base import LOGITS_AND_POOLED, Distiller
@@ -138,6 +138,15 @@ def file_sha256(file: BinaryIO) -> str:
     while chunk := file.read(HASH_CHUNK):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+def _main_process_value(value: Any) -> Any:
+    """The main process's `value` on every process of a run (a decision they must take together)."""
+    if not is_distributed():
+        return value
+    shared = [value]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 @contextmanager
@@ -274,6 +283,10 @@ class TeacherCache:
         batches = self.order.covering_batches(epoch)
         wanted = len(batches) if self.covered is None else min(self.covered, len(batches))
         main = is_main_process()
+        # Without the lock first: a complete file needs no write (a cache may be read-only).
+        complete = main and self._held_batches(read_manifest(self.folder), path, len(batches)) >= wanted
+        if _main_process_value(complete):
+            return False
         with _locked(self.folder, held=main):
             barrier()  # the main process holds the lock: every process reads one manifest
             held = self._held_batches(read_manifest(self.folder), path, len(batches))
@@ -486,8 +499,8 @@ def open_teacher_cache(cfg: RunConfig, distiller: Distiller, loaders: Loaders, d
     }
     manifest = json.loads(json.dumps(manifest))  # as it reads back: tuples as lists
     encoded = (json.dumps({**manifest, "files": {}}, indent=2) + "\n").encode()
-    if is_main_process():
-        if not (folder / MANIFEST_FILE).exists() and any(folder.glob("epoch_*")):
+    if is_main_process() and not (folder / MANIFEST_FILE).exists():
+        if any(folder.glob("epoch_*")):
             # Never adopted: what the files were computed from went with the manifest.
             raise KdistillError(f"teacher cache {folder} holds epoch files but no {MANIFEST_FILE}, so what they were "
                                 "computed from is unknown: delete the folder (it is filled again) "
