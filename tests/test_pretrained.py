@@ -159,7 +159,8 @@ def test_list_teachers_shows_recipe_teachers_and_cifar100_files(run_cli):
     assert re.search(r"tv:resnet34:IMAGENET1K_V1 +https://download.pytorch.org/models/resnet34-b627a593.pth",
                      result.stdout)
     assert "https://huggingface.co/timm/vit_small_patch14_dinov2.lvd142m" in result.stdout
-    assert "http://shape2prog.csail.mit.edu/repo/resnet32x4_vanilla/ckpt_epoch_240.pth" in result.stdout
+    assert ("https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar "
+            "(member cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth)") in result.stdout
 
 
 def test_every_analysis_runs_on_a_run_whose_teacher_comes_from_its_library(tmp_path, monkeypatch):

@@ -279,8 +279,8 @@ def command_list(args: argparse.Namespace) -> None:
 
         rows = published_teachers()
         width = max(len(name) for name, _ in rows)
-        print("teachers with public weights (teacher_pretrained=true fetches the timm:/tv: ones; "
-              "the CIFAR-100 files go to teacher_checkpoint=):")
+        print("teachers with public weights (teacher_pretrained=true fetches each once; the CIFAR-100 ones come "
+              "in one archive, `kdistill teachers fetch` fetches it ahead):")
         for name, url in rows:
             print(f"  {name.ljust(width)}  {url}")
         return
@@ -288,6 +288,25 @@ def command_list(args: argparse.Namespace) -> None:
     for title, names in (("models", list_models()), ("methods", list_methods()), ("datasets", list_datasets())):
         print(f"{title}: {', '.join(names)}")
     print("also: timm:<name> and tv:<name> models; any method X with a KD term added as X+kd")
+
+
+def command_teachers(args: argparse.Namespace) -> None:
+    from kdistill.models.cifar_teachers import fetch_teachers, teachers_folder
+
+    files = fetch_teachers(args.names)
+    for name, path in files.items():
+        print(f"{name}: {path}")
+    print(f"-> teacher=<name> teacher_pretrained=true loads them from {teachers_folder()}")
+
+
+def _add_teachers_parser(commands) -> None:
+    teachers = commands.add_parser("teachers", help="the published CIFAR-100 teachers: fetch them into the cache")
+    actions = teachers.add_subparsers(dest="action", required=True)
+    fetch = actions.add_parser("fetch", help="download mdistiller's teacher archive once, check and unpack it "
+                                             "($KDISTILL_HOME, default ~/.cache/kdistill)")
+    fetch.add_argument("names", nargs="*", metavar="NAME",
+                       help="teachers to make ready (default: all six; `kdistill list --teachers` names them)")
+    teachers.set_defaults(handler=command_teachers)
 
 
 def command_bench(args: argparse.Namespace) -> None:
@@ -383,6 +402,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                         help="also set each measured mean beside its paper's published CIFAR-100 top-1")
     report.set_defaults(handler=command_report)
     _add_export_parser(commands)
+    _add_teachers_parser(commands)
     cache = commands.add_parser("cache", help="fill a run's teacher cache (teacher_cache=<folder>) ahead of time")
     _add_run_arguments(cache)
     cache.set_defaults(handler=command_cache)

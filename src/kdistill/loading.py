@@ -12,6 +12,7 @@ from kdistill.methods import MethodContext, build_distiller
 from kdistill.models import TIMM_PREFIX, TV_PREFIX, create_model
 from kdistill.models.base import FeatureModel
 from kdistill.models.checkpoint import load_state_into, read_state_dict, stored_classes
+from kdistill.models.cifar_teachers import CIFAR100_TEACHERS, published_teacher_file
 from kdistill.models.pretrained import preprocessing, pretrained_classes
 from kdistill.run_folder import RunFolder
 
@@ -91,9 +92,13 @@ def _with_trained_weights(model: FeatureModel, checkpoint: str, num_classes: int
 
 
 def build_teacher(cfg: RunConfig, num_classes: int, in_chans: int, needs_head: bool = True) -> FeatureModel:
-    """The teacher from teacher_checkpoint, else (teacher_pretrained) from its library's weights."""
+    """The teacher from teacher_checkpoint, else (teacher_pretrained) from its library's weights or,
+    for a published CIFAR-100 teacher, from mdistiller's archive (fetched once into the cache)."""
     if cfg.teacher is None:
         raise KdistillError("no teacher: set teacher=<model> and teacher_checkpoint=<file or run folder>")
+    if cfg.teacher_checkpoint is None and cfg.teacher_pretrained and cfg.teacher in CIFAR100_TEACHERS:
+        return load_trained_model(cfg.teacher, str(published_teacher_file(cfg.teacher)), num_classes, in_chans,
+                                  cfg.data.name, options=cfg.teacher_options, needs_head=needs_head)
     if cfg.teacher_checkpoint is None and cfg.teacher_pretrained:
         weight_classes = pretrained_classes(cfg.teacher) if cfg.teacher.startswith((TIMM_PREFIX, TV_PREFIX)) else None
         if needs_head and weight_classes not in (None, num_classes):
@@ -104,6 +109,7 @@ def build_teacher(cfg: RunConfig, num_classes: int, in_chans: int, needs_head: b
                             **cfg.teacher_options)
     if cfg.teacher_checkpoint is None:
         raise KdistillError(f"teacher '{cfg.teacher}' has no weights: set teacher_checkpoint=<file or run folder> "
-                            f"(or teacher_pretrained=true for a timm:/tv: model)")
+                            f"(or teacher_pretrained=true for a timm:/tv: model or a published CIFAR-100 teacher: "
+                            f"{', '.join(CIFAR100_TEACHERS)})")
     return load_trained_model(cfg.teacher, cfg.teacher_checkpoint, num_classes, in_chans, cfg.data.name,
                               options=cfg.teacher_options, needs_head=needs_head)

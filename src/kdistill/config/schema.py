@@ -219,7 +219,9 @@ class RunConfig:
     student_pretrained: bool = False  # start a timm:/tv: student from its library's weights
     teacher: str | None = None
     teacher_checkpoint: str | None = None  # weight file or run folder; wins over teacher_pretrained
-    teacher_pretrained: bool = False  # a timm:/tv: teacher with its library's weights (fetched and cached)
+    # A timm:/tv: teacher with its library's weights, or a published CIFAR-100 teacher (resnet32x4,
+    # wrn_40_2, ...: mdistiller's archive); fetched once and cached.
+    teacher_pretrained: bool = False
     teacher_options: dict[str, Any] = field(default_factory=dict)
     # method.name picks the method; its other keys are that method's options and the loss
     # weights w_ce / w_kd / w_method (None = the method's table default).

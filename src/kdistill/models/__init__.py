@@ -36,8 +36,9 @@ def create_model(name: str, num_classes: int = 100, in_chans: int = 3, pretraine
     if name.startswith(TV_PREFIX):
         return TorchvisionModel(name.removeprefix(TV_PREFIX), num_classes, in_chans, pretrained, **options)
     if pretrained:
-        raise KdistillError(f"model '{name}' has no library weights (only timm: and tv: models have): "
-                            f"give a weight file as teacher_checkpoint= / student_checkpoint= instead")
+        raise KdistillError(f"model '{name}' has no library weights (only timm: and tv: models have, and as a "
+                            f"teacher the published CIFAR-100 ones: `kdistill list --teachers`): give a weight file "
+                            f"as teacher_checkpoint= / student_checkpoint= instead")
     factory = MODELS.get(name)
     if options:
         raise KdistillError(

@@ -23,15 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.errors import KdistillError
+from kdistill.models.cifar_teachers import CIFAR100_TEACHERS, TEACHERS_URL, member_name
 
 WEIGHTS_SEPARATOR = ":"  # tv:<name>:<WEIGHTS_NAME>
 HF_WEIGHTS_FILE = "model.safetensors"  # the file timm asks the hub for first
 HF_REVISION = "main"
 
-# The public CIFAR-100 teachers of the CRD benchmark (`<arch>_vanilla/ckpt_epoch_240.pth`, weights
-# under 'model'): they load strictly into the zoo models of the same name.
-CIFAR100_TEACHER_URL = "http://shape2prog.csail.mit.edu/repo/{arch}_vanilla/ckpt_epoch_240.pth"
-CIFAR100_TEACHERS = ("wrn_40_2", "resnet56", "resnet110", "resnet32x4", "vgg13", "ResNet50")
 # The library teachers of the ImageNet recipes (configs/imagenet/): their weights are fetched by
 # `teacher_pretrained=true`.
 RECIPE_TEACHERS = ("tv:resnet34:IMAGENET1K_V1", "tv:resnet50:IMAGENET1K_V1", "timm:vit_small_patch14_dinov2.lvd142m")
@@ -206,12 +203,13 @@ def preprocessing(name: str) -> Preprocessing | None:
 
 def published_teachers() -> list[tuple[str, str]]:
     """(model, URL of its weights) for the recipes' library teachers and the public CIFAR-100
-    teacher files; nothing is downloaded."""
+    teachers (one archive, `kdistill.models.cifar_teachers`); nothing is downloaded."""
     rows = []
     for name in RECIPE_TEACHERS:
         if name.startswith("tv:"):
             rows.append((name, torchvision_weights(*split_weights_name(name.removeprefix("tv:"))).url))
         else:
             rows.append((name, timm_weights_location(timm_pretrained_cfg(name.removeprefix("timm:")))[0]))
-    rows += [(f"{arch} (CIFAR-100)", CIFAR100_TEACHER_URL.format(arch=arch)) for arch in CIFAR100_TEACHERS]
+    rows += [(f"{arch} (CIFAR-100)", f"{TEACHERS_URL} (member cifar_teachers/{member_name(arch)})")
+             for arch in CIFAR100_TEACHERS]
     return rows
