@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 
 from kdistill.methods import method_class
+from kdistill.models.cifar_teachers import CIFAR100_TEACHERS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -116,9 +117,12 @@ CIFAR100_DATA = {"name": "cifar100", "root": "./data/cifar100", "batch_size": 64
 TABLE_SCHEDULE = {"epochs": 240, "schedule": {"name": "step", "milestones": [150, 180, 210], "gamma": 0.1}}
 
 
-def teacher_file(teacher: str) -> str:
-    """Where the benchmark's public teacher checkpoints are usually kept; override teacher_checkpoint=."""
-    return f"save/models/{teacher}_vanilla/ckpt_epoch_240.pth"
+def teacher_weights(teacher: str) -> dict:
+    """The tables' teachers are the published ones (mdistiller's archive, fetched once into the
+    cache by teacher_pretrained); teacher_checkpoint= on the command line wins over it."""
+    if teacher not in CIFAR100_TEACHERS:
+        raise ValueError(f"teacher {teacher} of a CIFAR-100 pair has no published weights")
+    return {"teacher_pretrained": True}
 
 
 def pair_section(method: str, teacher: str, student: str) -> dict:
@@ -158,7 +162,7 @@ def cifar100_recipes() -> dict[Path, dict]:
             recipe = {"student": student, "method": pair_section(method, teacher, student), "data": CIFAR100_DATA,
                       **pair_training(method, teacher, student), "out": f"runs/cifar100/{method}/{teacher}_{student}"}
             if method != "vanilla":
-                recipe = {"teacher": teacher, "teacher_checkpoint": teacher_file(teacher), **recipe}
+                recipe = {"teacher": teacher, **teacher_weights(teacher), **recipe}
             if note := CIFAR100_NOTES.get((method, (teacher, student))):
                 recipe["note"] = note
             recipes[Path("cifar100") / method / f"{teacher}_{student}.yaml"] = recipe

@@ -13,7 +13,7 @@ import torch
 from helpers import RunsCommand, run_kdistill
 
 from kdistill.cli import main
-from kdistill.config_loading import load_config
+from kdistill.config.loading import load_config
 from kdistill.loading import build_teacher
 from kdistill.models import create_model
 from kdistill.models.cifar_teachers import CIFAR100_TEACHERS, member_name, teachers_folder

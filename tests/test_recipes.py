@@ -13,6 +13,7 @@ from kdistill.data import build_loaders
 from kdistill.engine.schedule import build_optimizer
 from kdistill.methods import MethodContext, build_distiller, method_class
 from kdistill.models import create_model
+from kdistill.models.cifar_teachers import CIFAR100_TEACHERS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 RECIPES = sorted(CONFIGS.rglob("*.yaml"))
@@ -65,6 +66,15 @@ def test_reviewkd_recipes_carry_the_authors_per_pair_weights():
     assert [weight_and_warmup(pair) for pair in ("resnet32x4_resnet8x4", "resnet32x4_ShuffleV2", "resnet56_resnet20",
                                                  "resnet110_resnet32", "vgg13_vgg8")] == \
         [(5.0, 20), (8.0, 20), (0.6, 20), (1.0, 20), (1.0, 20)]
+
+
+def test_cifar100_recipes_take_the_published_teachers_in_one_step():
+    # teacher_pretrained: mdistiller's archive, fetched once into the cache; no path to prepare.
+    recipes = [load_config(str(path)) for path in sorted((CONFIGS / "cifar100").rglob("*.yaml"))]
+    with_teacher = [cfg for cfg in recipes if cfg.teacher is not None]
+    assert len(with_teacher) > 300
+    assert all(cfg.teacher_pretrained and cfg.teacher_checkpoint is None and cfg.teacher in CIFAR100_TEACHERS
+               for cfg in with_teacher)
 
 
 def test_dcd_imagenet_recipes_have_the_reference_settings():
