@@ -178,6 +178,8 @@ def test_a_run_trains_and_its_evaluation_uses_both_heads(tmp_path):
     evaluated = run_kdistill("eval", str(out), "progress=false", "device=cpu")
     assert evaluated.returncode == 0, evaluated.stderr
     assert f"top-1 {results['top1_last']:.2f}" in evaluated.stdout  # the run's own test top-1, from the heads' mean
+    exported = run_kdistill("export", str(out), "progress=false")  # timm's own model, checked against kdistill's
+    assert exported.returncode == 0 and "top-1 agrees on 32/32" in exported.stdout, exported.stderr
     # The saved student is the whole distilled ViT; loaded, its logits are the mean of both heads.
     student = create_model(STUDENT, num_classes=10, in_chans=1, **{**TINY_VIT, "img_size": 12, "patch_size": 4})
     student.load_state_dict(torch.load(out / "student_last.pth", weights_only=True)["model"])
