@@ -420,3 +420,15 @@ def test_runs_that_need_one_epoch_at_once_fill_it_once(setup, tmp_path):
     # The filler announces the disk use before it fills; the other waited on the lock, then found it filled.
     assert sorted("MB (logits" in stdout for stdout, _ in outputs) == [False, True], outputs
     assert sorted("(1 epoch files computed now)" in stdout for stdout, _ in outputs) == [False, True], outputs
+
+
+def test_a_fill_in_larger_batches_serves_the_same_runs(setup, checked_cache, tmp_path):
+    cache = tmp_path / "cache"
+    args = run_args(setup, "kd", tmp_path / "run", f"teacher_cache={cache}", "teacher_cache_dtype=float32", "epochs=1")
+    fill_teacher_cache(load_config(None, [*args, "teacher_cache_fill_batch=96"]))  # one teacher pass for the epoch
+    name = "epoch_0000.image.bin"
+    # The same samples' outputs as in the run's batches of 32, up to rounding.
+    assert np.allclose(np.fromfile(cache / name, dtype=np.float32), np.fromfile(checked_cache / name, dtype=np.float32),
+                       rtol=1e-5, atol=1e-5)
+    _, filled = fill_teacher_cache(load_config(None, args))  # a run without the option reads it
+    assert filled == 0

@@ -245,6 +245,9 @@ class RunConfig:
     # The compact cache: per sample only the K largest logits, their classes and the log-sum-exp of
     # the others (methods that read only logits and accept it: KD, DKD, DIST, MLKD, CRLD); None = exact.
     teacher_cache_topk: int | None = None
+    # Samples per teacher pass when filling the cache (the largest batch that fits); None = data.batch_size.
+    # Another size changes the teacher's outputs at the rounding level only.
+    teacher_cache_fill_batch: int | None = None
     out: str = "runs/run"
     note: str | None = None  # a recipe's reason for departing from its method's default weights
     resume: bool = False

@@ -67,6 +67,8 @@ TEACHER_NEUTRAL_KEYS = EXECUTION_KEYS | {
     # on how many epochs follow.
     "epochs", "steps_per_epoch", "nonfinite",
     "data.eval_crop_pct",  # evaluation only
+    # The fill's batch size changes the outputs at the rounding level only, as the device does.
+    "teacher_cache_fill_batch",
 }
 # Among EXECUTION_KEYS: data.root (the data's own state stands in for it: a folder's tree state,
 # an in-memory set's digest) and device (a float32 cache filled on another device type differs
@@ -314,14 +316,14 @@ class TeacherCache:
 
     def _write_rows(self, temporary: Path, epoch: int, view: str, batches: list[Tensor]) -> None:
         """This process's share of the rows, written in place (disjoint rows of one file)."""
-        bar = tqdm(total=len(batches), desc=f"teacher cache: epoch {epoch + 1} {view}", unit="batch", leave=False,
-                   disable=not (self.progress and is_main_process()), mininterval=1.0, dynamic_ncols=True)
+        bar = tqdm(total=sum(map(len, batches)), desc=f"teacher cache: epoch {epoch + 1} {view}", unit="img",
+                   leave=False, disable=not (self.progress and is_main_process()), mininterval=1.0, dynamic_ncols=True)
         with reported_write(temporary, "the epoch is filled again by the next run"), open(temporary, "r+b") as file:
             for index, rows in self.compute(epoch, view, batches):
                 data = self.format.encode(rows).numpy()
                 for sample, row in zip(index.tolist(), data, strict=True):
                     os.pwrite(file.fileno(), row.tobytes(), sample * self.row_bytes)
-                bar.update(1)
+                bar.update(len(index))
             file.flush()
             os.fsync(file.fileno())
         bar.close()
@@ -436,11 +438,14 @@ class _ViewReader:
 
 
 def epoch_rows_function(distiller: Distiller, loader: Loader, channels_last: bool,
-                        autocast_dtype: torch.dtype | None, device: torch.device,
+                        autocast_dtype: torch.dtype | None, device: torch.device, fill_batch: int | None = None,
                         ) -> Callable[[int, str, list[Tensor]], Iterator[tuple[Tensor, Tensor]]]:
     """compute(epoch, view, index batches) -> (index, [B, C + D] float32 rows) per batch: the
-    teacher's logits and pooled feature on the samples' view, in the training batches' format."""
+    teacher's logits and pooled feature on the samples' view, in the training batches' format
+    (and size, unless `fill_batch` regroups the same samples into batches of its size)."""
     def compute(epoch: int, view: str, batches: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        if fill_batch is not None and batches:
+            batches = list(torch.cat(batches).split(fill_batch))
         loader.set_epoch(epoch)
         # A DataLoader draws its base seed from the global generator: the pass must leave it as it
         # was, or a method's own draws (CRD's negatives) would differ from a run without the cache.
@@ -513,7 +518,11 @@ def open_teacher_cache(cfg: RunConfig, distiller: Distiller, loaders: Loaders, d
         raise KdistillError(f"teacher cache {folder} was filled for another configuration ({mismatch}): "
                             "use another teacher_cache=<folder>, or delete this one")
     views = ("image", "image_strong") if distiller.needs_strong_view else ("image",)
-    compute = epoch_rows_function(distiller, loader, cfg.channels_last, autocast_dtype, device)
+    if cfg.teacher_cache_fill_batch is not None and cfg.teacher_cache_fill_batch < 1:
+        raise KdistillError(f"teacher_cache_fill_batch={cfg.teacher_cache_fill_batch} is below 1: give a batch size "
+                            "(e.g. 512), or drop it to fill in the run's batches")
+    compute = epoch_rows_function(distiller, loader, cfg.channels_last, autocast_dtype, device,
+                                  cfg.teacher_cache_fill_batch)
     # A run capped by steps_per_epoch reads the first steps x processes covering batches.
     capped = cfg.steps_per_epoch is not None and cfg.steps_per_epoch < len(loader)
     covered = cfg.steps_per_epoch * world_size() if capped else None
