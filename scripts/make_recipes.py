@@ -67,6 +67,7 @@ CIFAR100_METHODS.update({
     "srrl": method_section("srrl", temperature=4.0),
     "rrd": method_section("rrd"),
     "rrd+kd": method_section("rrd+kd", temperature=4.0),
+    "semckd": method_section("semckd", temperature=4.0, attention_scale=1.0),
 })
 # CTKD on KD, DKD and DIST: each one's recipe with the temperature learned as the CTKD code's CIFAR
 # script does (global, T = 1 + 20 sigmoid(raw), reversal 0 -> 1 over 10 epochs); no fixed temperature.

@@ -438,6 +438,7 @@ RESUMED_METHODS = {
     "deit": ["student=timm:deit_tiny_distilled_patch16_224", "student_options.img_size=12",
              "student_options.patch_size=4", "student_options.depth=1", "student_options.embed_dim=32",
              "student_options.num_heads=2"],
+    "semckd": [],
 }
 
 

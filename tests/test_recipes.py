@@ -24,7 +24,7 @@ def test_every_table_pair_has_every_recipe():
     methods = {"vanilla", "kd", "dcd", "dcd+kd", "crd", "crd+kd", "crld",
                "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "nst",
                "dkd", "dkd+ls", "kd+ls", "mlkd", "crld+dkd", "dist", "reviewkd", "simkd", "srrl", "ofd", "rrd",
-               "rrd+kd"}
+               "rrd+kd", "semckd"}
     for method in methods:
         assert len(list((CONFIGS / "cifar100" / method).glob("*.yaml"))) == 13, method
     # FSP needs equal stage widths: the tables' six pairs of one family and width.
@@ -122,14 +122,17 @@ def test_recipe_builds_and_runs_one_forward(recipe, models):
     chans, side, classes = INPUTS[cfg.data.name]
     student = models(cfg.student, chans, classes, cfg.student_options)
     teacher = models(cfg.teacher, chans, classes, cfg.teacher_options) if cls.needs_teacher else None
-    context = MethodContext((chans, side, side), classes, torch.arange(CIFAR100_TRAIN_SIZE) % classes, cfg.optim.lr)
+    samples = 4  # SemCKD's attention embeds batch_size // 4 dimensions
+    context = MethodContext((chans, side, side), classes, torch.arange(CIFAR100_TRAIN_SIZE) % classes, cfg.optim.lr,
+                            batch_size=samples)
     distiller = build_distiller(cfg.method, student, teacher, context)
-    batch = {"image": torch.randn(2, chans, side, side), "label": torch.tensor([0, 1]), "index": torch.tensor([0, 1])}
+    batch = {"image": torch.randn(samples, chans, side, side), "label": torch.arange(samples),
+             "index": torch.arange(samples)}
     if cls.needs_strong_view:
-        batch["image_strong"] = torch.randn(2, chans, side, side)
+        batch["image_strong"] = torch.randn(samples, chans, side, side)
     with torch.no_grad():
         output = distiller.eval()(batch)  # eval mode: batch-norm statistics of the shared models stay put
-    assert output.logits is None or output.logits.shape == (2, classes)
+    assert output.logits is None or output.logits.shape == (samples, classes)
     assert output.terms and all(torch.isfinite(v) for v in output.terms.values())
     if cfg.data.name == "cifar100" and cfg.method.name != "mlkd":  # the tables' learning rates (MLKD: its own)
         expected_lr = 0.01 if cfg.student in ("MobileNetV2", "ShuffleV1", "ShuffleV2") else 0.05

@@ -114,7 +114,7 @@ def test_a_grid_runs_the_teacher_once_per_seed_and_epoch(setup, tmp_path, monkey
 
 # A method reading the teacher's stage maps, and what the refusal says it reads.
 FEATURE_MAP_READS = {"fitnet": "preact and stages", "reviewkd": "preact", "simkd": "stages",
-                     "ofd": "preact", "kdsvd": "stages"}
+                     "ofd": "preact", "kdsvd": "stages", "semckd": "stages"}
 
 
 @pytest.mark.parametrize("method", list(FEATURE_MAP_READS))

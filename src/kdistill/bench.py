@@ -260,7 +260,7 @@ def kdistill_row(setup: BenchSetup, precision: str = "fp32", compiled: bool = Fa
     """(step, flop-counting step) of kdistill's step as the Trainer runs it."""
     args, device = setup.args, setup.device
     student, teacher = make_models(args, device, channels_last=True)
-    context = MethodContext((3, 32, 32), args.num_classes, setup.labels)
+    context = MethodContext((3, 32, 32), args.num_classes, setup.labels, batch_size=args.batch_size)
     distiller: Distiller = build_distiller({"name": args.method}, student, teacher, context).to(device)
     distiller.train()
     dtype = autocast_dtype(precision, device)

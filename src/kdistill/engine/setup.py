@@ -79,7 +79,7 @@ def build_run(run: ResolvedRun) -> RunParts:
     teacher = (build_teacher(cfg, info.num_classes, info.in_chans, spec.uses_teacher_logits)
                if spec.needs_teacher else None)
     context = MethodContext((info.in_chans, info.image_size, info.image_size), info.num_classes,
-                            loaders.train.labels, cfg.optim.lr)
+                            loaders.train.labels, cfg.optim.lr, cfg.data.batch_size)
     distiller = build_distiller(cfg.method, student, teacher, context).to(device)
     if cfg.channels_last:
         distiller.to(memory_format=torch.channels_last)

@@ -1,5 +1,5 @@
 """Feature losses of the CRD benchmark's baselines (FitNet, AT, SP, CC, VID, RKD, PKT, AB, FT, FSP,
-NST) and of the later feature methods (ReviewKD, SimKD, SRRL, OFD, KDSVD).
+NST) and of the later feature methods (ReviewKD, SimKD, SRRL, OFD, KDSVD, SemCKD).
 
 Student first, teacher second. A "map" is `[B, C, H, W]`, a "vector" `[B, D]`. The reductions are
 those of the benchmark's public implementations (RepDistiller), which the table weights were tuned
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["ReferenceForm", "ab_loss", "at_loss", "cc_loss", "fitnet_loss", "fsp_loss", "ft_loss", "hcl_loss",
-           "kdsvd_loss", "nst_loss", "ofd_loss", "ofd_margin", "pkt_loss", "rkd_loss", "simkd_loss", "sp_loss",
-           "srrl_loss", "vid_loss"]
+           "kdsvd_loss", "nst_loss", "ofd_loss", "ofd_margin", "pkt_loss", "rkd_loss", "semckd_loss", "simkd_loss",
+           "sp_loss", "srrl_loss", "vid_loss"]
 
 
 def pool_to_common_size(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -395,3 +395,22 @@ def kdsvd_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], k: int = 1)
             total = total + torch.where(torch.isfinite(difference), difference, 0.0).sum() / s.shape[0]
         previous = current
     return total
+
+
+def semckd_loss(projected_student: Sequence[Sequence[Tensor]], teacher: Sequence[Sequence[Tensor]],
+                attention: Tensor) -> Tensor:
+    """SemCKD's cross-layer loss (Chen et al., AAAI 2021), as its reference code computes it.
+
+    `projected_student[i][j]`: student stage i projected onto teacher stage j's channels (and the
+    spatial size both were aligned to); `teacher[i][j]`: teacher stage j at that size; `attention`:
+    `[B, S, T]`, each sample's weights over the teacher stages for every student stage. Per sample
+    and pair, the mean squared error over `C*H*W`; weighted by the attention, summed over
+    samples and pairs, divided by `B * S` (S student stages).
+    """
+    batch, student_stages, teacher_stages = attention.shape
+    per_pair = torch.stack([
+        torch.stack([(_at_least_float32(projected_student[i][j]) - _at_least_float32(teacher[i][j]))
+                     .pow(2).flatten(1).mean(dim=1)
+                     for j in range(teacher_stages)], dim=1)
+        for i in range(student_stages)], dim=1)  # [B, S, T]
+    return (_at_least_float32(attention) * per_pair).sum() / (batch * student_stages)

@@ -52,6 +52,7 @@ class MethodContext:
     num_classes: int
     train_labels: Tensor | None = None  # labels of the training split by sample index (CPU)
     lr: float = 0.05  # the run's base learning rate (an initialisation phase may derive its own)
+    batch_size: int | None = None  # training samples per step and process (SemCKD sizes its attention by it)
     # Feature shapes of student and teacher as shape-only (meta) tensors, probed once by `build_distiller`.
     student_shapes: Features | None = None
     teacher_shapes: Features | None = None

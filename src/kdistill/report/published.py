@@ -59,7 +59,7 @@ _KD_CTKD = {_R20: 71.19, _R32: 73.52, _R110_20: 70.99, _W162: 75.45, _W401: 73.9
 # DIST's CIFAR-100 results (the six pairs its authors report that are among the 13).
 _DIST = {_W401: 74.43, _R20: 71.75, _R8X4: 76.31, _R50_MV2: 68.66, ("resnet32x4", "ShuffleV1"): 76.34, _SHV2: 77.35}
 # The SimKD authors' table; of its pairs only ResNet32x4 -> ResNet8x4 is among the 13.
-_SIMKD_TABLE = {("simkd", _R8X4): 78.08, ("srrl", _R8X4): 75.39}
+_SIMKD_TABLE = {("simkd", _R8X4): 78.08, ("srrl", _R8X4): 75.39, ("semckd", _R8X4): 76.23}
 
 # The feature baselines of the DKD paper's tables: {method: {pair: top-1}}; pairs it leaves out have none.
 _FEATURE_BASELINES = {
