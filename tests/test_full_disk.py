@@ -2,9 +2,10 @@
 the disk can fill at one chosen write): one line naming the file and what is intact, exit 2, and
 the rerun the line asks for (after space is freed) ends as the uninterrupted run does.
 
-The disk fills by wrapping the file objects that kdistill writes through (`os.fdopen` of the atomic
-writer's temporary files, the run folder's `open` for appends and the lock), so the bytes reach
-the same Python calls as on a real full disk; torch.save's own wrapping of the OSError is exercised."""
+The disk fills by wrapping what kdistill writes through (`os.fdopen` of the atomic writer's
+temporary files, `open` for appends and lock files, `os.pwrite` of the teacher cache), so the bytes
+reach the same Python calls as on a real full disk; torch.save's own wrapping of the OSError is
+exercised."""
 
 import errno
 import os
@@ -58,8 +59,9 @@ def fill_disk_at(monkeypatch, name: str, write: int = 1, room: int = 0) -> None:
 
     monkeypatch.setattr(os, "fdopen", lambda fd, *args, **kwargs: full(real_fdopen(fd, *args, **kwargs),
                                                                       os.readlink(f"/proc/self/fd/{fd}")))
-    monkeypatch.setattr("kdistill.run_folder.open", lambda path, *args, **kwargs: full(
-        real_open(path, *args, **kwargs), str(path)), raising=False)
+    for module in ("kdistill.run_folder", "kdistill.files"):  # appends, and the lock files
+        monkeypatch.setattr(f"{module}.open", lambda path, *args, **kwargs: full(
+            real_open(path, *args, **kwargs), str(path)), raising=False)
 
     def pwrite(fd: int, data: bytes, offset: int) -> int:  # the teacher cache fills its rows in place
         if isinstance(full(None, os.readlink(f"/proc/self/fd/{fd}")), FullFile):

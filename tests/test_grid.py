@@ -44,9 +44,34 @@ def top1(run: Path) -> float:
     return RunFolder(run).read_results()["top1_last"]
 
 
-def attempts(log: Path) -> int:
-    """How many times the grid started a run: one header line per start."""
-    return sum(line.startswith("# ") for line in log.read_text().splitlines())
+def attempts(out: Path, run: str) -> int:
+    """How many times the grid started a run: one log per attempt, logs/<run>.<attempt>.log."""
+    return len(list((out / "logs").glob(f"{run.replace('/', '_')}.*.log")))
+
+
+def alive(pid: int) -> bool:
+    """A process that runs (a zombie, ended but not yet reaped by its new parent, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def wait_for(condition, process: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.time() + seconds
+    while not condition() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert condition(), "the grid ended (or timed out) before the awaited moment"
+
+
+def trainer_pid(run: Path) -> int | None:
+    """The pid in a run's lock file: the process that trains it (None before it has locked it)."""
+    try:
+        text = (run / "run.lock").read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text else None
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +95,7 @@ def test_local_grid_trains_the_teacher_first_then_every_run_and_writes_the_repor
         assert f"{method} resnet8->resnet8 seed 1: top-1 {accuracy:.2f}" in result.stdout
     table = (out / "report/table.md").read_text()
     assert "resnet8 → resnet8" in table and "| dcd+kd |" in table and "| kd |" in table
+    assert "teacher outputs: read from a float32 teacher cache (exact) in 4 run(s)" in table  # the grid's cache
     # the students start once the teacher has finished
     teacher_done = result.stdout.index("teacher resnet8 seed 0: top-1")
     assert all(result.stdout.index(f"starting {name}") > teacher_done for name in STUDENT_RUNS)
@@ -82,33 +108,57 @@ def test_a_rerun_with_a_changed_spec_reports_the_runs_and_reuses_none(local_grid
     changed = grid(*arguments[:1], "optim.momentum=0.5", *arguments[1:])
     assert changed.returncode == 1 and "5 of 5 runs failed" in changed.stderr
     assert "another configuration (optim.momentum: saved 0.9, spec 0.5)" in changed.stdout
-    assert "starting" not in changed.stdout and attempts(out / "logs/teachers_resnet8.log") == 1
+    assert "starting" not in changed.stdout and attempts(out, "teachers/resnet8") == 1
     assert before == {name: RunFolder(out / name).results_path.stat().st_mtime for name in STUDENT_RUNS}
 
 
-def test_a_killed_grid_rerun_trains_only_the_missing_runs(local_grid, tmp_path):
-    """One run at a time: the grid is killed once the first run has finished and the second started."""
+def test_a_killed_grid_rerun_waits_for_the_run_it_left_and_trains_only_the_missing_runs(local_grid, tmp_path):
+    """One run at a time: the grid is killed (-9) once the first run has finished and the second has
+    started. The second run's process lives on; the rerun waits for it instead of failing it."""
     out = tmp_path / "killed"
     arguments = grid_arguments(out, local_grid[0] / "teachers/resnet8", methods=["kd"], jobs=1)
     process = subprocess.Popen([*kdistill_command(), "grid", *arguments], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    second_log = out / "logs/kd_resnet8_resnet8_seed1.log"
-    while not second_log.is_file() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)  # the grid and every run it started
+                               stderr=subprocess.DEVNULL)
+    first, second = out / "kd/resnet8_resnet8/seed0", out / "kd/resnet8_resnet8/seed1"
+    wait_for(lambda: trainer_pid(second) is not None, process)
+    os.kill(process.pid, signal.SIGKILL)  # the grid only: its run lives on
     process.wait()
-    finished = [path.parent for path in out.glob("*/*/seed*/results.json")]
-    assert [str(run.relative_to(out)) for run in finished] == ["kd/resnet8_resnet8/seed0"]
-    mtime = RunFolder(finished[0]).results_path.stat().st_mtime
+    orphan = trainer_pid(second)
+    mtime = RunFolder(first).results_path.stat().st_mtime
     result = grid(*arguments)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert RunFolder(finished[0]).results_path.stat().st_mtime == mtime  # kept, not trained again
-    assert attempts(out / "logs/kd_resnet8_resnet8_seed0.log") == 1
-    assert "kd resnet8->resnet8 seed 0: top-1" in result.stdout and "finished before, kept" in result.stdout
-    assert RunFolder(out / "kd/resnet8_resnet8/seed1").is_finished()
-    assert attempts(second_log) == 2 and "resnet8_resnet8/seed1" in result.stdout
+    assert not alive(orphan)
+    assert RunFolder(first).results_path.stat().st_mtime == mtime  # kept, not trained again
+    assert attempts(out, "kd/resnet8_resnet8/seed0") == 1 and "finished before, kept" in result.stdout
+    assert RunFolder(second).is_finished() and attempts(out, "kd/resnet8_resnet8/seed1") == 1  # never restarted
+    assert "FAILED" not in result.stdout
     assert "2/2 done, 0 failed" in result.stdout and (out / "report/table.md").is_file()
+
+
+def test_sigterm_to_the_grid_stops_its_runs_after_their_saves_and_a_second_grid_is_refused(local_grid, tmp_path):
+    out = tmp_path / "stopped"
+    arguments = grid_arguments(out, local_grid[0] / "teachers/resnet8", methods=["kd"], jobs=2)
+    process = subprocess.Popen([*kdistill_command(), "grid", *arguments], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    runs = [out / f"kd/resnet8_resnet8/seed{seed}" for seed in SEEDS]
+    wait_for(lambda: (out / "grid.lock").is_file() and (out / "grid.lock").read_text().strip(), process)
+    second = grid(*arguments)
+    assert second.returncode == 2 and "starting" not in second.stdout
+    assert second.stderr.strip().splitlines() == [
+        f"kdistill: error: grid folder '{out}' is in use by another kdistill grid (pid {process.pid}): "
+        "wait for it to end or stop it, or choose another --out"]
+    wait_for(lambda: all(trainer_pid(run) for run in runs), process)
+    trainers = [trainer_pid(run) for run in runs]
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stdout + stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kdistill: grid stopped by SIGTERM: the runs in flight saved "
+                                                   "their checkpoints and stopped"), stderr
+    assert not any(alive(pid) for pid in trainers)  # no orphan
+    result = grid(*arguments)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert all(RunFolder(run).is_finished() for run in runs) and "2/2 done, 0 failed" in result.stdout
 
 
 def test_the_same_grid_through_submitits_local_executor(local_grid, tmp_path):
@@ -136,7 +186,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(local_grid, tmp_path):
     assert result.returncode == 1 and "1 of 2 runs failed" in result.stderr
     assert RunFolder(out / "kd/resnet8_resnet8/seed0").is_finished()
     assert not RunFolder(out / "broken/resnet8_resnet8/seed0").is_finished()
-    log = out / "logs/broken_resnet8_resnet8_seed0.log"
+    log = out / "logs/broken_resnet8_resnet8_seed0.1.log"  # its first attempt
     error = log.read_text().strip().splitlines()[-1]
     assert "no_such_option" in error
     assert f"failed: broken/resnet8_resnet8/seed0: {error}\n        log: {log}" in result.stdout
@@ -159,6 +209,18 @@ def test_expansion_names_folders_shares_vanilla_runs_and_resolves_generated_reci
     assert parse_pair(["vgg13", "vgg8"]) == ("vgg13", "vgg8")
     with pytest.raises(KdistillError, match="teacher:student"):
         parse_pair("resnet56")
+
+
+def test_the_grids_teacher_cache_is_exact_unless_the_spec_chooses_its_dtype(tmp_path):
+    def cache_options(*overrides: str) -> list[list[str]]:
+        spec = load_spec(None, {"out": str(tmp_path), "methods": ["vanilla", "kd"], "pairs": ["resnet20:resnet8"]},
+                         list(overrides))
+        return [[item for item in run.overrides if item.startswith("teacher_cache")] for run in expand(spec)]
+
+    vanilla, kd = cache_options()
+    assert vanilla == [] and kd == [f"teacher_cache={tmp_path.resolve() / 'teacher_cache/resnet20_seed0'}",
+                                    "teacher_cache_dtype=float32"]
+    assert cache_options("teacher_cache_dtype=float16")[1] == ["teacher_cache_dtype=float16", kd[0]]
 
 
 def test_submitit_jobs_requeue_as_a_resume_of_the_same_run(tmp_path):

@@ -10,6 +10,7 @@ when torch wrote the bytes itself), is one `KdistillError` line naming the file 
 
 import contextlib
 import errno
+import fcntl
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -114,3 +115,39 @@ def atomic_write_text(path: Path, text: str, **options) -> bool:
 def atomic_write_bytes(path: Path, data: bytes, **options) -> bool:
     """`atomic_write` of bytes (options: `exclusive`, `intact`)."""
     return atomic_write(path, lambda file: file.write(data), **options)
+
+
+def try_lock(path: Path) -> tuple[IO | None, str]:
+    """An exclusive lock on the file `path` for this process, held while the returned file stays
+    open (the OS releases it when the process dies, however it dies), with this process's pid
+    written in it; or (None, the holder's pid as written) when another process holds it."""
+    with reported_write(path):
+        file = open(path, "a+")  # noqa: SIM115 (stays open: the lock lives as long as the file)
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        holder = file.read().strip() or "unknown"
+        file.close()
+        return None, holder
+    try:
+        with reported_write(path):
+            file.truncate(0)
+            file.write(f"{os.getpid()}\n")
+            file.flush()
+    except WriteFailed:
+        file.close()
+        raise
+    return file, str(os.getpid())
+
+
+def lock_holder(path: Path) -> str | None:
+    """The pid written in the lock file `path` while another process holds it; None when free."""
+    if not path.is_file():
+        return None
+    with open(path) as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released as the file closes
+        except BlockingIOError:
+            return file.read().strip() or "unknown"
+    return None

@@ -17,7 +17,6 @@ reader skips a torn last line (what a full disk can leave).
 """
 
 import contextlib
-import fcntl
 import json
 import os
 import sys
@@ -28,7 +27,7 @@ import yaml
 
 from kdistill.config.yaml_file import read_yaml_mapping
 from kdistill.errors import KdistillError
-from kdistill.files import TEMP_SUFFIX, also_intact, atomic_write_text, reported_write
+from kdistill.files import TEMP_SUFFIX, also_intact, atomic_write_text, lock_holder, reported_write, try_lock
 from kdistill.models.checkpoint import UnreadableCheckpoint, atomic_save, read_torch_file, save_model_weights
 
 CONFIG_FILE = "config.yaml"
@@ -237,29 +236,18 @@ class RunFolder:
 
     # ---- one process per run ---------------------------------------------------------------
     def lock(self) -> None:
-        """Hold an exclusive lock on the run until `unlock` or this process's end (the OS releases
-        it when the process dies, however it dies). KdistillError naming the holder's pid if
-        another process holds it."""
-        path = self.path / LOCK_FILE
-        with self._writing(path):
-            file = open(path, "a+")  # noqa: SIM115 (stays open: the lock lives as long as the file)
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.seek(0)
-            holder = file.read().strip() or "unknown"
-            file.close()
+        """Hold an exclusive lock on the run until `unlock` or this process's end. KdistillError
+        naming the holder's pid if another process holds it."""
+        with self._writing(self.path / LOCK_FILE):
+            file, holder = try_lock(self.path / LOCK_FILE)
+        if file is None:
             raise KdistillError(f"'{self.path}' is in use by another kdistill process (pid {holder}): wait for it "
-                                "to end or stop it, or choose another out=") from None
-        try:
-            with self._writing(path):
-                file.truncate(0)
-                file.write(f"{os.getpid()}\n")
-                file.flush()
-        except KdistillError:
-            file.close()
-            raise
+                                "to end or stop it, or choose another out=")
         self._lock_file = file
+
+    def holder(self) -> str | None:
+        """The pid of the process that trains the run now (as its lock file says); None if none does."""
+        return lock_holder(self.path / LOCK_FILE)
 
     def unlock(self) -> None:
         if self._lock_file is not None:

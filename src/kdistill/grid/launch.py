@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdistill.files import reported_write
 from kdistill.grid.spec import GridRun
 
 
@@ -18,6 +19,11 @@ class Launch:
     run: GridRun
     entry: str  # train | distill
     resume: bool
+    log: Path | None = None  # this attempt's log (default: the run's next attempt)
+
+    def __post_init__(self):
+        if self.log is None:
+            self.log = self.run.next_log()
 
 
 def command_line(launch: Launch, gpus: int) -> list[str]:
@@ -32,12 +38,12 @@ def command_line(launch: Launch, gpus: int) -> list[str]:
 
 
 def open_log(launch: Launch, command: list[str]):
-    """The run's log, appended to (a resumed run keeps the earlier attempts above), with a header line."""
-    log = launch.run.log
-    log.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(log, "a")  # noqa: SIM115 - the caller's child process writes to it; the caller closes it
-    handle.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
-    handle.flush()
+    """The attempt's log (a requeued SLURM job appends to it), with a header line."""
+    with reported_write(launch.log, "no run of the grid was started with it"):
+        launch.log.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(launch.log, "a")  # noqa: SIM115 - the caller's child process writes to it; the caller closes it
+        handle.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
+        handle.flush()
     return handle
 
 
@@ -106,7 +112,8 @@ class LocalLauncher:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
             command = command_line(launch, len(gpus))
             log = open_log(launch, command)
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            # A session of its own: a signal reaches a run once, through the grid (`stop`).
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             self.running.append((launch, process, gpus, log))
             started.append(launch)
         return started
@@ -125,4 +132,16 @@ class LocalLauncher:
         self.running = still
         if not done:
             time.sleep(self.poll_seconds)
+        return done
+
+    def stop(self, signum: int) -> list[tuple[Launch, int]]:
+        """Send `signum` to every run in flight and wait for each to save and end; their exit codes."""
+        for _, process, _, _ in self.running:
+            process.send_signal(signum)
+        done = []
+        for launch, process, gpus, log in self.running:
+            done.append((launch, process.wait()))
+            log.close()
+            self.free_gpus += gpus
+        self.running = []
         return done

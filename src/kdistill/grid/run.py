@@ -4,15 +4,19 @@ Idempotent: a finished run whose configuration matches the spec is kept; an inte
 resumed from its checkpoint; a run folder whose saved configuration differs from the spec's is
 reported and left alone (never silently reused or overwritten)."""
 
+import contextlib
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kdistill.config import EXECUTION_KEYS, flat_config
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, RunStopped
+from kdistill.files import atomic_write_text, reported_write, try_lock
 from kdistill.grid.launch import Launch, LocalLauncher, last_line
-from kdistill.grid.spec import LAUNCHERS, REPORT_DIR, GridRun, GridSpec, expand
+from kdistill.grid.spec import GRID_LOCK, LAUNCHERS, REPORT_DIR, GridRun, GridSpec, expand
 from kdistill.run_folder import RunFolder
 
 
@@ -41,7 +45,7 @@ class GridState:
     runs: list[GridRun]
     started: float = field(default_factory=time.perf_counter)
     done: list[GridRun] = field(default_factory=list)
-    failed: list[tuple[GridRun, str]] = field(default_factory=list)  # run, one-line error
+    failed: list[tuple[GridRun, str, Path | None]] = field(default_factory=list)  # run, one-line error, its log
 
     def count(self) -> str:
         return f"{len(self.done) + len(self.failed)}/{len(self.runs)} done, {len(self.failed)} failed"
@@ -52,23 +56,32 @@ class GridState:
         print(f"{run.title}: top-1 {results['top1_last']:.2f}, {results['train_time_s']:.0f}s{note}   "
               f"[{self.count()}]", flush=True)
 
-    def fail(self, run: GridRun, error: str) -> None:
-        self.failed.append((run, error))
+    def fail(self, run: GridRun, error: str, log: Path | None = None) -> None:
+        self.failed.append((run, error, log))
         print(f"{run.title}: FAILED ({error})   [{self.count()}]", flush=True)
 
 
-def plan(runs: list[GridRun], state: GridState) -> list[Launch]:
-    """What to launch; records the runs that are finished already or cannot run."""
-    launches = []
+@dataclass
+class Adopted:
+    """A run that a process of an earlier grid (killed before it) still trains: waited for, not restarted."""
+
+    run: GridRun
+    entry: str
+    pid: str
+
+
+def plan(runs: list[GridRun], state: GridState) -> tuple[list[Launch], list[Adopted]]:
+    """What to launch and what to wait for; records the runs that are finished already or cannot run."""
+    launches, adopted = [], []
     for run in runs:
         folder = RunFolder(run.folder)
         try:
             entry, planned = planned_config(run)
         except KdistillError as error:  # the line a launched run would have logged
             line = f"kdistill: error: {error}"
-            run.log.parent.mkdir(parents=True, exist_ok=True)
-            run.log.write_text(line + "\n")
-            state.fail(run, line)
+            log = run.next_log()
+            atomic_write_text(log, line + "\n")
+            state.fail(run, line, log)
             continue
         if folder.is_run():
             try:
@@ -79,19 +92,54 @@ def plan(runs: list[GridRun], state: GridState) -> list[Launch]:
                 state.fail(run, f"{run.folder} holds a run with another configuration ({'; '.join(differences[:3])}): "
                                 "delete the folder to rerun it, or restore the spec")
                 continue
+        holder = folder.holder()
+        if holder is not None:
+            print(f"waiting for {run.name}: pid {holder} (started by an earlier grid) trains it", flush=True)
+            adopted.append(Adopted(run, entry, holder))
+            continue
         if folder.is_finished():
             state.finish(run, " (finished before, kept)")
             continue
         launches.append(Launch(run, entry, resume=folder.has_resume_state()))
-    return launches
+    return launches, adopted
 
 
-def execute(launches: list[Launch], launcher, state: GridState) -> None:
-    """Start each run once its teacher run has finished; a failed teacher fails its students."""
+class StopRequests:
+    """While active, SIGINT and SIGTERM are noted (`received`) rather than ending the grid at once:
+    the grid then stops its runs through `stop` and waits for their saves."""
+
+    HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequests":
+        self.previous = {signum: signal.signal(signum, self._note) for signum in self.HANDLED}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _note(self, signum: int, frame) -> None:
+        self.received = self.received or signum
+
+
+def execute(launches: list[Launch], adopted: list[Adopted], launcher, state: GridState, stops: StopRequests) -> None:
+    """Start each run once its teacher run has finished; a failed teacher fails its students. A run
+    an earlier grid's process still trains is waited for, then kept if it finished or resumed if not.
+    Returns early, starting nothing more, when a stop is requested."""
     pending = list(launches)
-    while pending or launcher.running:
+    while (pending or launcher.running or adopted) and stops.received is None:
+        for waiting in [waiting for waiting in adopted if RunFolder(waiting.run.folder).holder() is None]:
+            adopted.remove(waiting)
+            if RunFolder(waiting.run.folder).is_finished():
+                state.finish(waiting.run, " (by the earlier grid's process)")
+            else:
+                pending.append(Launch(waiting.run, waiting.entry, resume=True))
         finished = {run.name for run in state.done}
-        failed = {run.name for run, _ in state.failed}
+        failed = {run.name for run, _, _ in state.failed}
         for launch in [launch for launch in pending if launch.run.needs in failed]:
             pending.remove(launch)
             state.fail(launch.run, f"its teacher run {launch.run.needs} failed")
@@ -101,10 +149,31 @@ def execute(launches: list[Launch], launcher, state: GridState) -> None:
                 pending.remove(launch)
                 print(f"{'resuming' if launch.resume else 'starting'} {launch.run.name}", flush=True)
         for launch, code in launcher.finished():
-            if code == 0 and RunFolder(launch.run.folder).is_finished():
-                state.finish(launch.run)
-            else:
-                state.fail(launch.run, last_line(launch.run.log))
+            record(state, launch, code)
+
+
+def record(state: GridState, launch: Launch, code: int) -> None:
+    if code == 0 and RunFolder(launch.run.folder).is_finished():
+        state.finish(launch.run)
+    else:
+        state.fail(launch.run, last_line(launch.log), launch.log)
+
+
+def stop(launcher, adopted: list[Adopted], state: GridState, signum: int) -> RunStopped:
+    """Forward `signum` to the runs in flight (and to those adopted from an earlier grid), wait for
+    them to save and end; the one line the grid ends with."""
+    for launch, code in launcher.stop(signum):
+        if code == 0:  # it finished before the signal reached it
+            record(state, launch, code)
+    for waiting in adopted:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(waiting.pid), signum)
+    while any(RunFolder(waiting.run.folder).holder() is not None for waiting in adopted):
+        time.sleep(0.2)
+    unfinished = len(state.runs) - len(state.done) - len(state.failed)
+    return RunStopped(f"grid stopped by {signal.Signals(signum).name}: the runs in flight saved their checkpoints "
+                      f"and stopped, {unfinished} run(s) unfinished; run the same command again to continue",
+                      128 + signum, prefix="")
 
 
 def make_launcher(spec: GridSpec):
@@ -136,16 +205,32 @@ def write_report(state: GridState, out: Path) -> str | None:
     return build_report([str(run.folder) for run in state.done], out / REPORT_DIR)["markdown"]
 
 
+def lock_grid(out: Path):
+    """The grid folder's lock, held by this grid until it ends; one line naming the holder if
+    another grid holds it."""
+    with reported_write(out):
+        out.mkdir(parents=True, exist_ok=True)
+    lock, holder = try_lock(out / GRID_LOCK)
+    if lock is None:
+        raise KdistillError(f"grid folder '{out}' is in use by another kdistill grid (pid {holder}): wait for it to "
+                            "end or stop it, or choose another --out")
+    return lock
+
+
 def run_grid(spec: GridSpec) -> GridState:
     runs = expand(spec)
     launcher = make_launcher(spec)
-    state = GridState(runs)
-    print(f"grid {spec.out}: {len(runs)} runs", flush=True)
-    execute(plan(runs, state), launcher, state)
-    print(f"\n{state.count()} in {time.perf_counter() - state.started:.0f}s", flush=True)
-    for run, error in state.failed:
-        print(f"failed: {run.name}: {error}\n        log: {run.log}", flush=True)
-    table = write_report(state, spec.out)
-    if table:
-        print(f"\n{table}\n-> {spec.out / REPORT_DIR}", flush=True)
-    return state
+    with lock_grid(spec.out), StopRequests() as stops:
+        state = GridState(runs)
+        print(f"grid {spec.out}: {len(runs)} runs", flush=True)
+        launches, adopted = plan(runs, state)
+        execute(launches, adopted, launcher, state, stops)
+        if stops.received is not None:
+            raise stop(launcher, adopted, state, stops.received)
+        print(f"\n{state.count()} in {time.perf_counter() - state.started:.0f}s", flush=True)
+        for run, error, log in state.failed:
+            print(f"failed: {run.name}: {error}" + (f"\n        log: {log}" if log else ""), flush=True)
+        table = write_report(state, spec.out)
+        if table:
+            print(f"\n{table}\n-> {spec.out / REPORT_DIR}", flush=True)
+        return state

@@ -14,6 +14,7 @@ import submitit
 import submitit.helpers
 
 from kdistill.errors import KdistillError
+from kdistill.files import reported_write
 from kdistill.grid.launch import Launch, run_to_completion
 
 SUBMITIT_DIR = "submitit"
@@ -66,6 +67,10 @@ class SubmititLauncher:
     def running(self) -> list:
         return self.jobs
 
+    def stop(self, signum: int) -> list[tuple[Launch, int]]:
+        """The submitted jobs are the cluster's: they run on (a rerun of the grid waits for them)."""
+        return []
+
     def finished(self) -> list[tuple[Launch, int]]:
         done, still = [], []
         for launch, job in self.jobs:
@@ -77,7 +82,7 @@ class SubmititLauncher:
             except Exception as error:  # noqa: BLE001 - a cancelled or crashed job fails its run only
                 message = str(error).strip().splitlines()
                 code = 1
-                with open(launch.run.log, "a") as log:
+                with reported_write(launch.log), open(launch.log, "a") as log:
                     log.write(f"submitit job {job.job_id} failed: {message[-1] if message else type(error).__name__}\n")
             done.append((launch, code))
         self.jobs = still

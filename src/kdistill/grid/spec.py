@@ -28,11 +28,14 @@ import yaml
 
 from kdistill.errors import KdistillError
 from kdistill.methods import TEACHER_FREE_METHOD, method_class
+from kdistill.yaml_file import read_yaml_mapping
 
 TEACHERS_DIR = "teachers"
 LOGS_DIR = "logs"
 REPORT_DIR = "report"
+GRID_LOCK = "grid.lock"  # held by the grid that runs in the folder
 TEACHER_CACHE_DIR = "teacher_cache"
+DTYPE_KEY = "teacher_cache_dtype"
 LAUNCHERS = ("local", "slurm", "submitit-local")
 # Model-name prefixes that contain the pair separator ':' themselves (timm:<name>, tv:<name>).
 MODEL_PREFIXES = ("timm", "tv")
@@ -53,8 +56,18 @@ class GridRun:
     seed: int
     recipe: str | None
     overrides: list[str]
-    log: Path
+    logs: Path  # the stem of its logs: one file per attempt, <logs>.<attempt>.log
     needs: str | None = None  # name of the grid's teacher run this run reads
+
+    def attempt_log(self, attempt: int) -> Path:
+        return self.logs.with_name(f"{self.logs.name}.{attempt}.log")
+
+    def next_log(self) -> Path:
+        """The log of the run's next attempt (the first number without a file)."""
+        attempt = 1
+        while self.attempt_log(attempt).exists():
+            attempt += 1
+        return self.attempt_log(attempt)
 
     @property
     def title(self) -> str:
@@ -190,8 +203,8 @@ def load_spec(spec_file: str | None, flags: dict[str, Any], extra_overrides: lis
     return spec
 
 
-def _log_path(out: Path, name: str) -> Path:
-    return out / LOGS_DIR / (name.replace("/", "_") + ".log")
+def _log_stem(out: Path, name: str) -> Path:
+    return out / LOGS_DIR / name.replace("/", "_")
 
 
 def _recipe(spec: GridSpec, *parts: str) -> str | None:
@@ -205,22 +218,26 @@ def _recipe(spec: GridSpec, *parts: str) -> str | None:
     return str(path)
 
 
-def teacher_cache_overrides(out: Path, teacher: str | None, seed: int) -> list[str]:
-    """Runs that share a teacher and a seed (and the grid's data) share one teacher cache, when this
-    kdistill has the `teacher_cache=` option; the cache itself refuses a mismatching run."""
-    from kdistill.config import RunConfig
-
-    if teacher is None or "teacher_cache" not in RunConfig.__dataclass_fields__:
+def teacher_cache_overrides(out: Path, teacher: str | None, seed: int, recipe: str | None,
+                            overrides: list[str]) -> list[str]:
+    """Runs that share a teacher and a seed (and the grid's data) share one teacher cache; the cache
+    itself refuses a mismatching run. It stores float32 (exact: a grid's run computes what the same
+    run alone computes) unless the recipe or the overrides choose teacher_cache_dtype."""
+    if teacher is None:
         return []
-    return [f"teacher_cache={out / TEACHER_CACHE_DIR / f'{model_folder_name(teacher)}_seed{seed}'}"]
+    cache = [f"teacher_cache={out / TEACHER_CACHE_DIR / f'{model_folder_name(teacher)}_seed{seed}'}"]
+    chosen = any(item.startswith(f"{DTYPE_KEY}=") for item in overrides) or (
+        recipe is not None and DTYPE_KEY in read_yaml_mapping(Path(recipe)))
+    return cache if chosen else [*cache, f"{DTYPE_KEY}=float32"]
 
 
 def _run(spec: GridSpec, name: str, method: str, teacher: str | None, student: str, seed: int,
          recipe: str | None, overrides: list[str], needs: str | None) -> GridRun:
     out = spec.out.resolve()
     folder = out / name
-    own = [f"seed={seed}", f"out={folder}", "progress=false", *teacher_cache_overrides(out, teacher, seed)]
-    return GridRun(name, folder, method, teacher, student, seed, recipe, [*overrides, *own], _log_path(out, name),
+    own = [f"seed={seed}", f"out={folder}", "progress=false",
+           *teacher_cache_overrides(out, teacher, seed, recipe, overrides)]
+    return GridRun(name, folder, method, teacher, student, seed, recipe, [*overrides, *own], _log_stem(out, name),
                    needs)
 
 
