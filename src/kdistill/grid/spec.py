@@ -26,9 +26,9 @@ from typing import Any
 
 import yaml
 
+from kdistill.config.yaml_file import read_yaml_mapping
 from kdistill.errors import KdistillError
 from kdistill.methods import TEACHER_FREE_METHOD, method_class
-from kdistill.yaml_file import read_yaml_mapping
 
 TEACHERS_DIR = "teachers"
 LOGS_DIR = "logs"
