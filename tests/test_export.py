@@ -200,6 +200,14 @@ def test_export_of_what_is_not_a_finished_run_is_one_line(tmp_path, capsys):
         export_run(str(tmp_path), [])
 
 
+def test_an_out_that_is_a_file_is_one_line(zoo_run, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    assert main(["export", str(zoo_run), "--out", str(taken)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"kdistill: error: --out {taken} is a file: give a folder for the exported files"]
+
+
 def test_a_damaged_safetensors_file_is_one_line(tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"not a safetensors file")

@@ -233,8 +233,11 @@ def export_run(run: str, overrides: list[str], formats: list[str] | None = None,
     dtype = torch.float16 if fp16 else torch.float32
     net = copy.deepcopy(deployable(model)).to(dtype).eval()
     composite = target.cfg.method.spec.deploys_composite
-    chosen = [ExportFormat(name) for name in formats] if formats else default_formats(model, composite)
+    chosen = list(dict.fromkeys(ExportFormat(name) for name in formats)) if formats else \
+        default_formats(model, composite)
     destination = Path(out) if out else folder.path / "export"
+    if destination.exists() and not destination.is_dir():
+        raise KdistillError(f"--out {destination} is a file: give a folder for the exported files")
     destination.mkdir(parents=True, exist_ok=True)
 
     images = next(iter(evaluation.loaders.test))["image"][:CHECK_SAMPLES].cpu().to(dtype).contiguous()
