@@ -195,6 +195,7 @@ DCD_IMAGENET_METHODS = {
     "dcd+kd": method_section("dcd+kd", temperature=4.0),
     "kd": {**method_section("kd", temperature=4.0), "w_ce": 1.0, "w_kd": 1.0},
     "crd": method_section("crd"),
+    "simkd": method_section("simkd", factor=2),  # the command of that README is SimKD's own
 }
 # DIST's ImageNet setting (its authors' configs/strategies/distill/resnet_dist.yaml, run on 8 GPUs):
 # batch 256 (32 x 8), SGD lr 0.1, x0.1 every 30 of 100 epochs, weight decay 1e-4; CE 1, DIST(1, 1, tau 1)

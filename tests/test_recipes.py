@@ -33,7 +33,7 @@ def test_every_table_pair_has_every_recipe():
     assert {p.name for p in (CONFIGS / "cifar100" / "kdsvd").glob("*.yaml")} == \
         {p.name for p in (CONFIGS / "cifar100" / "fsp").glob("*.yaml")}
     assert len(list((CONFIGS / "cifar100" / "teachers").glob("*.yaml"))) == 6
-    for method in ("crld", "dkd", "dcd", "dcd+kd", "kd", "crd", "dist"):
+    for method in ("crld", "dkd", "dcd", "dcd+kd", "kd", "crd", "dist", "simkd"):
         assert {p.stem for p in (CONFIGS / "imagenet" / method).glob("*.yaml")} == {"resnet34_resnet18",
                                                                                   "resnet50_mobilenetv1_100"}
 
