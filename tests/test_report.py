@@ -196,3 +196,20 @@ def test_a_baseline_of_another_recipe_is_labelled_and_compares_nothing(tmp_path)
         "| dcd | 75.00 (1) ↑ | 75.00 (1) ↑ |  |",  # above the user's KD; no vanilla of its recipe
         "| dcd+kd | 64.00 (1) ↑ | - | +100.00% |",  # the demo's own: (64 - 62) / (62 - 60)
     ]
+
+
+def test_the_report_says_which_runs_read_which_teacher_cache(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs / "vanilla", "vanilla", "resnet8x4", None, 72.5, config=[])
+    write_run(runs / "kd", "kd", "resnet8x4", "resnet32x4", 73.0, config=[])
+    write_run(runs / "kd_exact", "kd", "resnet8x4", "resnet32x4", 73.1, seed=1,
+              config=[f"teacher_cache={tmp_path / 'c32'}", "teacher_cache_dtype=float32"])
+    write_run(runs / "kd_half", "kd", "resnet8x4", "resnet32x4", 73.2, seed=2,
+              config=[f"teacher_cache={tmp_path / 'c16'}", "teacher_cache_dtype=float16"])
+    report = build_report([str(runs)], tmp_path / "out")
+    note = ("teacher outputs: read from a float16 teacher cache (rounded) in 1 run(s): kd_half; "
+            "read from a float32 teacher cache (exact) in 1 run(s); computed by the teacher in 1 run(s)")
+    assert note in report["markdown"] and note in (tmp_path / "out/table.md").read_text()
+    assert report["teacher_outputs"] == {str(runs / "kd"): "the teacher", str(runs / "kd_exact"):
+                                         "a float32 teacher cache", str(runs / "kd_half"): "a float16 teacher cache",
+                                         str(runs / "vanilla"): None}
