@@ -17,7 +17,8 @@ from pathlib import Path
 from kdistill.cli import parse_with_overrides
 from kdistill.config.loading import load_config
 from kdistill.engine import train_run
-from kdistill.run_folder import RunFolder
+from kdistill.methods import method_class
+from kdistill.run_folder import RunFolder, RunResults
 
 DEFAULT_METHODS = ["vanilla", "kd", "dcd", "dcd+kd", "crd", "crd+kd", "crld"]
 
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parse_with_overrides(parser, argv)
 
 
-def finished_or_train(overrides: list[str], out: Path) -> dict:
+def finished_or_train(overrides: list[str], out: Path) -> RunResults:
     """Reuse a finished run folder, so an interrupted comparison continues where it stopped."""
     if RunFolder(out).is_finished():
         return RunFolder(out).read_results()
@@ -58,29 +59,30 @@ def main() -> None:
         for seed in args.seeds:
             overrides = [*common, f"student={args.student}", f"epochs={args.epochs}", f"seed={seed}",
                          f"method.name={method}"]
-            if method != "vanilla":
+            if method_class(method).needs_teacher:
                 overrides += [f"teacher={args.teacher}", f"teacher_checkpoint={teacher_dir}"]
             result = finished_or_train(overrides, out / method / f"seed{seed}")
-            print(f"{method} seed {seed}: top-1 {result['top1_last']:.2f}", flush=True)
+            print(f"{method} seed {seed}: top-1 {result.top1_last:.2f}", flush=True)
             runs.append(result)
     # Not results.json: that name is a run folder's, and this folder is not a run.
-    (out / "comparison.json").write_text(json.dumps({"teacher": teacher, "runs": runs}, indent=2) + "\n")
+    (out / "comparison.json").write_text(json.dumps({"teacher": teacher.to_dict(),
+                                                     "runs": [run.to_dict() for run in runs]}, indent=2) + "\n")
     table = format_table(teacher, runs, args)
     (out / "table.md").write_text(table + "\n")
     print(table)
 
 
-def format_table(teacher: dict, runs: list[dict], args: argparse.Namespace) -> str:
-    lines = [f"{args.data}: teacher {args.teacher} ({args.teacher_epochs} epochs) top-1 {teacher['top1_last']:.2f}; "
+def format_table(teacher: RunResults, runs: list[RunResults], args: argparse.Namespace) -> str:
+    lines = [f"{args.data}: teacher {args.teacher} ({args.teacher_epochs} epochs) top-1 {teacher.top1_last:.2f}; "
              f"student {args.student}, {args.epochs} epochs, seeds {args.seeds}", "",
              "| method | top-1 last (mean ± std) | top-1 best (mean ± std) | train time per run (s) |",
              "|---|---|---|---|"]
     for method in args.methods:
-        rows = [run for run in runs if run["method"] == method]
-        last = [run["top1_last"] for run in rows]
-        best = [run["top1_best"] for run in rows]
+        rows = [run for run in runs if run.method == method]
+        last = [run.top1_last for run in rows]
+        best = [run.top1_best for run in rows]
         spread = lambda values: statistics.stdev(values) if len(values) > 1 else 0.0
-        seconds = statistics.mean(run["train_time_s"] for run in rows)
+        seconds = statistics.mean(run.train_time_s for run in rows)
         lines.append(f"| {method} | {statistics.mean(last):.2f} ± {spread(last):.2f} | "
                      f"{statistics.mean(best):.2f} ± {spread(best):.2f} | {seconds:.0f} |")
     return "\n".join(lines)

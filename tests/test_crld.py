@@ -220,7 +220,7 @@ def test_short_run_through_the_engine(teacher_run, tmp_path):
                              f"teacher_checkpoint={teacher_run}", f"out={out}"]
     results = train_run(load_config(None, overrides))
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert results["method"] == "crld" and results["top1_last"] == metrics["test/top1"]
+    assert results.method == "crld" and results.top1_last == metrics["test/top1"]
     for key in ("train/ce", "train/crld", "train/crld_within_view", "train/crld_cross_view", "train/crld_weak_kept"):
         assert math.isfinite(metrics[key]), key
     assert metrics["train/loss"] == pytest.approx(metrics["train/ce"] + metrics["train/crld"], rel=1e-5)

@@ -41,7 +41,7 @@ def grid(*arguments: str) -> subprocess.CompletedProcess:
 
 
 def top1(run: Path) -> float:
-    return RunFolder(run).read_results()["top1_last"]
+    return RunFolder(run).read_results().top1_last
 
 
 def attempts(out: Path, run: str) -> int:

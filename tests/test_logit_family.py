@@ -350,7 +350,7 @@ def test_warmup_follows_the_epoch_across_a_resume(teacher_run, tmp_path, monkeyp
         train_run(load_config(None, overrides))
     monkeypatch.undo()
     results = train_run(load_config(None, overrides + ["resume=true"]))
-    assert results["method"] == "dkd"
+    assert results.method == "dkd"
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["train/dkd_warmup"] for line in lines] == pytest.approx([0.25, 0.5, 0.75])
 

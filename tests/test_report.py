@@ -8,10 +8,9 @@ import pytest
 from helpers import assert_nonblank_png, run_kdistill
 
 from kdistill import demo
-from kdistill.config import config_to_dict
 from kdistill.errors import KdistillError
 from kdistill.report import build_report, relative_improvement
-from kdistill.run_folder import RunFolder
+from kdistill.run_folder import RunFolder, RunResults
 
 
 def write_run(folder: Path, method: str, student: str, teacher: str | None, top1_last: float,
@@ -25,10 +24,10 @@ def write_run(folder: Path, method: str, student: str, teacher: str | None, top1
 
         cfg = load_config(None, [f"student={student}", f"method.name={method}", "data.name=cifar100", f"seed={seed}",
                                  f"out={folder}", *([f"teacher={teacher}"] if teacher else []), *config])
-        RunFolder(folder).write_config(config_to_dict(cfg))
-    results = {"method": method, "student": student, "teacher": teacher, "dataset": "cifar100", "seed": seed,
-               "top1_last": top1_last, "top1_best": top1_last if top1_best is None else top1_best}
-    (folder / "results.json").write_text(json.dumps(results))
+        RunFolder(folder).write_config(cfg)
+    best = top1_last if top1_best is None else top1_best
+    RunFolder(folder).write_results(RunResults(student, teacher, method, "cifar100", seed, 240, top1_last, None, best,
+                                               best, 240, 1.0, 1.0, 1000))
     if history is not None:
         (folder / "metrics.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in history))
     return folder

@@ -47,7 +47,7 @@ def test_a_changed_configuration_is_refused_naming_the_keys_and_nothing_is_writt
 
 def test_more_epochs_train_on_and_the_change_is_recorded(run, finished_run):
     results = resume(run, "epochs=2", "progress=true")
-    assert results["epochs"] == 2 and [m["epoch"] for m in RunFolder(run).read_metrics()] == [1, 2]
+    assert results.epochs == 2 and [record.epoch for record in RunFolder(run).read_metrics()] == [1, 2]
     assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 2
     change = json.loads((run / "config_changes.jsonl").read_text())
     moved = change["changes"].pop("out")  # the test copied the run folder: allowed, and recorded

@@ -109,7 +109,7 @@ def test_a_simkd_run_is_evaluated_through_the_teachers_classifier(tmp_path):
     evaluated = run_kdistill("eval", str(run))
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads((run / "eval_last.json").read_text())
-    assert report["top1"] == pytest.approx(results["top1_last"])
+    assert report["top1"] == pytest.approx(results.top1_last)
     knn = run_kdistill("knn", str(run), "--k", "5", "progress=false")
     assert knn.returncode == 0, knn.stderr
 

@@ -382,7 +382,7 @@ def test_a_topk_cache_trains_kd_and_is_refused_where_it_cannot_serve(setup, tmp_
     args = run_args(setup, "kd", tmp_path / "run", f"teacher_cache={cache}", "teacher_cache_topk=2", "epochs=1",
                     "steps_per_epoch=2")
     results = train_run(load_config(None, args))
-    assert results["top1_last"] is not None
+    assert results.top1_last is not None
     manifest = json.loads((cache / MANIFEST_FILE).read_text())
     # 2 logits (float16) + 2 classes (int16) + the rest's log-sum-exp (float32) per sample.
     assert manifest["teacher_cache_topk"] == 2 and (cache / "epoch_0000.image.bin").stat().st_size == 96 * 12

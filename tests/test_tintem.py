@@ -385,7 +385,7 @@ def test_a_short_run_from_the_embedded_recipe(embedded_teacher, tmp_path, method
     cfg = load_config(str(recipe), [*QUICK, f"teacher_checkpoint={embedded_teacher}", f"out={tmp_path / method}"])
     assert cfg.method.name == method and cfg.teacher == "resnet20" and cfg.student == "resnet8"
     results = train_run(cfg)
-    assert results["method"] == method
+    assert results.method == method
     metrics = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
     assert math.isfinite(metrics[-1][f"train/{method}"]) and metrics[-1][f"train/{method}"] > 0
     if method == "tintem":

@@ -14,6 +14,7 @@ from kdistill.engine import train_run
 from kdistill.errors import KdistillError
 from kdistill.models import create_model, load_checkpoint
 from kdistill.models.checkpoint import atomic_save
+from kdistill.run_folder import EpochRecord, RunFolder, RunResults
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -27,8 +28,8 @@ def test_short_training_run_lowers_the_loss_and_writes_its_files(tmp_path):
     metrics = read_metrics(run)
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert metrics[-1]["train/loss"] < 0.8 * metrics[0]["train/loss"]
-    assert results["top1_last"] == metrics[-1]["test/top1"] > 30.0  # 10 classes: chance is 10%
-    assert results["top1_best"] == max(m["test/top1"] for m in metrics)
+    assert results.top1_last == metrics[-1]["test/top1"] > 30.0  # 10 classes: chance is 10%
+    assert results.top1_best == max(m["test/top1"] for m in metrics)
     saved = load_config(str(run / "config.yaml"))
     assert saved.optim.lr == 0.05 and saved.epochs == 3
     model = create_model("resnet8", num_classes=10, in_chans=1)
@@ -91,3 +92,26 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path):
     timing = ("img_per_s", "epoch_time_s", "data_wait_fraction")
     strip = lambda rows: [{k: v for k, v in row.items() if k not in timing} for row in rows]
     assert strip(read_metrics(killed_run)) == strip(read_metrics(tmp_path / "a"))
+
+
+def test_metrics_lines_and_results_are_read_back_as_their_schemas(tmp_path):
+    folder = RunFolder(tmp_path)
+    record = EpochRecord("train", 2, 3, 0.05, {"ce": 1.5, "loss": 1.5, "top1": 40.0},
+                         {"test": {"top1": 38.0, "top5": 80.0}}, 120.0, 3.5, 0.1, "fp32")
+    folder.append_metrics(record)
+    # the line keeps the flat layout of earlier versions, so their metrics files stay readable
+    line = json.loads(folder.metrics_path.read_text())
+    assert line == {"phase": "train", "epoch": 2, "global_epoch": 3, "lr": 0.05, "train/ce": 1.5, "train/loss": 1.5,
+                    "train/top1": 40.0, "img_per_s": 120.0, "epoch_time_s": 3.5, "data_wait_fraction": 0.1,
+                    "precision": "fp32", "test/top1": 38.0, "test/top5": 80.0}
+    assert folder.read_metrics() == [record]
+    assert (record.accuracy("test"), record.accuracy("train"), record.accuracy("val")) == (38.0, 40.0, None)
+    assert record.loss_terms() == {"ce": 1.5, "loss": 1.5}
+    assert record.summary() == "train/loss=1.5 test/top1=38" and "global_epoch" not in record.scalars()
+    results = RunResults("resnet8", "resnet20", "kd", "embedded", 1, 3, 38.0, 80.0, 39.0, 81.0, 2, 10.0, 11.0, 7,
+                         extra={"reused": True})
+    folder.write_results(results)
+    assert folder.read_results() == results and json.loads(folder.results_path.read_text())["reused"] is True
+    folder.results_path.write_text(json.dumps({"method": "kd"}))
+    with pytest.raises(KdistillError, match="is not a kdistill results file"):
+        folder.read_results()

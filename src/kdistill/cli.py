@@ -8,8 +8,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kdistill.errors import KdistillError
+
+if TYPE_CHECKING:  # the CLI imports torch-heavy modules only in the command that needs them
+    from kdistill.run_folder import RunResults
 
 EPILOG = """options are config keys given as key=value, e.g.
   kdistill train student=resnet32x4 data.name=cifar100 data.root=./data/cifar100 out=runs/t
@@ -113,10 +117,9 @@ def command_cache(args: argparse.Namespace) -> None:
           f"({filled} epoch files computed now)")
 
 
-def _print_results(results: dict) -> None:
-    print(f"{results['method']} {results['student']}: top-1 last {results['top1_last']:.2f}, "
-          f"best {results['top1_best']:.2f} (epoch {results['best_epoch']}), "
-          f"time {results['train_time_s']:.0f}s")
+def _print_results(results: "RunResults") -> None:
+    print(f"{results.method} {results.student}: top-1 last {results.top1_last:.2f}, "
+          f"best {results.top1_best:.2f} (epoch {results.best_epoch}), time {results.train_time_s:.0f}s")
 
 
 # ---- the evaluation commands: one table -------------------------------------------------------

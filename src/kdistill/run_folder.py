@@ -17,14 +17,17 @@ reader skips a torn last line (what a full disk can leave).
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from kdistill.config import RunConfig, config_to_dict, recorded_config
 from kdistill.config.yaml_file import read_yaml_mapping
 from kdistill.errors import KdistillError
 from kdistill.files import TEMP_SUFFIX, also_intact, atomic_write_text, lock_holder, reported_write, try_lock
@@ -39,6 +42,101 @@ CONFIG_CHANGES_FILE = "config_changes.jsonl"
 LOCK_FILE = "run.lock"
 TENSORBOARD_DIR = "tensorboard"
 WEIGHTS = ("last", "best")
+EVALUATED_SPLITS = ("test", "val")
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch of a run: a line of metrics.jsonl. The line keeps the flat layout of earlier
+    versions (`train/<term>`, `test/top1`, ...), so every metrics file stays readable."""
+
+    phase: str  # "init" (a method's initialisation phase) or "train"
+    epoch: int  # within its phase, from 1
+    global_epoch: int  # over all phases, from 1
+    lr: float  # at the epoch's start
+    train: dict[str, float]  # mean per step of each logged term and extra, "loss" (the weighted total), "top1"
+    evaluation: dict[str, dict[str, float]]  # split ("test", "val") -> its metrics (top1, top5)
+    img_per_s: float
+    epoch_time_s: float
+    data_wait_fraction: float  # near 1: the input pipeline, not the step, is the wall
+    precision: str
+    nonfinite_steps: int | None = None  # steps skipped for a non-finite loss (nonfinite=skip runs)
+
+    TIMING_FIELDS = ("img_per_s", "epoch_time_s", "data_wait_fraction")  # differ between equal runs
+
+    TOTAL = "loss"  # the weighted total, among the train means
+
+    def accuracy(self, split: str = "test") -> float | None:
+        """Top-1 (%) on `split` ("train": over the epoch's training steps); None when it was not measured."""
+        values = self.train if split == "train" else self.evaluation.get(split, {})
+        return values.get("top1")
+
+    def loss_terms(self) -> dict[str, float]:
+        """The train means of the loss terms, the weighted total and the logged extras (no accuracy)."""
+        return {name: value for name, value in self.train.items() if name != "top1"}
+
+    def scalars(self) -> dict[str, float]:
+        """The line's measured values (everything but the epoch counters and the precision), e.g. for TensorBoard."""
+        counters = {"phase", "epoch", "global_epoch", "precision"}
+        return {name: value for name, value in self.to_line().items() if name not in counters}
+
+    def summary(self) -> str:
+        """The progress line's values: the weighted total's train mean and the evaluated top-1s."""
+        values = {f"train/{self.TOTAL}": self.train.get(self.TOTAL),
+                  **{f"{split}/top1": self.accuracy(split) for split in self.evaluation}}
+        return " ".join(f"{name}={value:.4g}" for name, value in values.items() if value is not None)
+
+    def to_line(self) -> dict[str, Any]:
+        line: dict[str, Any] = {"phase": self.phase, "epoch": self.epoch, "global_epoch": self.global_epoch,
+                                "lr": self.lr, **{f"train/{name}": value for name, value in self.train.items()}}
+        if self.nonfinite_steps is not None:
+            line["nonfinite_steps"] = self.nonfinite_steps
+        line |= {name: getattr(self, name) for name in (*self.TIMING_FIELDS, "precision")}
+        for split, values in self.evaluation.items():
+            line |= {f"{split}/{name}": value for name, value in values.items()}
+        return line
+
+    @classmethod
+    def from_line(cls, line: dict[str, Any]) -> "EpochRecord":
+        train = {key.removeprefix("train/"): value for key, value in line.items() if key.startswith("train/")}
+        evaluation = {split: {key.removeprefix(f"{split}/"): value for key, value in line.items()
+                              if key.startswith(f"{split}/")} for split in EVALUATED_SPLITS}
+        return cls(line["phase"], line["epoch"], line["global_epoch"], line["lr"], train,
+                   {split: values for split, values in evaluation.items() if values},
+                   *(line[name] for name in cls.TIMING_FIELDS), line.get("precision", "fp32"),
+                   line.get("nonfinite_steps"))
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """A finished run's summary: results.json."""
+
+    student: str
+    teacher: str | None  # None: trained without a teacher (the vanilla model)
+    method: str
+    dataset: str
+    seed: int
+    epochs: int
+    top1_last: float | None  # test top-1 (%) after the last epoch
+    top5_last: float | None
+    top1_best: float  # the best test top-1 over the epochs, and when
+    top5_best: float
+    best_epoch: int
+    train_time_s: float
+    wall_time_s: float
+    student_params: int
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept on a round trip
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        return {**{key: value for key, value in values.items() if key != "extra"}, **self.extra}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunResults":
+        """KeyError or TypeError when `values` lacks a field of the schema."""
+        names = [item.name for item in dataclasses.fields(cls) if item.name != "extra"]
+        return cls(**{name: values[name] for name in names},
+                   extra={key: value for key, value in values.items() if key not in names})
 
 
 class RunFolder:
@@ -127,11 +225,29 @@ class RunFolder:
         the run keeps."""
         return also_intact(self.kept_state())
 
+    # ---- lifecycle --------------------------------------------------------------------------
+    def prepare(self, resume: bool) -> None:
+        """Create the folder and lock it for this process; refuse to overwrite a run that is there
+        unless resuming it; remove what a killed save left."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write_test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise KdistillError(f"output folder '{self.path}' cannot be written ({error.strerror}): "
+                                "choose another out=<folder>") from None
+        self.lock()
+        if not resume and (self.has_resume_state() or self.is_finished()):
+            raise KdistillError(f"output folder '{self.path}' already holds a run: pass resume=true to continue it, "
+                                "or choose another out=<folder>")
+        self.remove_temporary_files()
+
     # ---- config ---------------------------------------------------------------------------
-    def write_config(self, values: dict[str, Any]) -> None:
-        """config.yaml from plain values (`kdistill.config.config_to_dict`)."""
+    def write_config(self, cfg: RunConfig) -> None:
+        """config.yaml: the configuration the run trains with, without one invocation's resume flags."""
         with self._writing(self.config_path):
-            atomic_write_text(self.config_path, yaml.safe_dump(values, sort_keys=False))
+            atomic_write_text(self.config_path, yaml.safe_dump(config_to_dict(recorded_config(cfg)), sort_keys=False))
 
     def read_config(self) -> dict[str, Any]:
         """The saved configuration as plain nested dicts (`kdistill.config.loading.load_config` types it)."""
@@ -144,14 +260,14 @@ class RunFolder:
             file.write(json.dumps(change) + "\n")
 
     # ---- metrics --------------------------------------------------------------------------
-    def append_metrics(self, entry: dict[str, Any]) -> None:
+    def append_metrics(self, record: EpochRecord) -> None:
         """Append one epoch's line whole and fsync it, so it is on disk with its checkpoint."""
         with self._writing(self.metrics_path), open(self.metrics_path, "a") as file:
-            file.write(json.dumps(entry) + "\n")
+            file.write(json.dumps(record.to_line()) + "\n")
             file.flush()
             os.fsync(file.fileno())
 
-    def read_metrics(self) -> list[dict[str, Any]]:
+    def read_metrics(self) -> list[EpochRecord]:
         """Every whole line of metrics.jsonl; a torn line (a kill or a full disk mid-write) is
         skipped with a warning."""
         if not self.metrics_path.is_file():
@@ -161,13 +277,8 @@ class RunFolder:
             if not line.strip():
                 continue
             try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                torn += 1
-                continue
-            if isinstance(entry, dict):
-                entries.append(entry)
-            else:
+                entries.append(EpochRecord.from_line(json.loads(line)))
+            except (json.JSONDecodeError, TypeError, KeyError, AttributeError):
                 torn += 1
         if torn:
             print(f"warning: skipped {torn} torn line(s) in {self.metrics_path}", file=sys.stderr)
@@ -178,25 +289,23 @@ class RunFolder:
         writing a new file and renaming it into place: a kill during the trim loses nothing."""
         if not self.metrics_path.is_file():
             return
-        kept = [entry for entry in self.read_metrics() if entry.get("global_epoch", 0) <= last_global_epoch]
+        kept = [record for record in self.read_metrics() if record.global_epoch <= last_global_epoch]
         with self._writing(self.metrics_path):
-            atomic_write_text(self.metrics_path, "".join(json.dumps(entry) + "\n" for entry in kept))
+            atomic_write_text(self.metrics_path, "".join(json.dumps(record.to_line()) + "\n" for record in kept))
 
     # ---- results --------------------------------------------------------------------------
-    def write_results(self, results: dict[str, Any]) -> None:
+    def write_results(self, results: RunResults) -> None:
         with self._writing(self.results_path):
-            atomic_write_text(self.results_path, json.dumps(results, indent=2) + "\n")
+            atomic_write_text(self.results_path, json.dumps(results.to_dict(), indent=2) + "\n")
 
-    def read_results(self) -> dict[str, Any]:
+    def read_results(self) -> RunResults:
         try:
-            results = json.loads(self.results_path.read_text())
+            return RunResults.from_dict(json.loads(self.results_path.read_text()))
         except FileNotFoundError:
             raise KdistillError(f"'{self.path}' holds no {RESULTS_FILE}: the run has not finished") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            results = None
-        if not isinstance(results, dict):
-            raise KdistillError(f"{self.results_path} is not a kdistill results file: delete it or re-run the training")
-        return results
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+            raise KdistillError(f"{self.results_path} is not a kdistill results file ({type(error).__name__}: "
+                                f"{error}): delete it or re-run the training") from None
 
     # ---- weights and resume state ---------------------------------------------------------
     def save_weights(self, model, which: str, **info: Any) -> None:

@@ -10,9 +10,9 @@ from kdistill.config.loading import load_config
 from kdistill.distributed import barrier, is_main_process
 from kdistill.engine.setup import build_run, resolve_run
 from kdistill.engine.teacher_cache import TeacherCache
-from kdistill.engine.trainer import Trainer, prepare_out_dir
+from kdistill.engine.trainer import Trainer
 from kdistill.errors import KdistillError
-from kdistill.run_folder import RunFolder
+from kdistill.run_folder import RunFolder, RunResults
 
 
 @dataclass
@@ -59,7 +59,7 @@ def check_resume(run: RunFolder, cfg: RunConfig) -> ResumeCheck | None:
     return ResumeCheck(changes, forced, finished)
 
 
-def train_run(cfg: RunConfig) -> dict[str, Any]:
+def train_run(cfg: RunConfig) -> RunResults:
     """Train (or resume) the run that `cfg` describes; returns its results, also in results.json.
 
     Resuming a finished run returns its results untouched unless `epochs` grew. Under torchrun
@@ -73,7 +73,7 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     parts = build_run(resolved)  # joins the torchrun process group, if any
     try:
         if is_main_process():
-            prepare_out_dir(run, cfg.resume)  # takes the run's lock
+            run.prepare(cfg.resume)  # takes the run's lock
             if check is not None and check.changes:
                 run.record_config_change({
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -11,12 +11,10 @@ resumed); a non-finite loss (the run stops before anything computed from it is s
 the step with `nonfinite=skip`).
 """
 
-import os
+import dataclasses
 import random
 import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,16 +24,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from kdistill.accuracy import evaluate
-from kdistill.config import NonFinite, RunConfig, config_to_dict, recorded_config
+from kdistill.config import NonFinite, RunConfig
 from kdistill.data import Loaders
 from kdistill.data.batch import channels_last_views
-from kdistill.distributed import barrier, broadcast_buffers, is_distributed, is_main_process, sum_over_ranks
+from kdistill.distributed import barrier, broadcast_buffers, is_distributed, is_main_process
 from kdistill.engine.schedule import build_optimizer, build_scheduler
+from kdistill.engine.stops import NonFiniteWatch, Signalled, StopSignals
 from kdistill.engine.teacher_cache import TeacherCache
 from kdistill.errors import KdistillError, RunStopped
 from kdistill.methods import Distiller
 from kdistill.precision import autocast, autocast_dtype, grad_scaler
-from kdistill.run_folder import RunFolder
+from kdistill.run_folder import EVALUATED_SPLITS, EpochRecord, RunFolder, RunResults
 
 EXIT_NONFINITE = 3
 BAR_REFRESH_STEPS = 20  # steps between progress-bar postfix updates (each reads the sums: a host sync)
@@ -47,24 +46,6 @@ BAR_REFRESH_STEPS = 20  # steps between progress-bar postfix updates (each reads
 # run before any weight or checkpoint computed after it reaches the disk. `nonfinite=skip`
 # decides before each optimizer step, so it reads every step.
 NONFINITE_CHECK_WINDOW = BAR_REFRESH_STEPS
-
-
-def prepare_out_dir(run: RunFolder, resume: bool) -> None:
-    """Create the run folder and lock it for this process; refuse to overwrite a run that is
-    there unless resuming it."""
-    try:
-        run.path.mkdir(parents=True, exist_ok=True)
-        probe = run.path / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise KdistillError(f"output folder '{run.path}' cannot be written ({error.strerror}): "
-                            "choose another out=<folder>") from None
-    run.lock()
-    if not resume and (run.has_resume_state() or run.is_finished()):
-        raise KdistillError(f"output folder '{run.path}' already holds a run: pass resume=true to continue it, "
-                            "or choose another out=<folder>")
-    run.remove_temporary_files()  # left by a save that a kill interrupted
 
 
 @dataclass
@@ -91,80 +72,6 @@ class EpochTally:
     seen: int = 0
     labelled: int = 0
     seconds: float = 0.0  # training time
-
-
-class NonFiniteWatch:
-    """Flags of the steps not yet checked: isfinite of each step's total and terms, kept on the
-    device until `first_non_finite` reads them all at once (one host sync)."""
-
-    def __init__(self):
-        self.pending: list[tuple[int, list[str], Tensor]] = []
-
-    def add(self, step: int, total: Tensor, terms: dict[str, Tensor]) -> None:
-        values = torch.stack([total.detach(), *(value.detach() for value in terms.values())])
-        self.pending.append((step, list(terms), torch.isfinite(values)))
-
-    def first_non_finite(self) -> tuple[int, list[str]] | None:
-        """(step, non-finite terms) of the first pending step whose total was non-finite on any rank."""
-        if not self.pending:
-            return None
-        pending, self.pending = self.pending, []
-        bad = sum_over_ranks(torch.cat([flags for _, _, flags in pending]).logical_not().int()).cpu().tolist()
-        offset = 0
-        for step, names, flags in pending:
-            if bad[offset]:
-                return step, [name for name, count in zip(names, bad[offset + 1 :]) if count]
-            offset += len(flags)
-        return None
-
-
-class _Signalled(BaseException):
-    """Raised in the main thread by SIGINT/SIGTERM during training: abandons the current step."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-class StopSignals:
-    """While active, SIGINT and SIGTERM raise `_Signalled` in the training process; a signal that
-    arrives inside `deferred()` (a save) waits for the block to finish. DataLoader workers (forked
-    children) ignore them: the training process stops them as it ends."""
-
-    HANDLED = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.pid = os.getpid()
-        self.deferring = False
-        self.pending: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():  # only there can handlers be set
-            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.HANDLED}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, frame) -> None:
-        if os.getpid() != self.pid:
-            return
-        if self.deferring:
-            self.pending = signum
-            return
-        raise _Signalled(signum)
-
-    @contextmanager
-    def deferred(self):
-        self.deferring = True
-        try:
-            yield
-        finally:
-            self.deferring = False
-        if self.pending is not None:
-            raise _Signalled(self.pending)
 
 
 class Trainer:
@@ -200,7 +107,7 @@ class Trainer:
         self.scaler = grad_scaler(device, self.autocast_dtype)
         self.start_epoch = 0  # counted over all phases
         self.start_tally: dict[str, Any] | None = None  # of start_epoch, when resuming within it
-        self.last_metrics: dict[str, Any] | None = None  # the last finished epoch's log line
+        self.last_metrics: EpochRecord | None = None  # the last finished epoch's log line
         self.resumable: str | None = None  # what the newest saved resume state continues from
         self.signals = StopSignals()
         self.best = {"top1": -1.0, "top5": -1.0, "epoch": -1}
@@ -231,7 +138,8 @@ class Trainer:
         into the next one when a tally is given."""
         return {
             "epoch": finished_epochs - 1,  # the last finished epoch (from 0)
-            "metrics": self.last_metrics,  # its log line, restored if a kill lost it after the save
+            # its log line, restored if a kill lost it after the save
+            "metrics": None if self.last_metrics is None else self.last_metrics.to_line(),
             "tally": None if tally is None else vars(tally),
             "method": self.distiller.trainable_state_dict(),
             "phases": {phase.name: {"optimizer": phase.optimizer.state_dict(),
@@ -276,14 +184,14 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
         self.start_epoch = state["epoch"] + 1
         self.start_tally = state.get("tally")
-        self.last_metrics = state["metrics"]
+        self.last_metrics = None if state["metrics"] is None else EpochRecord.from_line(state["metrics"])
         steps = None if self.start_tally is None else self.start_tally["steps"]
         self.resumable = self._position(self.start_epoch, steps)
         if self.is_main:
             # The log holds exactly the epochs this state covers: later lines (killed before
             # their save) go, and the last finished epoch's line comes back if a kill lost it.
             self.run.trim_metrics(self.start_epoch)
-            lost = not any(entry.get("global_epoch") == self.start_epoch for entry in self.run.read_metrics())
+            lost = not any(record.global_epoch == self.start_epoch for record in self.run.read_metrics())
             if self.last_metrics is not None and lost:
                 self.run.append_metrics(self.last_metrics)
         return True
@@ -303,8 +211,8 @@ class Trainer:
                                 "give a trained teacher's weights")
 
     # ---- the loop ------------------------------------------------------------------------
-    def train_epoch(self, phase: Phase, epoch: int, global_epoch: int, tally: EpochTally) -> dict[str, float]:
-        """Train the rest of an epoch (`tally.steps` are done) and return its train metrics."""
+    def train_epoch(self, phase: Phase, epoch: int, global_epoch: int, tally: EpochTally) -> EpochRecord:
+        """Train the rest of an epoch (`tally.steps` are done) and return its record (not yet evaluated)."""
         self.distiller.set_phase(phase.name)
         if phase.name == "init":
             self.distiller.init_mode()
@@ -372,17 +280,13 @@ class Trainer:
         bar.close()
         elapsed = time.perf_counter() - started
         counted = max(tally.steps - tally.skipped, 1)
-        metrics = {f"train/{name}": float(value) / counted for name, value in tally.sums.items()}
+        train = {name: float(value) / counted for name, value in tally.sums.items()}
         if tally.labelled:
-            metrics["train/top1"] = 100.0 * float(tally.correct) / tally.labelled
-        if self.cfg.nonfinite is NonFinite.skip:
-            metrics["nonfinite_steps"] = tally.skipped
-        metrics["img_per_s"] = tally.seen / elapsed
-        metrics["epoch_time_s"] = elapsed
-        # Near 1: the input pipeline, not the step, is the wall (this process's part of the epoch).
-        metrics["data_wait_fraction"] = data_wait / max(time.perf_counter() - resumed_at, 1e-9)
-        metrics["precision"] = self.cfg.precision.value
-        return metrics
+            train["top1"] = 100.0 * float(tally.correct) / tally.labelled
+        # The data-wait fraction is this process's part of the epoch.
+        return EpochRecord(phase.name, epoch + 1, global_epoch + 1, tally.lr, train, {}, tally.seen / elapsed,
+                           elapsed, data_wait / max(time.perf_counter() - resumed_at, 1e-9), self.cfg.precision.value,
+                           tally.skipped if self.cfg.nonfinite is NonFinite.skip else None)
 
     def _non_finite_stop(self, phase: Phase, epoch: int, step: int, terms: list[str]) -> RunStopped:
         which = f"term {', '.join(terms)}" if terms else "the weighted sum of finite terms"
@@ -404,7 +308,7 @@ class Trainer:
             kept = "no checkpoint was saved yet: run the command again to start over"
         return RunStopped(f"stopped by {signal.Signals(signum).name}; {kept}", 128 + signum, prefix="")
 
-    def fit(self) -> dict[str, Any]:
+    def fit(self) -> RunResults:
         self._refuse_non_finite_teacher()
         student = self.distiller.deployed_student()  # what is evaluated and saved every epoch
         run_start = time.perf_counter()
@@ -414,7 +318,7 @@ class Trainer:
                 if self.is_main:
                     if not resumed:
                         self.run.trim_metrics(0)  # lines of a start killed before its first checkpoint
-                    self.run.write_config(config_to_dict(recorded_config(self.cfg)))
+                    self.run.write_config(self.cfg)
                 global_epoch = 0
                 for phase in self.phases:
                     for epoch in range(phase.epochs):
@@ -422,7 +326,7 @@ class Trainer:
                             self._run_epoch(phase, epoch, global_epoch, student)
                         global_epoch += 1
                 return self._finish(time.perf_counter() - run_start)
-            except _Signalled as stop:
+            except Signalled as stop:
                 raise self._signal_stop(stop.signum) from None
 
     def _run_epoch(self, phase: Phase, epoch: int, global_epoch: int, student) -> None:
@@ -430,59 +334,49 @@ class Trainer:
             tally = EpochTally(**self.start_tally)
         else:
             tally = EpochTally(lr=phase.optimizer.param_groups[0]["lr"])
-        metrics = {"phase": phase.name, "epoch": epoch + 1, "global_epoch": global_epoch + 1, "lr": tally.lr,
-                   **self.train_epoch(phase, epoch, global_epoch, tally)}
+        record = self.train_epoch(phase, epoch, global_epoch, tally)
         broadcast_buffers(student)
-        for split in ("test", "val"):
-            loader = getattr(self.loaders, split)
-            if loader is not None:
-                for name, value in evaluate(student, loader, self.autocast_dtype).items():
-                    metrics[f"{split}/{name}"] = value
-        improved = phase.name == "train" and metrics.get("test/top1", -1.0) > self.best["top1"]
+        evaluation = {split: evaluate(student, getattr(self.loaders, split), self.autocast_dtype)
+                      for split in EVALUATED_SPLITS if getattr(self.loaders, split) is not None}
+        record = dataclasses.replace(record, evaluation=evaluation)
+        accuracy = record.accuracy("test")
+        improved = phase.name == "train" and accuracy is not None and accuracy > self.best["top1"]
         if improved:
-            self.best = {"top1": metrics["test/top1"], "top5": metrics["test/top5"], "epoch": epoch + 1}
-        self.last_metrics = metrics
+            self.best = {"top1": accuracy, "top5": evaluation["test"]["top5"], "epoch": epoch + 1}
+        self.last_metrics = record
         if not self.is_main:
             return
         with self.signals.deferred():
             if phase.name == "train":
-                accuracy = metrics.get("test/top1")
                 if improved:
                     self.run.save_weights(student, "best", epoch=epoch + 1, accuracy=accuracy)
                 self.run.save_weights(student, "last", epoch=epoch + 1, accuracy=accuracy)
             # The resume state first, then the log line: a kill between them loses no epoch (resume restores the line).
             self._save_state(global_epoch + 1)
-            self._log(metrics)
+            self._log(record)
 
-    def _log(self, metrics: dict[str, Any]) -> None:
-        self.run.append_metrics(metrics)
+    def _log(self, record: EpochRecord) -> None:
+        self.run.append_metrics(record)
         if self.writer is not None:
-            for name, value in metrics.items():
-                if isinstance(value, (int, float)) and name not in ("epoch", "global_epoch"):
-                    self.writer.add_scalar(f"{metrics['phase']}/{name}", value, metrics["global_epoch"])
+            for name, value in record.scalars().items():
+                self.writer.add_scalar(f"{record.phase}/{name}", value, record.global_epoch)
             self.writer.flush()
         if self.cfg.progress:
-            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                             if k.startswith(("train/loss", "test/top", "val/top")))
             # Named by the run folder: the demo and the experiments print several runs' lines in a row.
-            tqdm.write(f"{self.run.path}: {metrics['phase']} epoch {metrics['epoch']} {shown} "
-                       f"({metrics['img_per_s']:.0f} img/s)")
+            tqdm.write(f"{self.run.path}: {record.phase} epoch {record.epoch} {record.summary()} "
+                       f"({record.img_per_s:.0f} img/s)")
 
-    def _finish(self, wall_time: float) -> dict[str, Any]:
+    def _finish(self, wall_time: float) -> RunResults:
         barrier()  # rank 0's last epoch is on disk before anyone reads it
         history = self.run.read_metrics()
-        trained = [entry for entry in history if entry["phase"] == "train"]
-        last = trained[-1]
-        results = {
-            "student": self.cfg.student, "teacher": self.cfg.teacher if self.cfg.method.spec.needs_teacher else None,
-            "method": self.cfg.method.name,
-            "dataset": self.cfg.data.name, "seed": self.cfg.seed, "epochs": self.cfg.epochs,
-            "top1_last": last.get("test/top1"), "top5_last": last.get("test/top5"),
-            "top1_best": self.best["top1"], "top5_best": self.best["top5"], "best_epoch": self.best["epoch"],
-            "train_time_s": sum(entry["epoch_time_s"] for entry in history),
-            "wall_time_s": wall_time,
-            "student_params": sum(p.numel() for p in self.distiller.deployed_student().parameters()),
-        }
+        last = [record for record in history if record.phase == "train"][-1]
+        cfg = self.cfg
+        results = RunResults(
+            cfg.student, cfg.teacher if cfg.method.spec.needs_teacher else None, cfg.method.name, cfg.data.name,
+            cfg.seed, cfg.epochs, last.accuracy("test"), last.evaluation.get("test", {}).get("top5"),
+            self.best["top1"], self.best["top5"], self.best["epoch"],
+            train_time_s=sum(record.epoch_time_s for record in history), wall_time_s=wall_time,
+            student_params=sum(p.numel() for p in self.distiller.deployed_student().parameters()))
         if self.is_main:
             self.run.write_results(results)
         if self.writer is not None:

@@ -7,6 +7,7 @@ import yaml
 
 import kdistill
 from kdistill.config import RunConfig
+from kdistill.run_folder import RunResults
 
 
 def _loading_lines(config: dict[str, Any]) -> list[str]:
@@ -44,14 +45,14 @@ def _loading_lines(config: dict[str, Any]) -> list[str]:
     return lines
 
 
-def model_card(cfg: RunConfig, results: dict[str, Any], which: str, config: dict[str, Any], checks: list,
+def model_card(cfg: RunConfig, results: RunResults, which: str, config: dict[str, Any], checks: list,
                run_config: dict[str, Any]) -> str:
-    """README.md of the export: `results` is the run's results.json, `checks` the export's checks."""
+    """README.md of the export: `results` are the run's, `checks` the export's checks."""
     prep = config["preprocessing"]
     size = prep["input_size"][-1]
     resize = math.floor(size / prep["crop_pct"] + 1e-6)  # as the evaluation (and timm) round it
-    top1, top5 = results[f"top1_{which}"], results[f"top5_{which}"]
-    weights = "last epoch" if which == "last" else f"best epoch ({results.get('best_epoch')})"
+    top1, top5 = (results.top1_last, results.top5_last) if which == "last" else (results.top1_best, results.top5_best)
+    weights = "last epoch" if which == "last" else f"best epoch ({results.best_epoch})"
     teacher = f"`{cfg.teacher}`" if cfg.teacher else "none (trained without a teacher)"
     rows = [("student", f"`{cfg.student}`"), ("teacher", teacher), ("method", f"`{cfg.method.name}`"),
             ("data", f"`{cfg.data.name}` ({config['num_classes']} classes)"), ("epochs", str(cfg.epochs)),

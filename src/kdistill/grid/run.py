@@ -53,7 +53,7 @@ class GridState:
     def finish(self, run: GridRun, note: str = "") -> None:
         self.done.append(run)
         results = RunFolder(run.folder).read_results()
-        print(f"{run.title}: top-1 {results['top1_last']:.2f}, {results['train_time_s']:.0f}s{note}   "
+        print(f"{run.title}: top-1 {results.top1_last:.2f}, {results.train_time_s:.0f}s{note}   "
               f"[{self.count()}]", flush=True)
 
     def fail(self, run: GridRun, error: str, log: Path | None = None) -> None:

@@ -25,10 +25,9 @@ from typing import Any
 from kdistill.config import EXECUTION_KEYS, flatten
 from kdistill.errors import KdistillError
 from kdistill.files import atomic_write_text
-from kdistill.run_folder import RESULTS_FILE, RunFolder
+from kdistill.run_folder import RESULTS_FILE, RunFolder, RunResults
 
-VARIANTS = {"last": "top1_last", "best": "top1_best"}  # variant -> key in results.json
-VARIANT_TITLES = {"last": "last epoch", "best": "best epoch"}
+VARIANT_TITLES = {"last": "last epoch", "best": "best epoch"}  # the top-1 of results.json: top1_last, top1_best
 TEACHER_ROW, STUDENT_ROW, REFERENCE = "teacher", "student", "kd"
 
 Pair = tuple[str, str]  # (teacher, student)
@@ -68,28 +67,25 @@ class RunResult:
     setting: Setting = ()  # the configuration without the seed: runs of one setting pool over seeds
 
 
-def run_setting(run: RunFolder, results: dict[str, Any]) -> Setting:
+def run_setting(run: RunFolder, results: RunResults) -> Setting:
     """The run's configuration without the seed and the keys that change nothing it trains; a
     hand-made folder without config.yaml is identified by its results' fields."""
     if run.is_run():
         flat = {key: value if isinstance(value, str) else json.dumps(value)
                 for key, value in flatten(run.read_config()).items()}
     else:
-        flat = {key: json.dumps(results[key]) for key in RESULT_SETTING_KEYS if key in results}
+        flat = {key: json.dumps(getattr(results, key)) for key in RESULT_SETTING_KEYS}
     return tuple(sorted((key, value) for key, value in flat.items() if key not in UNPOOLED_KEYS))
 
 
 def load_result(run: Path) -> RunResult:
     folder = RunFolder(run)
-    path = folder.results_path
     try:
-        results = json.loads(path.read_text())
-        return RunResult(run, results["method"], results["student"], results.get("teacher"), results["dataset"],
-                         results.get("seed", 0), {variant: float(results[key]) for variant, key in VARIANTS.items()},
-                         run_setting(folder, results))
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise KdistillError(f"{path} is not a kdistill results file ({type(error).__name__}: {error}); "
-                            "give folders of finished runs") from None
+        results = folder.read_results()
+    except KdistillError as error:
+        raise KdistillError(f"{error}; give folders of finished runs") from None
+    return RunResult(run, results.method, results.student, results.teacher, results.dataset, results.seed,
+                     {"last": results.top1_last, "best": results.top1_best}, run_setting(folder, results))
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -217,7 +213,7 @@ def build_tables(results: list[RunResult]) -> list[Table]:
             other != label and bases[other] == label for other in labelled)]
         settings = {label: {pair: group[0].setting for pair, group in labelled.get(label, {}).items()}
                     for label in order}
-        for variant in VARIANTS:
+        for variant in VARIANT_TITLES:
             rows = {label: {pair: Cell([run.top1[variant] for run in group], [run.seed for run in group])
                             for pair, group in labelled.get(label, {}).items()} for label in order}
             table = Table(dataset, variant, pairs, rows, {label: bases[label] for label in order}, {}, settings)
