@@ -100,12 +100,12 @@ def test_a_torn_last_metrics_line_is_skipped_and_the_run_resumes(tmp_path, monke
     # A full disk tears epoch 2's line after its resume state was saved.
     original = RunFolder.append_metrics
 
-    def torn_append(self, entry):
-        if entry["global_epoch"] == 2:
+    def torn_append(self, record):
+        if record.global_epoch == 2:
             with open(self.metrics_path, "a") as file:
-                file.write(json.dumps(entry)[:25])
+                file.write(json.dumps(record.to_line())[:25])
             raise Killed
-        original(self, entry)
+        original(self, record)
 
     monkeypatch.setattr(RunFolder, "append_metrics", torn_append)
     run = tmp_path / "run"
