@@ -8,6 +8,7 @@ reach the same Python calls as on a real full disk; torch.save's own wrapping of
 exercised."""
 
 import errno
+import json
 import os
 from pathlib import Path
 
@@ -130,3 +131,44 @@ def test_a_full_disk_is_one_line_and_the_rerun_ends_as_the_uninterrupted_run(tmp
     assert_same_weights(reference, out)
     assert without_timing(metrics_lines(out)) == without_timing(metrics_lines(reference))
     assert not [path for path in out.iterdir() if path.name.endswith(".tmp")]
+
+
+def hand_made_run(folder: Path, method: str, teacher: str | None, top1: float) -> None:
+    """A finished run folder as `kdistill report` reads it (results and a metrics line)."""
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"method": method, "student": "resnet8", "teacher": teacher,
+                                                     "dataset": "embedded", "seed": 0, "top1_last": top1,
+                                                     "top1_best": top1}))
+    (folder / "metrics.jsonl").write_text(json.dumps({"phase": "train", "epoch": 1, "global_epoch": 1,
+                                                      "train/loss": 1.0, "test/top1": top1}) + "\n")
+
+
+@pytest.mark.parametrize("name", ["table.md", "table.csv", "report.json", "kd.png"])
+def test_a_full_disk_while_reporting_is_one_line_and_keeps_the_previous_report(tmp_path, monkeypatch, capsys, name):
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    hand_made_run(runs / "vanilla", "vanilla", None, 60.0)
+    hand_made_run(runs / "kd", "kd", "resnet20", 62.0)
+    assert cli.main(["report", str(runs), "--out", str(out)]) == 0
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    fill_disk_at(monkeypatch, name)
+    code, lines = train("report", [str(runs), "--out", str(out)], capsys)
+    path = out / "curves" / name if name.endswith(".png") else out / name
+    assert code == 2 and lines == [f"kdistill: error: no space left on device while writing {path}; "
+                                   f"the previous {name} is untouched"]
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
+GRID_LOG = "broken_resnet8_resnet8_seed0.1.log"  # the first attempt's log of the grid's one run
+
+
+@pytest.mark.parametrize(("name", "intact"), [("grid.lock", "no run of the grid was started"),
+                                              (GRID_LOG, f"no {GRID_LOG} was written")])
+def test_a_full_disk_at_the_grids_own_files_is_one_line(tmp_path, teacher, monkeypatch, capsys, name, intact):
+    out = tmp_path / "grid"
+    spec = tmp_path / "grid.yaml"  # one run, refused at its configuration: the grid writes its log itself
+    spec.write_text(json.dumps({"pairs": ["resnet8:resnet8"], "teachers": {"resnet8": str(teacher)},
+                                "methods": {"broken": ["method.name=kd", "method.no_such_option=1"]}}))
+    fill_disk_at(monkeypatch, name)
+    code, lines = train("grid", [str(spec), "--out", str(out)], capsys)
+    path = out / "logs" / name if name.endswith(".log") else out / name
+    assert code == 2 and lines == [f"kdistill: error: no space left on device while writing {path}; {intact}"]

@@ -210,7 +210,8 @@ def lock_grid(out: Path):
     another grid holds it."""
     with reported_write(out):
         out.mkdir(parents=True, exist_ok=True)
-    lock, holder = try_lock(out / GRID_LOCK)
+    with reported_write(out / GRID_LOCK, "no run of the grid was started"):
+        lock, holder = try_lock(out / GRID_LOCK)
     if lock is None:
         raise KdistillError(f"grid folder '{out}' is in use by another kdistill grid (pid {holder}): wait for it to "
                             "end or stop it, or choose another --out")
