@@ -142,9 +142,14 @@ def test_recipe_builds_and_runs_one_forward(recipe, models):
             assert distiller.init_phase().lr == (0.01 if small_init else expected_lr)
 
 
-# The mdistiller feature baselines' recipes (trainable fusion blocks and connectors, margins, SVDs).
-FEATURE_BASELINE_RECIPES = sorted(path for method in ("reviewkd", "ofd", "kdsvd")
-                                  for path in (CONFIGS / "cifar100" / method).glob("*.yaml"))
+# The mdistiller feature baselines' recipes (trainable fusion blocks and connectors, margins, SVDs)
+# and the DCD authors' code base's (projectors, reused teacher classifiers, a queue, stage attention).
+# SemCKD's ResNet50-teacher recipes are left to the forward test: their 4096-channel projectors
+# (the reference's design) hold about 850 M parameters, minutes of a CPU step.
+FEATURE_BASELINE_RECIPES = sorted(path for method in ("reviewkd", "ofd", "kdsvd", "simkd", "srrl", "rrd", "rrd+kd",
+                                                      "semckd")
+                                  for path in (CONFIGS / "cifar100" / method).glob("*.yaml")
+                                  if not (method == "semckd" and path.stem.startswith("ResNet50")))
 
 
 @pytest.mark.parametrize("recipe", FEATURE_BASELINE_RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -152,7 +157,8 @@ def test_feature_baseline_recipe_trains_one_step(recipe):
     cfg = load_config(str(recipe))
     torch.manual_seed(0)
     student, teacher = create_model(cfg.student), create_model(cfg.teacher)
-    context = MethodContext((3, 16, 16), 100, None, cfg.optim.lr)  # a quarter of the pixels: 4x faster
+    # A quarter of the pixels (4x faster); SemCKD sizes its attention by the batch.
+    context = MethodContext((3, 16, 16), 100, None, cfg.optim.lr, batch_size=4)
     distiller = build_distiller(cfg.method, student, teacher, context).train()
     distiller.on_epoch_start(20, cfg.epochs)  # past ReviewKD's warm-up
     optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, cfg.optim.lr)
@@ -161,7 +167,9 @@ def test_feature_baseline_recipe_trains_one_step(recipe):
     output = distiller(batch)
     output.total.backward()
     optimizer.step()
-    assert torch.isfinite(output.total) and set(output.terms) == {"ce", cfg.method.name}
+    own_term = cfg.method.name.removesuffix("+kd")
+    supervised = {name for name in ("ce", "kd") if distiller.weights[f"w_{name}"]}
+    assert torch.isfinite(output.total) and set(output.terms) == supervised | {own_term}
     assert any(not torch.equal(old, new) for old, new in zip(before, student.parameters()))
 
 
