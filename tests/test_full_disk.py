@@ -20,6 +20,7 @@ from test_crash_safety import assert_same_weights, metrics_lines, without_timing
 from kdistill import cli
 from kdistill.models import create_model
 from kdistill.models.checkpoint import save_model_weights
+from kdistill.run_folder import EpochRecord, RunFolder, RunResults
 
 RUN = QUICK_RUN + ["data.image_size=12", "epochs=2", "schedule.name=cosine"]
 TORCH_SAVE_ROOM = 2000  # bytes a weight or checkpoint file gets: past torch's first record, so torch wraps the error
@@ -134,13 +135,15 @@ def test_a_full_disk_is_one_line_and_the_rerun_ends_as_the_uninterrupted_run(tmp
 
 
 def hand_made_run(folder: Path, method: str, teacher: str | None, top1: float) -> None:
-    """A finished run folder as `kdistill report` reads it (results and a metrics line)."""
+    """A finished run folder as `kdistill report` reads it (its results and one epoch's line)."""
     folder.mkdir(parents=True)
-    (folder / "results.json").write_text(json.dumps({"method": method, "student": "resnet8", "teacher": teacher,
-                                                     "dataset": "embedded", "seed": 0, "top1_last": top1,
-                                                     "top1_best": top1}))
-    (folder / "metrics.jsonl").write_text(json.dumps({"phase": "train", "epoch": 1, "global_epoch": 1,
-                                                      "train/loss": 1.0, "test/top1": top1}) + "\n")
+    run = RunFolder(folder)
+    run.write_results(RunResults(student="resnet8", teacher=teacher, method=method, dataset="embedded", seed=0,
+                                 epochs=1, top1_last=top1, top5_last=90.0, top1_best=top1, top5_best=90.0,
+                                 best_epoch=1, train_time_s=1.0, wall_time_s=1.0, student_params=1))
+    run.append_metrics(EpochRecord(phase="train", epoch=1, global_epoch=1, lr=0.1, train={"loss": 1.0},
+                                   evaluation={"test": {"top1": top1}}, img_per_s=1.0, epoch_time_s=1.0,
+                                   data_wait_fraction=0.0, precision="fp32"))
 
 
 @pytest.mark.parametrize("name", ["table.md", "table.csv", "report.json", "kd.png"])
