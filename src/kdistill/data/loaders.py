@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 
-from kdistill.config import DataConfig
+from kdistill.config import DataConfig, TrainTransform
 from kdistill.data.augment import Stream, crop_flip, crop_flip_params, keyed_bits
 from kdistill.data.deit import DeitFileDataset, deit_transform
 from kdistill.data.image_check import checked_source
@@ -261,10 +261,10 @@ def _check_options(cfg: DataConfig, rank: int, world_size: int, with_strong_view
             raise KdistillError(f"data.{key}={value} is below {minimum}; set it to at least {minimum}")
     if not 0 <= rank < world_size:
         raise KdistillError(f"rank {rank} is not in [0, world_size={world_size})")
-    if cfg.repeated_augment < 1 or (cfg.repeated_augment > 1 and cfg.train_transform != "deit"):
+    if cfg.repeated_augment < 1 or (cfg.repeated_augment > 1 and cfg.train_transform is not TrainTransform.deit):
         raise KdistillError(f"data.repeated_augment={cfg.repeated_augment}: use 1 (off), or a count of at least 2 "
                             f"with data.train_transform=deit")
-    if cfg.train_transform == "deit" and with_strong_view:
+    if cfg.train_transform is TrainTransform.deit and with_strong_view:
         raise KdistillError("data.train_transform=deit has no strong view: use data.train_transform=standard "
                             "with a two-view method (crld)")
     if cfg.std is not None and min(cfg.std) <= 0:
@@ -313,7 +313,7 @@ def build_loaders(
     def make_loader(split: Split, is_train: bool) -> Loader:
         is_train = is_train and not train_as_eval
         batch_size = cfg.batch_size if is_train else cfg.eval_batch_size
-        deit = is_train and cfg.augment and cfg.train_transform == "deit"
+        deit = is_train and cfg.augment and cfg.train_transform is TrainTransform.deit
         order = BatchOrder(len(split.labels), batch_size, seed, rank, world_size, train=is_train,
                            repeats=cfg.repeated_augment if deit else 1)
         augment = is_train and cfg.augment
