@@ -323,7 +323,7 @@ def test_image_folder_reader_and_loader(tmp_path):
     source = DATASETS.get("imagefolder")(str(tmp_path), False)
     assert source.class_names == ["cat", "dog"] and source.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert source.test.labels.tolist() == [0, 0, 1, 1]
-    assert all(torch.equal(read_rgb(path), image) for path, image in written.items())  # PNG is lossless
+    assert all(torch.equal(read_rgb(path, checked=True), image) for path, image in written.items())  # PNG is lossless
 
     cfg = DataConfig(
         "imagefolder", str(tmp_path), batch_size=3, eval_batch_size=4, image_size=16, num_workers=0

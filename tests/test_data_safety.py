@@ -226,7 +226,7 @@ def test_the_check_decodes_each_file_once_until_the_tree_changes(tmp_path, monke
     spoil(root / "val" / "cat" / "0.jpg", "truncated")  # a new size
     with pytest.raises(KdistillError, match="1 of 16 image files cannot be decoded"):
         build_loaders(cfg, CPU, 0)
-    assert len(decoded) == 32
+    assert decoded[16:] == [str(root / "val" / "cat" / "0.jpg")]  # only the changed file
     elsewhere = DataConfig("imagefolder", str(root), batch_size=2, cache_dir=str(tmp_path / "cache"))
     with pytest.raises(KdistillError, match="1 of 16 image files cannot be decoded"):
         build_loaders(elsewhere, CPU, 0)
@@ -250,3 +250,80 @@ def test_a_bad_tiny_imagenet_validation_image_is_found_at_start(tmp_path):
 def test_an_unknown_bad_images_policy_is_refused():
     with pytest.raises(KdistillError, match="data.bad_images='ignore' is not one of: error, skip"):
         DataConfig(bad_images="ignore")
+
+
+# --- the check ahead of time (`kdistill data check`), incremental, or skipped ---------------
+
+
+def check_summary(result) -> str:
+    """The summary line of `kdistill data check` up to its time."""
+    return result.stdout.splitlines()[0].split(" bad, ")[0] + " bad"
+
+
+def test_data_check_decodes_only_what_changed_and_serves_the_run(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path / "images")
+    first = run_kdistill("data", "check", str(root))
+    assert first.returncode == 0, first.stderr
+    assert check_summary(first) == f"imagefolder {root}: 16 image files checked, 16 decoded now (new or changed), 0 bad"
+    assert check_summary(run_kdistill("data", "check", str(root))).endswith("16 image files checked, 0 decoded now "
+                                                                             "(new or changed), 0 bad")
+    changed = root / "train" / "dog" / "3.jpg"
+    write_image(changed, seed=99)  # other pixels: another size or modification time
+    second = run_kdistill("data", "check", str(root))
+    assert second.returncode == 0 and "16 image files checked, 1 decoded now (new or changed), 0 bad" in second.stdout
+
+    decoded = []  # the run's start finds the tree checked: it decodes nothing
+    real_check = image_check.decode_problem
+    monkeypatch.setattr(image_check, "decode_problem", lambda path: decoded.append(path) or real_check(path))
+    build_loaders(DataConfig("imagefolder", str(root), batch_size=2), CPU, 0)
+    assert decoded == []
+
+
+def test_data_check_names_each_bad_file_and_exits_1(tmp_path):
+    root = write_image_folder(tmp_path / "images")
+    cache = tmp_path / "check-cache"
+    assert run_kdistill("data", "check", str(root), f"data.cache_dir={cache}").returncode == 0
+    bad = [root / "train" / "cat" / "2.jpg", root / "val" / "dog" / "1.jpg"]
+    spoil(bad[0], "corrupt")
+    spoil(bad[1], "dangling link")
+    result = run_kdistill("data", "check", str(root), f"data.cache_dir={cache}")
+    assert result.returncode == 1, result.stderr
+    assert "16 image files checked, 2 decoded now (new or changed), 2 bad" in result.stdout
+    assert f"  bad: {bad[0]} (" in result.stdout
+    assert f"  bad: {bad[1]} (No such file or directory)" in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"2 of 16 image files cannot be decoded: {bad[0]} (" in lines[0], result.stderr
+    assert not (root / ".kdistill-cache").exists() and len(list(cache.iterdir())) == 1  # kept in data.cache_dir
+
+
+def test_data_check_of_an_in_memory_set_is_one_line(tmp_path):
+    assert_user_error(run_kdistill("data", "check", str(tmp_path), "data.name=embedded"),
+                      "data set 'embedded' is read into memory, it has no image files to check")
+
+
+def test_check_images_false_skips_the_check_and_a_bad_file_read_in_training_is_one_line(tmp_path):
+    root = write_image_folder(tmp_path / "images")
+    bad = root / "val" / "cat" / "1.jpg"
+    spoil(bad, "truncated")
+    result = run_kdistill("train", *FOLDER_RUN, "data.check_images=false", f"data.root={root}",
+                          f"out={tmp_path / 'run'}")
+    assert_user_error(result, f"kdistill: error: image {bad} cannot be decoded (",
+                      "data.check_images=false skipped the check at start", "kdistill data check")
+    assert not (root / ".kdistill-cache").exists()  # no check ran, so none was kept
+
+
+def test_the_tree_state_changes_with_a_file_whether_or_not_the_images_are_checked(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path / "images")
+    decoded = []
+    real_check = image_check.decode_problem
+    monkeypatch.setattr(image_check, "decode_problem", lambda path: decoded.append(path) or real_check(path))
+
+    def tree_state(check_images: bool) -> str:
+        return build_loaders(DataConfig("imagefolder", str(root), batch_size=2, check_images=check_images),
+                             CPU, 0).info.tree_state
+
+    before = tree_state(check_images=False)
+    assert decoded == [] and before == tree_state(check_images=True)  # one identity for the teacher cache
+    write_image(root / "val" / "dog" / "0.jpg", seed=42)
+    after = tree_state(check_images=False)
+    assert after != before and after == tree_state(check_images=True)

@@ -5,12 +5,13 @@ import importlib
 import inspect
 import re
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, RunStopped
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only in the command that needs them
     from kdistill.run_folder import RunResults
@@ -272,6 +273,35 @@ def _add_export_parser(commands) -> None:
     export.set_defaults(handler=command_export)
 
 
+def command_data_check(args: argparse.Namespace) -> None:
+    from kdistill.config.loading import load_config
+    from kdistill.data.image_check import named_files
+    from kdistill.data.loaders import check_image_folder, image_check_cache
+
+    cfg = load_config(None, ["data.name=imagefolder", *args.overrides, f"data.root={args.root}"]).data
+    start = time.perf_counter()  # listing the tree included, as at a run's start
+    check = check_image_folder(cfg)
+    print(f"{cfg.name} {args.root}: {check.files} image files checked, {check.decoded} decoded now (new or changed), "
+          f"{len(check.bad)} bad, {time.perf_counter() - start:.2f} s (result kept in {image_check_cache(cfg)})")
+    for path, reason in check.bad.items():
+        print(f"  bad: {path} ({reason})")
+    if check.bad:
+        raise RunStopped(f"{len(check.bad)} of {check.files} image files cannot be decoded: "
+                         f"{named_files(check.bad)}; replace or delete them, or set data.bad_images=skip "
+                         "to leave them out of a run", exit_code=1)
+
+
+def _add_data_parser(commands) -> None:
+    data = commands.add_parser("data", help="data set tools: `kdistill data check ROOT` checks an image folder "
+                                            "ahead of a run")
+    tools = data.add_subparsers(dest="tool", required=True)
+    check = tools.add_parser("check", help="decode the image files that are new or changed since the last check, "
+                                           "and keep the result for the runs' start")
+    check.add_argument("root", help="the data set's folder (data.root)")
+    _add_overrides(check, "data.name=imagefolder (default) or tiny-imagenet; data.cache_dir=... as the runs set it")
+    check.set_defaults(handler=command_data_check)
+
+
 def command_list(args: argparse.Namespace) -> None:
     from kdistill.data import list_datasets
     from kdistill.methods import list_methods
@@ -423,6 +453,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _add_overrides(demo, "applied to every demo run (e.g. device=cuda), anywhere on the line")
     demo.set_defaults(handler=command_demo)
     _add_grid_parser(commands)
+    _add_data_parser(commands)
     return parser, commands.choices
 
 

@@ -98,6 +98,9 @@ class DataConfig:
     # naming them; skip = leave them out.
     bad_images: BadImages = BadImages.error
     cache_dir: str | None = None  # where that check's result is kept (None: <data root>/.kdistill-cache)
+    # false: no check at start, for a trusted tree (a file that cannot be decoded then stops the
+    # run when it is read, naming it).
+    check_images: bool = True
     # Train augmentation of streamed (folder) data sets: "standard" = keyed random-resized crop +
     # flip (pad-4 crop + flip for small images), light enough for small data sets; "deit" = DeiT's,
     # built by timm's transform factory (random-resized crop, flip, RandAugment, random erasing),
@@ -268,7 +271,8 @@ class RunConfig:
 # not take a saved run that differs only in them for another experiment, a report pools over them.
 EXECUTION_KEYS = frozenset({"out", "resume", "resume_force", "progress", "tensorboard", "device", "note",
                             "checkpoint_every_steps", "teacher_cache", "data.root", "data.download",
-                            "data.num_workers", "data.cache_dir", "data.device_resident", "data.eval_batch_size"})
+                            "data.num_workers", "data.cache_dir", "data.check_images", "data.device_resident",
+                            "data.eval_batch_size"})
 
 
 def recorded_config(cfg: RunConfig) -> RunConfig:

@@ -102,7 +102,7 @@ class DeitFileDataset(Dataset):
         view, epoch = key
         index = view % len(self)
         try:
-            image = F.to_pil_image(read_rgb(self.files.paths[index]))
+            image = F.to_pil_image(read_rgb(self.files.paths[index], self.files.checked))
         except KdistillError as error:
             return error
         with seeded_global_generators(view_seed(self.seed, epoch, view)):

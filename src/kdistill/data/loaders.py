@@ -3,7 +3,7 @@
 import hashlib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as F
 from kdistill.config import DataConfig, TrainTransform
 from kdistill.data.augment import Stream, crop_flip, crop_flip_params, keyed_bits
 from kdistill.data.deit import DeitFileDataset, deit_transform
-from kdistill.data.image_check import checked_source
+from kdistill.data.image_check import ImageCheck, check_images, checked_source, image_paths
 from kdistill.data.sources import DATASETS, ImageArrays, ImageFiles, Split, resolve_root
 from kdistill.data.streaming import EVAL_CROP_PCT, FileDataset, Resizing, collate_or_error
 from kdistill.data.two_view import TwoViewFileDataset, mean_fill, strong_view
@@ -33,10 +33,16 @@ class DatasetInfo:
     std: tuple[float, ...]
     class_names: list[str] | None
     train_size: int  # samples in the train split (after a validation split is carved out)
-    tree_state: str | None = None  # image folders: the state of their files (`Source.tree_state`)
+    # Image folders: their files' state (`Source.tree_state_of`), computed when first asked for.
+    tree_state_of: Callable[[], str] | None = field(default=None, repr=False)
     # The evaluation's center crop: the image resized to image_size / eval_crop_pct, then cropped
     # to image_size (1.0: in-memory sets, resized whole to image_size).
     eval_crop_pct: float = 1.0
+
+    @property
+    def tree_state(self) -> str | None:
+        """An image folder's digest of its files' paths, sizes and modification times; None for in-memory sets."""
+        return self.tree_state_of() if self.tree_state_of is not None else None
 
 
 class BatchOrder:
@@ -280,6 +286,16 @@ def image_check_cache(cfg: DataConfig) -> Path:
     return folder / f"image-check-{cfg.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:12]}.json"
 
 
+def check_image_folder(cfg: DataConfig) -> ImageCheck:
+    """The image check of data set cfg.name at cfg.root, as a run's start makes it (`kdistill data check`)."""
+    source = DATASETS.get(cfg.name)(cfg.root, cfg.download)
+    paths = image_paths(source)
+    if not paths:
+        raise KdistillError(f"data set '{cfg.name}' is read into memory, it has no image files to check: "
+                            f"give an image folder (data.name=imagefolder or tiny-imagenet)")
+    return check_images(paths, image_check_cache(cfg))
+
+
 def build_loaders(
     cfg: DataConfig, device: torch.device, seed: int, rank: int = 0, world_size: int = 1,
     train_as_eval: bool = False, with_strong_view: bool = False,
@@ -292,7 +308,7 @@ def build_loaders(
     _check_options(cfg, rank, world_size, with_strong_view)
     device = torch.device(device)
     source = DATASETS.get(cfg.name)(cfg.root, cfg.download)
-    source = checked_source(source, cfg.name, cfg.bad_images, image_check_cache(cfg), rank)
+    source = checked_source(source, cfg.name, cfg.bad_images, image_check_cache(cfg), rank, cfg.check_images)
     train, val = split_validation(source.train, cfg.val_fraction, seed)
     if val is not None and len(val.labels) == 0:
         raise KdistillError(f"data.val_fraction={cfg.val_fraction} leaves no validation sample; raise it")
@@ -350,7 +366,7 @@ def build_loaders(
         std=std,
         class_names=source.class_names,
         train_size=len(train.labels),
-        tree_state=source.tree_state,
+        tree_state_of=source.tree_state_of,
         eval_crop_pct=resizing.eval_crop_pct if isinstance(source.test, ImageFiles) else 1.0,
     )
     return Loaders(

@@ -56,9 +56,10 @@ class ImageFiles:
 
     paths: list[str]
     labels: Tensor
+    checked: bool = False  # every file was decoded by the image check before the run
 
     def subset(self, indices: Tensor) -> "ImageFiles":
-        return ImageFiles([self.paths[i] for i in indices.tolist()], self.labels[indices])
+        return ImageFiles([self.paths[i] for i in indices.tolist()], self.labels[indices], self.checked)
 
 
 Split = ImageArrays | ImageFiles
@@ -78,7 +79,9 @@ class Source:
     class_names: list[str] | None
     hflip: bool = True  # off for digits, which a mirror turns into non-digits
     resized_crop: bool = False  # train crop: ImageNet's random-resized crop instead of pad-4
-    tree_state: str | None = None  # image folders: the image check's digest of the files' paths, sizes, mtimes
+    # Image folders: the digest of the files' paths, sizes and modification times (the image
+    # check's), computed when first called.
+    tree_state_of: Callable[[], str] | None = None
 
 
 Reader = Callable[[str | None, bool], Source]  # (root, download) -> Source

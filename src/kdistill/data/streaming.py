@@ -33,8 +33,9 @@ class Resizing:
         return F.InterpolationMode(self.interpolation)
 
 
-def read_rgb(path: str) -> Tensor:
-    """A uint8 [3, H, W] image; grayscale and palette files are converted to RGB.
+def read_rgb(path: str, checked: bool) -> Tensor:
+    """A uint8 [3, H, W] image; grayscale and palette files are converted to RGB. `checked`: the
+    image check at start decoded the file (else data.check_images=false skipped it).
 
     PIL rather than torchvision.io, whose decoders are deprecated since torchvision 0.29.
     """
@@ -42,10 +43,15 @@ def read_rgb(path: str) -> Tensor:
         with Image.open(path) as image:
             return F.pil_to_tensor(image.convert("RGB"))
     except Exception as error:  # PIL raises many types for a bad file; all mean "undecodable"
-        raise KdistillError(
-            f"image {path} cannot be decoded ({decode_error_reason(error, path)}) although the check at start "
-            "could: it changed since; restore or delete it, then run again (a training run continues with --resume)"
-        ) from None
+        problem = f"image {path} cannot be decoded ({decode_error_reason(error, path)})"
+        if checked:
+            fix = ("although the check at start could: it changed since; restore or delete it, then run again "
+                   "(a training run continues with --resume)")
+        else:
+            fix = ("and data.check_images=false skipped the check at start: restore or delete it (`kdistill data check "
+                   "<data root>` finds every such file), or set data.check_images=true data.bad_images=skip to leave "
+                   "them out; then run again (a training run continues with --resume)")
+        raise KdistillError(f"{problem} {fix}") from None
 
 
 def collate_or_error(samples: list) -> object:
@@ -80,7 +86,7 @@ class FileDataset(Dataset):
         """The sample, or the error of an image that cannot be decoded (see `collate_or_error`)."""
         index, epoch = key
         try:
-            image = read_rgb(self.files.paths[index])
+            image = read_rgb(self.files.paths[index], self.files.checked)
         except KdistillError as error:
             return error
         return self.sample(image, index, epoch)
