@@ -149,6 +149,15 @@ class Data:
         return cls(images, labels[torch.randperm(size, generator=generator)], seed)
 
     def batches(self, steps: int, batch_size: int, strong: bool) -> list[dict[str, Tensor]]:
+        """float32 batches whatever the run's default dtype (kdistill's augmentation works in float32)."""
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)
+        try:
+            return self._batches(steps, batch_size, strong)
+        finally:
+            torch.set_default_dtype(previous)
+
+    def _batches(self, steps: int, batch_size: int, strong: bool) -> list[dict[str, Tensor]]:
         order = BatchOrder(len(self.labels), batch_size, self.seed, rank=0, world_size=1, train=True)
         mean = torch.tensor(CIFAR100_MEAN)[:, None, None]
         std = torch.tensor(CIFAR100_STD)[:, None, None]
