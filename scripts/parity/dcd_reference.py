@@ -1,4 +1,4 @@
-"""The DCD authors' code (giakoumoglou/distillers, `cifar/`): DCD and DCD+KD.
+"""The DCD authors' code (giakoumoglou/distillers, `cifar/`): DCD, DCD+KD, RRD and RRD+KD.
 
 The code base is RepDistiller's with more methods, so its runner is RepDistiller's. At the
 commit measured, `cifar/train_student.py` has no `--distill dcd` branch (the README gives the
@@ -19,11 +19,16 @@ DCD_TRAIN_BRANCH = [(
 )]
 
 
+RRD_QUEUE = 16384  # --nce_k
+
+
 class DistillersDCD(RepDistiller):
     reference = Reference("distillers", "giakoumoglou/distillers", "a2ee80bd7179b808df63e4264318c40ca6e2966b")
-    methods = {  # README: -a 0 -b 1 (DCD), -a 1 -b 1 (DCD+KD)
+    methods = {  # README and scripts/run_cifar_distill.sh: -a 0 -b 1, and -a 1 -b 1 with KD
         "dcd": Script("dcd", 1.0, 0.0, 1.0, "dcd", "dcd"),
         "dcd+kd": Script("dcd", 1.0, 1.0, 1.0, "dcd+kd", "dcd"),
+        "rrd": Script("rrd", 1.0, 0.0, 1.0, "rrd", "rrd"),
+        "rrd+kd": Script("rrd", 1.0, 1.0, 1.0, "rrd+kd", "rrd"),
     }
 
     def __init__(self, path, *args):
@@ -40,9 +45,17 @@ class DistillersDCD(RepDistiller):
         return self
 
     def build_other(self, distill, opt, feat_s, feat_t, module_list, trainable_list, aux) -> nn.Module:
+        opt.s_dim, opt.t_dim = feat_s[-1].shape[1], feat_t[-1].shape[1]
+        if distill == "rrd":  # train_student.py's defaults: a FIFO queue of 16384, temperatures 0.1 / 0.02
+            opt.memory_type, opt.nce_k, opt.nce_t_s, opt.nce_t_t = "fifo", RRD_QUEUE, 0.1, 0.02
+            criterion_kd = self.zoo.RRDLoss(opt)
+            module_list.extend([criterion_kd.embed_s, criterion_kd.embed_t])
+            trainable_list.extend([criterion_kd.embed_s, criterion_kd.embed_t])
+            aux.update({"embed_s": criterion_kd.embed_s, "embed_t": criterion_kd.embed_t,
+                        "queue": criterion_kd.memory.queue})
+            return criterion_kd
         if distill != "dcd":
             return super().build_other(distill, opt, feat_s, feat_t, module_list, trainable_list, aux)
-        opt.s_dim, opt.t_dim = feat_s[-1].shape[1], feat_t[-1].shape[1]
         criterion_kd = self.zoo.DCDLoss(opt)
         parts = [criterion_kd.embed_s, criterion_kd.embed_t, criterion_kd.params]
         module_list.extend(parts)
