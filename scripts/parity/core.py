@@ -29,6 +29,7 @@ from kdistill.models import create_model
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)  # the references' CIFAR-100 normalisation
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 NUM_CLASSES = 100
+TENSOR_FLOAT = torch.Tensor.float  # as torch defines it (run_dtype replaces it in float64 runs)
 CALIBRATION_BATCHES = 4  # batches that set the random teacher's batch-norm statistics
 
 
@@ -149,13 +150,15 @@ class Data:
         return cls(images, labels[torch.randperm(size, generator=generator)], seed)
 
     def batches(self, steps: int, batch_size: int, strong: bool) -> list[dict[str, Tensor]]:
-        """float32 batches whatever the run's default dtype (kdistill's augmentation works in float32)."""
-        previous = torch.get_default_dtype()
+        """float32 batches whatever the run's dtype (kdistill's augmentation works in float32)."""
+        previous, to_float = torch.get_default_dtype(), torch.Tensor.float
         torch.set_default_dtype(torch.float32)
+        torch.Tensor.float = TENSOR_FLOAT
         try:
             return self._batches(steps, batch_size, strong)
         finally:
             torch.set_default_dtype(previous)
+            torch.Tensor.float = to_float
 
     def _batches(self, steps: int, batch_size: int, strong: bool) -> list[dict[str, Tensor]]:
         order = BatchOrder(len(self.labels), batch_size, self.seed, rank=0, world_size=1, train=True)
