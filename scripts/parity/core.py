@@ -190,6 +190,12 @@ def tensors_of(module: nn.Module | Tensor) -> list[tuple[str, Tensor]]:
     return list(module.state_dict(keep_vars=True).items())
 
 
+def current(part: nn.Module | Tensor | Callable[[], Tensor]) -> nn.Module | Tensor:
+    """A reference part, or the buffer a callable reads (a module's buffers are replaced, not
+    updated, when the module changes dtype, so they are looked up when used)."""
+    return part if isinstance(part, (nn.Module, Tensor)) else part()
+
+
 def copy_weights(source: nn.Module | Tensor, target: nn.Module | Tensor) -> list[tuple[str, str]]:
     """Copy every parameter and buffer of `source` into `target`, matched in registration order
     with equal shapes (the zoo shares the public key names; auxiliary modules differ in names

@@ -51,8 +51,9 @@ class DistillersDCD(RepDistiller):
             criterion_kd = self.zoo.RRDLoss(opt)
             module_list.extend([criterion_kd.embed_s, criterion_kd.embed_t])
             trainable_list.extend([criterion_kd.embed_s, criterion_kd.embed_t])
+            memory = criterion_kd.memory  # its queue is a buffer: read when used (`.to(dtype)` replaces it)
             aux.update({"embed_s": criterion_kd.embed_s, "embed_t": criterion_kd.embed_t,
-                        "queue": criterion_kd.memory.queue})
+                        "queue": lambda: memory.queue})
             return criterion_kd
         if distill != "dcd":
             return super().build_other(distill, opt, feat_s, feat_t, module_list, trainable_list, aux)

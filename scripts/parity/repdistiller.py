@@ -27,6 +27,7 @@ from core import (
     calibrate_batch_norm,
     copy_weights,
     cuda_calls_as_no_ops,
+    current,
     in_dtype,
     largest_difference,
     resolve,
@@ -128,8 +129,9 @@ class RepDistiller:
             criterion_kd = self.crd.CRDLoss(opt)
             module_list.extend([criterion_kd.embed_s, criterion_kd.embed_t])
             trainable_list.extend([criterion_kd.embed_s, criterion_kd.embed_t])
+            contrast = criterion_kd.contrast  # its banks are buffers: read when used (`.to(dtype)` replaces them)
             aux.update({"embed_s": criterion_kd.embed_s, "embed_t": criterion_kd.embed_t,
-                        "bank_s": criterion_kd.contrast.memory_v1, "bank_t": criterion_kd.contrast.memory_v2})
+                        "bank_s": lambda: contrast.memory_v1, "bank_t": lambda: contrast.memory_v2})
         elif distill == "attention":
             criterion_kd = zoo.Attention()
         elif distill == "nst":
@@ -202,7 +204,7 @@ class RepDistiller:
             copy_weights(ref.model_s, ours.student)
             copy_weights(ref.model_t, ours.teacher)
             for path, module in ref.aux.items():
-                copy_weights(module, resolve(ours, path))
+                copy_weights(current(module), resolve(ours, path))
             negatives = self.contrast_indices(batches) if script.distill == "crd" else None
             reference_steps = self.train_reference(ref, batches, negatives)
             if negatives is not None:  # hand the reference's negatives to kdistill's sampler
@@ -216,7 +218,8 @@ class RepDistiller:
         if script.init_term:
             terms["init"] = script.init_term
         weights = {"student": largest_difference(ref.model_s, ours.student)}
-        weights.update({path: largest_difference(module, resolve(ours, path)) for path, module in ref.aux.items()})
+        weights.update({path: largest_difference(current(module), resolve(ours, path))
+                        for path, module in ref.aux.items()})
         return Comparison(terms, reference_steps, kdistill_steps, weights)
 
     def contrast_indices(self, batches: list[dict]) -> list[np.ndarray]:
