@@ -199,6 +199,9 @@ class RepDistiller:
         with run_dtype(dtype), cuda_calls_as_no_ops():
             for module in (ref.module_list, ref.criterion_list, ref.model_t, ours):
                 module.to(dtype)
+            if script.distill == "crd":  # its constants, as a build in this dtype holds them (0.07 is not a float32)
+                opt = ref.opt
+                ref.criterion_list[2].contrast.params.copy_(torch.tensor([opt.nce_k, opt.nce_t, -1, -1, opt.nce_m]))
             batches = [in_dtype(b, dtype) for b in self.data.batches(steps, self.batch_size, strong=False)]
             calibrate_batch_norm(ref.model_t, batches[:CALIBRATION_BATCHES])
             copy_weights(ref.model_s, ours.student)

@@ -97,22 +97,24 @@ def main(argv: list[str] | None = None) -> None:
                           f"largest rel {comparison.largest_relative:.2e}, "
                           f"weights {comparison.largest_weight:.2e} "
                           f"({time.perf_counter() - started:.0f} s)", flush=True)
-                if "reference" in entry.get("float32", {}) and "reference" in entry.get("float64", {}):
-                    # The float32 noise floor: how far the reference's own float32 run drifts from its
-                    # float64 run, step by step (early training amplifies rounding differences).
-                    same = {term: term for term in entry["float32"]["terms"]}
-                    floor = step_differences(entry["float64"]["reference"], entry["float32"]["reference"], same)
-                    entry["float32"]["reference_float32_vs_float64"] = floor
-                    entry["float32"]["same_initial_weights_as_float64"] = True
                 save(args.out, method, entry)  # after each method: a partial run counts
 
 
 def save(out: Path, method: str, entry: dict) -> None:
-    """Merge one method's entry into the results file (several runs may share it: locked)."""
+    """Merge one method's entry into the results file (several runs may share it: locked); a run
+    of one dtype keeps the other dtype's results."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         results = json.loads(out.read_text()) if out.exists() else {"methods": {}}
+        entry = {**results["methods"].get(method, {}), **entry}
+        if "reference" in entry.get("float32", {}) and "reference" in entry.get("float64", {}):
+            # The float32 noise floor: how far the reference's own float32 run drifts from its
+            # float64 run, step by step (early training amplifies rounding differences).
+            same = {term: term for term in entry["float32"]["terms"]}
+            entry["float32"]["reference_float32_vs_float64"] = step_differences(
+                entry["float64"]["reference"], entry["float32"]["reference"], same)
+            entry["float32"]["same_initial_weights_as_float64"] = True
         results["methods"][method] = entry
         results["methods"] = dict(sorted(results["methods"].items()))
         out.write_text(json.dumps(results, indent=1) + "\n")
