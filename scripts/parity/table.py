@@ -58,7 +58,8 @@ def rows(results: dict) -> list[str]:
             f"| {method} | {entry['repository']} @ {entry['commit'][:7]} "
             f"| {entry.get('float64_steps', '—')} "
             f"| {number(f64, 'step1_relative')} | {number(f64, 'largest_relative')} | {number(f64, 'largest_weight')} "
-            f"| {number(f32, 'step1_relative')} | {f32_loss} | {number(f32, 'largest_weight')} | {verdict(entry, method)} |")
+            f"| {number(f32, 'step1_relative')} | {f32_loss} | {number(f32, 'largest_weight')} "
+            f"| {verdict(entry, method)} |")
     return lines
 
 
