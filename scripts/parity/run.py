@@ -19,6 +19,7 @@ import json
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -104,7 +105,7 @@ def save(out: Path, method: str, entry: dict) -> None:
     """Merge one method's entry into the results file (several runs may share it: locked); a run
     of one dtype keeps the other dtype's results."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".lock"), "w") as lock:
+    with open(Path(tempfile.gettempdir()) / f"{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         results = json.loads(out.read_text()) if out.exists() else {"methods": {}}
         entry = {**results["methods"].get(method, {}), **entry}
