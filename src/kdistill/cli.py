@@ -304,7 +304,7 @@ def _add_data_parser(commands) -> None:
 
 def command_list(args: argparse.Namespace) -> None:
     from kdistill.data import list_datasets
-    from kdistill.methods import list_methods
+    from kdistill.methods import list_methods, method_class
     from kdistill.models import list_models
 
     if args.teachers:
@@ -321,6 +321,10 @@ def command_list(args: argparse.Namespace) -> None:
     for title, names in (("models", list_models()), ("methods", list_methods()), ("datasets", list_datasets())):
         print(f"{title}: {', '.join(names)}")
     print("also: timm:<name> and tv:<name> models; any method X with a KD term added as X+kd")
+    print("methods and their papers:")
+    width = max(map(len, list_methods()))
+    for name in list_methods():
+        print(f"  {name.ljust(width)}  {method_class(name).paper}")
 
 
 def command_teachers(args: argparse.Namespace) -> None:

@@ -42,6 +42,7 @@ class AB(Distiller):
     already agree, else a conv + BN to the teacher's shape.
     """
 
+    paper = 'Heo et al. 2019, "Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons"'
     offers_kd_variant = True
     Options = ABOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}

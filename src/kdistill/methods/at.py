@@ -24,6 +24,8 @@ class AT(Distiller):
     deeper stages are left out); the larger map of a pair is pooled to the smaller size.
     """
 
+    paper = ('Zagoruyko & Komodakis 2017, "Paying More Attention to Attention: Improving the Performance of '
+             'Convolutional Neural Networks via Attention Transfer"')
     offers_kd_variant = True
     Options = ATOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1000.0}

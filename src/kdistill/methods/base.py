@@ -119,6 +119,8 @@ class Distiller(nn.Module):
     # The run's student is more than `student` (e.g. SimKD's predicts through a projector and the
     # teacher's classifier): loading a trained student builds the method to get its architecture.
     deploys_composite: ClassVar[bool] = False
+    # The paper the method comes from, as 'Authors year, "Title"' (`kdistill list`, the README's table).
+    paper: ClassVar[str] = ""
 
     @classmethod
     def teacher_reads_for(cls, options: MethodOptions) -> frozenset[str]:

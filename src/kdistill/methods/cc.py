@@ -31,6 +31,7 @@ class CCOptions(MethodOptions):
 class CC(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 0.02`."""
 
+    paper = 'Peng et al. 2019, "Correlation Congruence for Knowledge Distillation"'
     offers_kd_variant = True
     Options = CCOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 0.02}

@@ -106,6 +106,7 @@ class CRD(Distiller):
     torch.distributed so the banks stay identical). Negatives are drawn on the device.
     """
 
+    paper = 'Tian et al. 2020, "Contrastive Representation Distillation"'
     offers_kd_variant = True
     Options = CRDOptions
     teacher_reads = LOGITS_AND_POOLED

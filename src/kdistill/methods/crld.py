@@ -51,6 +51,7 @@ class CRLD(TwoViewDistiller):
     passes, so batch-norm statistics stay per view as in the reference code.
     """
 
+    paper = '"Cross-View Consistency Regularisation for Knowledge Distillation"'
     Options = CRLDOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
     matches_logits = True
@@ -92,6 +93,7 @@ def with_cross_view(method: type[Distiller]) -> type[Distiller]:
         "default_weights": dict(method.default_weights),
         "teacher_reads": CRLD.teacher_reads | method.teacher_reads,
         "accepts_topk_teacher": CRLD.accepts_topk_teacher and method.accepts_topk_teacher,
+        "paper": f"{CRLD.paper} + {method.paper}",
         "__doc__": f"CRLD's cross-view regulariser added to {method.__name__}; see CRLD and {method.__name__}.",
     })
 

@@ -56,6 +56,8 @@ class DCD(Distiller):
     from every rank so the task is the single-device one (`gather_negatives`).
     """
 
+    paper = ('"Invariant Consistency for Knowledge Distillation", later "Discriminative and Consistent '
+             'Representation Distillation"')
     offers_kd_variant = True
     Options = DCDOptions
     teacher_reads = LOGITS_AND_POOLED

@@ -38,6 +38,7 @@ class DeiT(Distiller):
     the mean of the two heads', as DeiT evaluates.
     """
 
+    paper = 'Touvron et al. 2021, "Training data-efficient image transformers & distillation through attention"'
     Options = DeiTOptions
     default_weights = {"w_ce": 0.5, "w_kd": 0.0, "w_method": 0.5}
     matches_logits = True  # the soft target compares logits (standardisation and CTKD reach it)

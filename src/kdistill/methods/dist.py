@@ -29,6 +29,7 @@ class DIST(Distiller):
     CTKD's learned temperature.
     """
 
+    paper = 'Huang et al. 2022, "Knowledge Distillation from A Stronger Teacher"'
     Options = DISTOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
     matches_logits = True

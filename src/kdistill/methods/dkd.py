@@ -31,6 +31,7 @@ class DKD(LinearWarmup, Distiller):
     `dkd+ctkd`: with CTKD's learned temperature, warm-up and beta kept.
     """
 
+    paper = 'Zhao et al. 2022, "Decoupled Knowledge Distillation"'
     Options = DKDOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
     matches_logits = True

@@ -23,6 +23,7 @@ class FitNetOptions(MethodOptions):
 class FitNet(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 100`."""
 
+    paper = 'Romero et al. 2015, "FitNets: Hints for Thin Deep Nets"'
     offers_kd_variant = True
     Options = FitNetOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 100.0}

@@ -35,6 +35,8 @@ class FSP(Distiller):
     (e.g. resnet110 -> resnet32), not across architectures.
     """
 
+    paper = ('Yim et al. 2017, "A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and '
+             'Transfer Learning"')
     offers_kd_variant = True
     Options = FSPOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 50.0}

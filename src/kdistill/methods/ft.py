@@ -57,6 +57,7 @@ class FT(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 200`. On the last stage's maps (the
     benchmark's `feat[-2]`); the larger factor is pooled to the smaller size."""
 
+    paper = 'Kim et al. 2018, "Paraphrasing Complex Network: Network Compression via Factor Transfer"'
     offers_kd_variant = True
     Options = FTOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 200.0}

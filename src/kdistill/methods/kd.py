@@ -1,7 +1,7 @@
 """Hinton et al. 2015, "Distilling the Knowledge in a Neural Network": match softened teacher logits."""
 
 from kdistill.methods.base import LOGITS_AND_POOLED, Distiller
-from kdistill.methods.registry import register_method, with_curriculum_temperature, with_logit_standardization
+from kdistill.methods.registry import KD_PAPER, register_method, with_curriculum_temperature, with_logit_standardization
 
 
 @register_method("kd")
@@ -10,6 +10,7 @@ class KD(Distiller):
     `kd+ls`: with logit standardisation and the LS paper's settings (T 2, `w_kd` 9, `w_ce` 0.1).
     `kd+ctkd`: with CTKD's learned temperature (`Distiller.logit_temperature`)."""
 
+    paper = KD_PAPER
     default_weights = {"w_ce": 0.1, "w_kd": 0.9, "w_method": 0.0}
     matches_logits = True
     teacher_reads = LOGITS_AND_POOLED

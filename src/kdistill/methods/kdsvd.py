@@ -28,6 +28,7 @@ class KDSVD(Distiller):
     every stage (e.g. resnet110 -> resnet32), as FSP does.
     """
 
+    paper = 'Lee et al. 2018, "Self-supervised Knowledge Distillation Using Singular Value Decomposition"'
     Options = KDSVDOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
     teacher_reads = LOGITS_AND_POOLED | {"stages"}

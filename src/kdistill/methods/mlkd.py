@@ -29,6 +29,7 @@ class MLKD(TwoViewDistiller):
     the views in separate passes; the returned logits are the student's on the weak view.
     """
 
+    paper = 'Jin et al. 2023, "Multi-Level Logit Distillation"'
     Options = MLKDOptions
     default_weights = {"w_ce": 0.1, "w_kd": 0.0, "w_method": 0.9}
     matches_logits = True

@@ -19,6 +19,7 @@ class NST(Distiller):
     deeper stages are left out); the larger map of a pair is pooled to the smaller size.
     """
 
+    paper = 'Huang & Wang 2017, "Like What You Like: Knowledge Distill via Neuron Selectivity Transfer"'
     offers_kd_variant = True
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 50.0}
 

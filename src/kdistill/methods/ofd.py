@@ -38,6 +38,7 @@ class OFD(Distiller):
     teacher's map average-pooled to the student's size; mdistiller's CIFAR-100 weights `w_ce = 1`,
     `w_method = 0.001`."""
 
+    paper = 'Heo et al. 2019, "A Comprehensive Overhaul of Feature Distillation"'
     Options = OFDOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 0.001}
     needs_preact = True

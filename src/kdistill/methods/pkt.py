@@ -15,6 +15,7 @@ class PKT(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 30000`. On the pooled features; their
     dimensions may differ."""
 
+    paper = 'Passalis & Tefas 2018, "Learning Deep Representations with Probabilistic Knowledge Transfer"'
     offers_kd_variant = True
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 30000.0}
 

@@ -29,6 +29,7 @@ class Proteus(LabelFreeDistiller):
     resized (bilinear) to the student's grid.
     """
 
+    paper = '"Accessing Vision Foundation Models at ImageNet-level Costs" (Proteus), as the TinTeM paper compares it'
     def __init__(self, student: FeatureModel, teacher: FeatureModel, options: MethodOptions, context: MethodContext):
         super().__init__(student, teacher, options, context)
         teacher_dim = token_width(context.teacher_shapes)

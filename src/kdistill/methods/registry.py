@@ -14,6 +14,10 @@ from kdistill.registry import Registry
 
 METHODS: Registry[type[Distiller]] = Registry("method")
 KD_SUFFIX = "+kd"
+# The papers of what the helpers below add to a method.
+KD_PAPER = 'Hinton et al. 2015, "Distilling the Knowledge in a Neural Network"'
+LS_PAPER = 'Sun et al. 2024, "Logit Standardization in Knowledge Distillation"'
+CTKD_PAPER = 'Li et al. 2023, "Curriculum Temperature for Knowledge Distillation"'
 # The student trained on the labels alone: the baseline of every table, and what `kdistill train` runs.
 TEACHER_FREE_METHOD = "vanilla"
 
@@ -21,12 +25,14 @@ TEACHER_FREE_METHOD = "vanilla"
 def with_kd_term(cls: type[Distiller]) -> type[Distiller]:
     """`cls` with the KD term weighted 1 by default."""
     return type(f"{cls.__name__}PlusKD", (cls,), {"default_weights": {**cls.default_weights, "w_kd": 1.0},
-                                                  "offers_kd_variant": False, "__module__": cls.__module__})
+                                                  "offers_kd_variant": False, "paper": f"{cls.paper} + {KD_PAPER}",
+                                                  "__module__": cls.__module__})
 
 
-def with_defaults(cls: type[Distiller], suffix: str, weights: dict[str, float], **options: Any) -> type[Distiller]:
+def with_defaults(cls: type[Distiller], suffix: str, added_paper: str, weights: dict[str, float],
+                  **options: Any) -> type[Distiller]:
     """`cls` (named `<cls><suffix>`) with other defaults: `weights` over `cls.default_weights`,
-    `options` over its option defaults (e.g. `temperature=2.0`)."""
+    `options` over its option defaults (e.g. `temperature=2.0`); its paper and `added_paper`."""
     known = {field.name for field in fields(cls.Options)}
     if unknown := set(options) - known:
         raise ValueError(f"{cls.__name__} has no options {sorted(unknown)}")
@@ -34,17 +40,19 @@ def with_defaults(cls: type[Distiller], suffix: str, weights: dict[str, float], 
     option_class = make_dataclass(f"{cls.Options.__name__}{suffix}", option_fields, bases=(cls.Options,), frozen=True)
     return type(f"{cls.__name__}{suffix}", (cls,), {"Options": option_class,
                                                     "default_weights": {**cls.default_weights, **weights},
-                                                    "offers_kd_variant": False, "__module__": cls.__module__})
+                                                    "offers_kd_variant": False,
+                                                    "paper": f"{cls.paper} + {added_paper}",
+                                                    "__module__": cls.__module__})
 
 
 def with_logit_standardization(cls: type[Distiller], weights: dict[str, float], **options: Any) -> type[Distiller]:
     """`cls` with logit standardisation on and the LS paper's settings as its defaults."""
-    return with_defaults(cls, "LS", weights, logit_standardize=True, **options)
+    return with_defaults(cls, "LS", LS_PAPER, weights, logit_standardize=True, **options)
 
 
 def with_curriculum_temperature(cls: type[Distiller], **options: Any) -> type[Distiller]:
     """`cls` with CTKD's learned temperature on (`MethodOptions.curriculum_temperature`), its weights kept."""
-    return with_defaults(cls, "CTKD", {}, curriculum_temperature=True, **options)
+    return with_defaults(cls, "CTKD", CTKD_PAPER, {}, curriculum_temperature=True, **options)
 
 
 def register_method(*names: str) -> Callable[[type[Distiller]], type[Distiller]]:

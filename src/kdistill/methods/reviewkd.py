@@ -72,6 +72,7 @@ class ReviewKD(LinearWarmup, Distiller):
     after the stem and its pooled feature in, the teacher's pre-ReLU stage outputs and pooled
     feature out; student and teacher need as many stages."""
 
+    paper = 'Chen et al. 2021, "Distilling Knowledge via Knowledge Review"'
     Options = ReviewKDOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
     needs_preact = True  # the teacher's pre-ReLU maps (the student's post-ReLU ones are compared)

@@ -21,6 +21,7 @@ class RKD(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 1` (times distance 25 and angle 50 inside
     the term). On the pooled features; their dimensions may differ."""
 
+    paper = 'Park et al. 2019, "Relational Knowledge Distillation"'
     offers_kd_variant = True
     Options = RKDOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}

@@ -39,6 +39,7 @@ class RRD(Distiller):
     a resume continues with the same queue. Under torch.distributed every rank enqueues the
     teacher embeddings of the global batch, so the queues stay identical."""
 
+    paper = 'Giakoumoglou & Stathaki 2024, "Relational Representation Distillation"'
     offers_kd_variant = True
     Options = RRDOptions
     teacher_reads = LOGITS_AND_POOLED

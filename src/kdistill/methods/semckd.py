@@ -74,6 +74,7 @@ def aligned(student_map: Tensor, teacher_map: Tensor) -> tuple[Tensor, Tensor]:
 class SemCKD(Distiller):
     """Weights: `w_ce = 1`, `w_kd = 1`, `w_method = 400` (the reference's CIFAR-100 script)."""
 
+    paper = 'Chen et al. 2021, "Cross-Layer Distillation with Semantic Calibration"'
     Options = SemCKDOptions
     default_weights = {"w_ce": 1.0, "w_kd": 1.0, "w_method": 400.0}
     teacher_reads = frozenset({"logits", "stages"})

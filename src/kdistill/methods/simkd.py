@@ -81,6 +81,7 @@ class SimKD(Distiller):
     CE and KD, when weighted on, read the student's own head, as the reference computes them; with
     both off that head is unused and frozen (the deployed student predicts through the teacher's)."""
 
+    paper = 'Chen et al. 2022, "Knowledge Distillation with the Reused Teacher Classifier"'
     Options = SimKDOptions
     default_weights = {"w_ce": 0.0, "w_kd": 0.0, "w_method": 1.0}
     teacher_reads = frozenset({"logits", "stages"})

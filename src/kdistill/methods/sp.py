@@ -14,6 +14,7 @@ class SP(Distiller):
     """Table weights: `w_ce = 1`, `w_kd = 0`, `w_method = 3000`. On the last stage's map (the
     benchmark's `feat[-2]`); the two maps' shapes may differ, only the `B x B` matrices meet."""
 
+    paper = 'Tung & Mori 2019, "Similarity-Preserving Knowledge Distillation"'
     offers_kd_variant = True
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 3000.0}
 

@@ -21,6 +21,7 @@ class SRRL(Distiller):
     """Weights: `w_ce = 1`, `w_kd = 1`, `w_method = 1`. Reads only the teacher's logits and pooled
     feature (its classifier's weights come from the teacher model), so a teacher cache serves it."""
 
+    paper = 'Yang et al. 2021, "Knowledge Distillation via Softmax Regression Representation Learning"'
     default_weights = {"w_ce": 1.0, "w_kd": 1.0, "w_method": 1.0}
     teacher_reads = LOGITS_AND_POOLED
 

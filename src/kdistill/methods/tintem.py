@@ -37,6 +37,7 @@ class TinTeM(LabelFreeDistiller):
     the map, so every term compares tokens of one grid.
     """
 
+    paper = '"Faithful Label-free Knowledge Distillation" (Teacher in the Middle)'
     Options = TinTeMOptions
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel, options: TinTeMOptions, context: MethodContext):

@@ -6,4 +6,5 @@ from kdistill.methods.registry import register_method
 
 @register_method("vanilla")
 class Vanilla(Distiller):
+    paper = "none: cross-entropy on the labels alone, the baseline of every table"
     needs_teacher = False

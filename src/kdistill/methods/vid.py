@@ -42,6 +42,7 @@ class VID(Distiller):
     the regressor. The regressors and variances train with the student.
     """
 
+    paper = 'Ahn et al. 2019, "Variational Information Distillation for Knowledge Transfer"'
     offers_kd_variant = True
     Options = VIDOptions
     default_weights = {"w_ce": 1.0, "w_kd": 0.0, "w_method": 1.0}
