@@ -23,12 +23,14 @@ TINY = ["data.name=embedded", "data.batch_size=32", "steps_per_epoch=2", "epochs
 METHODS, SEEDS = ["kd", "dcd+kd"], [0, 1]
 RECIPES = Path(__file__).resolve().parent.parent / "configs/cifar100"
 STUDENT_RUNS = [f"{method}/resnet8_resnet8/seed{seed}" for method in METHODS for seed in SEEDS]
+VANILLA_RUNS = [f"vanilla/resnet8/seed{seed}" for seed in SEEDS]  # added by the grid: the report's baseline
 
 
 def grid_arguments(out: Path, teacher: Path | None = None, methods: list[str] = METHODS, jobs: int = 2) -> list[str]:
-    """The test grid: `methods` x resnet8 -> resnet8 x 2 seeds; the teacher trained by the grid, or
-    the given teacher run (most tests reuse the first grid's teacher: each run costs a process start)."""
-    teachers = ["--train-teachers"] if teacher is None else []
+    """The test grid: `methods` x resnet8 -> resnet8 x 2 seeds; the teacher trained by the grid (and
+    the vanilla students it adds), or the given teacher run and no vanilla run (most tests reuse the
+    first grid's teacher: each run costs a process start)."""
+    teachers = ["--train-teachers"] if teacher is None else ["--no-vanilla"]
     spec = out.parent / f"{out.name}.yaml"
     spec.write_text(json.dumps({"teachers": {} if teacher is None else {"resnet8": str(teacher)}}))
     return [str(spec), *TINY, "--out", str(out), "--methods", *methods, "--pairs", "resnet8:resnet8", "--seeds",
@@ -89,13 +91,15 @@ def test_local_grid_trains_the_teacher_first_then_every_run_and_writes_the_repor
         config = (out / name / "config.yaml").read_text()
         assert f"teacher_checkpoint: {out / 'teachers/resnet8'}" in config
         assert f"seed: {name[-1]}" in config
-    assert "5/5 done, 0 failed" in result.stdout
+    assert "7/7 done, 0 failed" in result.stdout
     for method in METHODS:
         accuracy = top1(out / method / "resnet8_resnet8/seed1")
         assert f"{method} resnet8->resnet8 seed 1: top-1 {accuracy:.2f}" in result.stdout
     table = (out / "report/table.md").read_text()
     assert "resnet8 → resnet8" in table and "| dcd+kd |" in table and "| kd |" in table
     assert "teacher outputs: read from a float32 teacher cache (exact) in 4 run(s)" in table  # the grid's cache
+    vanilla = [top1(out / name) for name in VANILLA_RUNS]
+    assert f"| student (vanilla) | {sum(vanilla) / 2:.2f} ± " in table  # the baseline the grid added
     # the students start once the teacher has finished
     teacher_done = result.stdout.index("teacher resnet8 seed 0: top-1")
     assert all(result.stdout.index(f"starting {name}") > teacher_done for name in STUDENT_RUNS)
@@ -106,7 +110,7 @@ def test_a_rerun_with_a_changed_spec_reports_the_runs_and_reuses_none(local_grid
     before = {name: RunFolder(out / name).results_path.stat().st_mtime for name in STUDENT_RUNS}
     arguments = grid_arguments(out)
     changed = grid(*arguments[:1], "optim.momentum=0.5", *arguments[1:])
-    assert changed.returncode == 1 and "5 of 5 runs failed" in changed.stderr
+    assert changed.returncode == 1 and "7 of 7 runs failed" in changed.stderr
     assert "another configuration (optim.momentum: saved 0.9, spec 0.5)" in changed.stdout
     assert "starting" not in changed.stdout and attempts(out, "teachers/resnet8") == 1
     assert before == {name: RunFolder(out / name).results_path.stat().st_mtime for name in STUDENT_RUNS}
@@ -180,7 +184,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(local_grid, tmp_path):
     spec.write_text(json.dumps({
         "out": str(out), "pairs": ["resnet8:resnet8"], "seeds": [0], "overrides": TINY,
         "teachers": {"resnet8": str(local_grid[0] / "teachers/resnet8")},
-        "methods": {"kd": [], "broken": ["method.name=kd", "method.no_such_option=1"]},
+        "methods": {"kd": [], "broken": ["method.name=kd", "method.no_such_option=1"]}, "vanilla": False,
     }))
     result = grid(str(spec), "--jobs", "2", "--threads", "1")
     assert result.returncode == 1 and "1 of 2 runs failed" in result.stderr
@@ -205,6 +209,13 @@ def test_expansion_names_folders_shares_vanilla_runs_and_resolves_generated_reci
     assert "epochs=2" in kd.overrides and f"teacher_checkpoint={runs['teachers/resnet110'].folder}" in kd.overrides
     assert runs["teachers/resnet110"].recipe == str(RECIPES / "teachers/resnet110.yaml")
     assert runs["vanilla/resnet20/seed3"].needs is None
+    # A grid without vanilla in its methods adds each student's vanilla run (the report's baseline).
+    added = expand(load_spec(None, {"out": str(tmp_path), "methods": ["kd"], "pairs": ["resnet56:resnet20"]}))
+    assert [run.name for run in added] == ["kd/resnet56_resnet20/seed0", "vanilla/resnet20/seed0"]
+    assert "method.name=vanilla" in added[1].overrides and not any(o.startswith("teacher") for o in added[1].overrides)
+    none = expand(load_spec(None, {"out": str(tmp_path), "methods": ["kd"], "pairs": ["resnet56:resnet20"],
+                                   "vanilla": False}))
+    assert [run.name for run in none] == ["kd/resnet56_resnet20/seed0"]
     assert parse_pair("timm:resnet50:tv:resnet18") == ("timm:resnet50", "tv:resnet18")
     assert parse_pair(["vgg13", "vgg8"]) == ("vgg13", "vgg8")
     with pytest.raises(KdistillError, match="teacher:student"):
@@ -238,4 +249,5 @@ def test_slurm_without_submitit_says_what_to_install(tmp_path):
             f"'--out', '{tmp_path}']))")
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert result.stderr.strip() == "kdistill: error: --launcher slurm needs submitit: pip install kdistill[slurm]"
+    assert result.stderr.strip() == ('kdistill: error: --launcher slurm needs submitit: pip install -e ".[slurm]" '
+                                      '(in a clone of kdistill)')

@@ -16,7 +16,7 @@ from kdistill.config import EXECUTION_KEYS, flat_config
 from kdistill.errors import KdistillError, RunStopped
 from kdistill.files import atomic_write_text, reported_write, try_lock
 from kdistill.grid.launch import Launch, LocalLauncher, last_line
-from kdistill.grid.spec import GRID_LOCK, LAUNCHERS, REPORT_DIR, GridRun, GridSpec, expand
+from kdistill.grid.spec import GRID_LOCK, LAUNCHERS, REPORT_DIR, TEACHERS_DIR, GridRun, GridSpec, expand
 from kdistill.run_folder import RunFolder
 
 
@@ -192,7 +192,8 @@ def make_launcher(spec: GridSpec):
     except ModuleNotFoundError as error:
         if error.name != "submitit":
             raise
-        raise KdistillError(f"--launcher {name} needs submitit: pip install kdistill[slurm]") from None
+        raise KdistillError(f"--launcher {name} needs submitit: pip install -e \".[slurm]\" "
+                            "(in a clone of kdistill)") from None
     return SubmititLauncher(spec.out.resolve(), "slurm" if name == "slurm" else "local", gpus, options)
 
 
@@ -202,7 +203,24 @@ def write_report(state: GridState, out: Path) -> str | None:
 
     if not any(run.teacher is not None for run in state.done):
         return None  # no distillation run finished: a table has no columns
-    return build_report([str(run.folder) for run in state.done], out / REPORT_DIR)["markdown"]
+    return build_report([str(run.folder) for run in reported_runs(state.done)], out / REPORT_DIR)["markdown"]
+
+
+def reported_runs(done: list[GridRun]) -> list[GridRun]:
+    """The finished runs but a teacher run that is the same training as a vanilla student run (a
+    self-distillation pair whose teacher has the common overrides and its seed): the report takes
+    that run once, and it fills both the teacher and the student row."""
+    from kdistill.report import load_result
+
+    def identity(run: GridRun) -> tuple:
+        result = load_result(run.folder)
+        return result.setting, result.seed
+
+    def is_teacher_run(run: GridRun) -> bool:
+        return run.name.startswith(f"{TEACHERS_DIR}/")
+
+    vanilla = {identity(run) for run in done if run.teacher is None and not is_teacher_run(run)}
+    return [run for run in done if not is_teacher_run(run) or identity(run) not in vanilla]
 
 
 def lock_grid(out: Path):

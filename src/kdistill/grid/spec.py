@@ -9,6 +9,7 @@
       resnet20: [epochs=8]               # (once, first, with these overrides), or given as a path:
       # resnet56: save/models/resnet56_vanilla/ckpt_epoch_240.pth
     teacher_seed: 0
+    vanilla: true                        # add each student's vanilla run (the report's baseline)
     recipes: configs/cifar100            # optional: methods x pairs read the generated recipes
                                          # <dir>/<method>/<teacher>_<student>.yaml; or a list of
                                          # recipe files, each run with every seed
@@ -17,7 +18,10 @@
 
 Run folders: `<out>/<method>/<teacher>_<student>/seed<k>`, `<out>/vanilla/<student>/seed<k>` (a
 vanilla student has no teacher, so pairs sharing a student share its runs) and
-`<out>/teachers/<teacher>`.
+`<out>/teachers/<teacher>`. A grid of methods x pairs trains each student's vanilla run with the
+common overrides (or the generated vanilla recipe) even when `methods` does not list it: the
+report's baseline and relative improvement need it (`vanilla: false` / `--no-vanilla`: none; a
+recipe folder without `vanilla/` recipes: none).
 """
 
 from dataclasses import dataclass, field
@@ -39,7 +43,7 @@ DTYPE_KEY = "teacher_cache_dtype"
 LAUNCHERS = ("local", "slurm", "submitit-local")
 # Model-name prefixes that contain the pair separator ':' themselves (timm:<name>, tv:<name>).
 MODEL_PREFIXES = ("timm", "tv")
-SPEC_KEYS = {"out", "methods", "pairs", "seeds", "overrides", "teachers", "teacher_seed", "recipes",
+SPEC_KEYS = {"out", "methods", "pairs", "seeds", "overrides", "teachers", "teacher_seed", "vanilla", "recipes",
              "launcher", "jobs", "threads", "gpus_per_run", "partition", "time_min", "cpus_per_run",
              "array_parallelism", "slurm"}
 
@@ -84,6 +88,7 @@ class GridSpec:
     overrides: list[str] = field(default_factory=list)
     teachers: dict[str, list[str] | str] = field(default_factory=dict)  # overrides to train it, or a path
     teacher_seed: int = 0
+    vanilla: bool = True  # add each student's vanilla run to a grid of methods x pairs
     recipe_dir: Path | None = None
     recipe_files: list[Path] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)  # launcher options (flags win over these)
@@ -188,10 +193,11 @@ def load_spec(spec_file: str | None, flags: dict[str, Any], extra_overrides: lis
         overrides=_overrides(values.get("overrides"), "overrides") + list(extra_overrides),
         teachers=_teachers(values.get("teachers")),
         teacher_seed=int(values.get("teacher_seed", 0)),
+        vanilla=bool(values.get("vanilla", True)),
         recipe_dir=recipe_dirs[0] if recipe_dirs else None,
         recipe_files=recipe_files,
         options={key: values[key] for key in SPEC_KEYS - {"out", "methods", "pairs", "seeds", "overrides", "teachers",
-                                                          "teacher_seed", "recipes"} if key in values},
+                                                          "teacher_seed", "vanilla", "recipes"} if key in values},
     )
     if train_teachers:
         spec.teachers = {**{teacher: [] for teacher, _ in spec.pairs}, **spec.teachers}
@@ -282,7 +288,12 @@ def expand(spec: GridSpec) -> list[GridRun]:
     for path in spec.recipe_files:
         method, teacher, student = _recipe_models(path)
         entries.append((method, teacher, student, str(path), list(spec.overrides)))
-    for label, method_overrides in spec.methods.items():
+    methods = dict(spec.methods)
+    # The report's baseline: each student's vanilla run, listed or not (a recipe folder without
+    # vanilla recipes, such as configs/imagenet, has none to give).
+    if spec.vanilla and methods and (spec.recipe_dir is None or (spec.recipe_dir / TEACHER_FREE_METHOD).is_dir()):
+        methods.setdefault(TEACHER_FREE_METHOD, [])
+    for label, method_overrides in methods.items():
         for teacher, student in spec.pairs:
             vanilla = not method_class(_method_name(label, method_overrides)).needs_teacher
             if vanilla and any(entry[1] is None and entry[2] == student for entry in entries):
