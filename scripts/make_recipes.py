@@ -25,6 +25,12 @@ FT_SMALL_INIT_LR_STUDENTS = ("resnet8", "resnet14", "resnet20", "resnet32", "res
                              "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2")
 
 
+def run_folder(path: str) -> str:
+    """A recipe's `out`: a folder per seed (OmegaConf resolves `${seed}`), so `seed=1` on the command
+    line writes beside seed 0 instead of into its folder."""
+    return f"{path}/seed${{seed}}"
+
+
 def method_section(name: str, **options) -> dict:
     """A recipe's method section: the method's table weights, read from its class so there is one
     copy, written out so a recipe shows what it runs; then its options."""
@@ -180,12 +186,13 @@ def cifar100_recipes() -> dict[Path, dict]:
     for teacher in sorted({t for t, _ in CIFAR100_PAIRS}):
         recipes[Path("cifar100/teachers") / f"{teacher}.yaml"] = {
             "student": teacher, "method": CIFAR100_METHODS["vanilla"], "data": CIFAR100_DATA,
-            "optim": {"lr": 0.05}, **TABLE_SCHEDULE, "out": f"runs/cifar100/teachers/{teacher}",
+            "optim": {"lr": 0.05}, **TABLE_SCHEDULE, "out": run_folder(f"runs/cifar100/teachers/{teacher}"),
         }
     for method in CIFAR100_METHODS:
         for teacher, student in CIFAR100_METHOD_PAIRS.get(method, CIFAR100_PAIRS):
             recipe = {"student": student, "method": pair_section(method, teacher, student), "data": CIFAR100_DATA,
-                      **pair_training(method, teacher, student), "out": f"runs/cifar100/{method}/{teacher}_{student}"}
+                      **pair_training(method, teacher, student),
+                      "out": run_folder(f"runs/cifar100/{method}/{teacher}_{student}")}
             if method_class(method).needs_teacher:
                 recipe = {"teacher": teacher, **teacher_weights(teacher), **recipe}
             if note := CIFAR100_NOTES.get((method, (teacher, student))):
@@ -253,7 +260,7 @@ def imagenet_recipes() -> dict[Path, dict]:
             recipes[Path("imagenet") / method / f"{pair}.yaml"] = {
                 COMMENT: GLOBAL_BATCH_NOTE.format(batch=training["data"]["batch_size"]),
                 "teacher": teacher, "teacher_pretrained": True, "student": student, "method": section,
-                **training, "out": f"runs/imagenet/{method}/{pair}",
+                **training, "out": run_folder(f"runs/imagenet/{method}/{pair}"),
                 **({"note": IMAGENET_NOTES[method]} if method in IMAGENET_NOTES else {}),
             }
     return recipes
@@ -292,18 +299,18 @@ EMBEDDED_TRAINING = {"data": {"name": "embedded", "batch_size": 128}, "optim": {
 def label_free_recipes() -> dict[Path, dict]:
     recipes = {Path("embedded/teachers/resnet20.yaml"): {
         "student": "resnet20", "method": CIFAR100_METHODS["vanilla"], **EMBEDDED_TRAINING,
-        "out": "runs/embedded/teachers/resnet20",
+        "out": run_folder("runs/embedded/teachers/resnet20"),
     }}
     for method in LABEL_FREE_METHODS:
         recipes[Path("imagenet") / method / "vit_small14_vit_tiny14.yaml"] = {
             COMMENT: GLOBAL_BATCH_NOTE.format(batch=LABEL_FREE_VIT_DATA["batch_size"]),
             **LABEL_FREE_VIT, "method": method_section(method), "data": LABEL_FREE_VIT_DATA,
-            **LABEL_FREE_VIT_TRAINING, "out": f"runs/imagenet/{method}/vit_small14_vit_tiny14",
+            **LABEL_FREE_VIT_TRAINING, "out": run_folder(f"runs/imagenet/{method}/vit_small14_vit_tiny14"),
         }
         recipes[Path("embedded") / method / "resnet20_resnet8.yaml"] = {
-            "teacher": "resnet20", "teacher_checkpoint": "runs/embedded/teachers/resnet20",
+            "teacher": "resnet20", "teacher_checkpoint": "runs/embedded/teachers/resnet20/seed0",
             "student": "resnet8", "method": method_section(method), **EMBEDDED_TRAINING,
-            "out": f"runs/embedded/{method}/resnet20_resnet8",
+            "out": run_folder(f"runs/embedded/{method}/resnet20_resnet8"),
         }
     return recipes
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,21 @@ def test_recipe_weights_are_the_methods_defaults_unless_the_recipe_says_why(reci
     for key in departures:
         why = f"{key}={written[key]} differs from the default {defaults[key]}: say why in note"
         assert cfg.note and key in cfg.note, why
+
+
+def test_every_recipe_writes_each_seed_into_its_own_folder():
+    for recipe in RECIPES:
+        folders = {seed: load_config(str(recipe), [f"seed={seed}"]).out for seed in (0, 1)}
+        assert folders[1] == folders[0][:-1] + "1" and folders[0].endswith("/seed0"), recipe
+
+
+def test_the_readme_names_teacher_files_where_the_recipes_expect_them():
+    readme = (CONFIGS.parent / "README.md").read_text()
+    recipe = load_config(str(CONFIGS / "cifar100/kd/resnet32x4_resnet8x4.yaml"))
+    expected = recipe.teacher_checkpoint.removesuffix("resnet32x4_vanilla/ckpt_epoch_240.pth")
+    teacher_files = re.findall(r"[\w/.]*\w_vanilla/ckpt_epoch_240\.pth", readme)  # named paths, not <arch>_...
+    assert teacher_files and all(path.startswith(expected) for path in teacher_files), teacher_files
+    assert "pip install kdistill[slurm]" not in readme  # from a clone: pip install -e ".[slurm]"
 
 
 IMAGENET_RECIPES = sorted((CONFIGS / "imagenet").rglob("*.yaml"))
