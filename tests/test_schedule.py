@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kdistill.config import OptimConfig, ScheduleConfig
-from kdistill.engine.schedule import build_optimizer, build_scheduler, lr_factor
+from kdistill.engine.schedule import build_optimizer, build_scheduler, idle_schedule_warning, lr_factor
 from kdistill.errors import KdistillError
 
 
@@ -15,6 +15,16 @@ def test_step_schedule_is_the_tables_recipe():
     assert lr_factor(150 * steps, steps, 240, cfg) == pytest.approx(0.1)
     assert lr_factor(180 * steps, steps, 240, cfg) == pytest.approx(0.01)
     assert lr_factor(239 * steps, steps, 240, cfg) == pytest.approx(0.001)
+
+
+def test_a_step_schedule_that_cannot_act_is_warned_about():
+    """A milestone acts when an epoch index (from 0) reaches it: milestone 5 within 6 epochs, not 5."""
+    steps = 10
+    assert lr_factor(5 * steps, steps, 6, ScheduleConfig(milestones=(5,))) == pytest.approx(0.1)
+    assert idle_schedule_warning(ScheduleConfig(milestones=(5,)), 6, 0.05) is None
+    assert "none within epochs=5: it stays 0.05" in idle_schedule_warning(ScheduleConfig(milestones=(5, 9)), 5, 0.05)
+    assert idle_schedule_warning(ScheduleConfig(name="cosine"), 5, 0.05) is None
+    assert idle_schedule_warning(ScheduleConfig(milestones=()), 5, 0.05) is None
 
 
 def test_cosine_with_warmup_and_floor():

@@ -8,6 +8,7 @@ from typing import Any
 from kdistill.config import EXECUTION_KEYS, RunConfig, flat_config, recorded_config
 from kdistill.config.loading import load_config
 from kdistill.distributed import barrier, is_main_process
+from kdistill.engine.schedule import idle_schedule_warning
 from kdistill.engine.setup import build_run, resolve_run
 from kdistill.engine.teacher_cache import TeacherCache
 from kdistill.engine.trainer import Trainer
@@ -24,8 +25,8 @@ class ResumeCheck:
     finished: bool  # the run has finished and the resume adds no epoch: nothing to train
 
 
-def _note(text: str) -> None:
-    print(f"kdistill: note: {text}", file=sys.stderr)
+def _note(text: str, kind: str = "note") -> None:
+    print(f"kdistill: {kind}: {text}", file=sys.stderr)
 
 
 def check_resume(run: RunFolder, cfg: RunConfig) -> ResumeCheck | None:
@@ -74,6 +75,8 @@ def train_run(cfg: RunConfig) -> RunResults:
     try:
         if is_main_process():
             run.prepare(cfg.resume)  # takes the run's lock
+            if warning := idle_schedule_warning(cfg.schedule, cfg.epochs, cfg.optim.lr):
+                _note(warning, "warning")
             if check is not None and check.changes:
                 run.record_config_change({
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

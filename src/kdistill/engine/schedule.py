@@ -49,6 +49,16 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig,
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def idle_schedule_warning(cfg: ScheduleConfig, epochs: int, lr: float) -> str | None:
+    """The line to print when the step schedule cannot act on the run: every milestone at or beyond
+    `epochs` (the rate would stay `lr` to the end, as a 240-epoch recipe's milestones do in a short run)."""
+    if cfg.name is not ScheduleName.step or not cfg.milestones or min(cfg.milestones) < epochs:
+        return None
+    milestones = ", ".join(map(str, cfg.milestones))
+    return (f"schedule.name=step decays the learning rate at epochs {milestones}, none within epochs={epochs}: "
+            f"it stays {lr:g} to the end; for a short run set schedule.name=cosine (or schedule.milestones=[...])")
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int,
                     epochs: int, base_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped once per optimizer step; `min_lr` (the cosine floor) and `warmup_lr` are absolute."""
