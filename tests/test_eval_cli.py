@@ -14,7 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import QUICK_RUN, assert_nonblank_png, assert_user_error, run_kdistill, write_mnist_format
+import torch
+from helpers import (
+    QUICK_RUN,
+    assert_nonblank_png,
+    assert_user_error,
+    kdistill_command,
+    run_kdistill,
+    write_mnist_format,
+)
 
 from kdistill.data import DATASETS
 from kdistill.errors import KdistillError
@@ -68,16 +76,27 @@ def results(runs) -> dict[str, subprocess.CompletedProcess]:
         "correlate": ["correlate", str(student), *same_teacher, str(teacher), "--out", str(root / "correlation.png"),
                       "progress=false"],
         "knn": ["knn", str(student), "--k", "5", "128", "300", "progress=false"],
+        "knn_bank": ["knn", str(student), "knn.bank_size=40", "--k", "5", "128", "progress=false"],
         "probe": ["probe", "probe.name=fashion-mnist", str(student), f"probe.root={other}"],
         "ood": ["ood", str(student), "ood.name=fashion-mnist", f"ood.root={other}"],
+        "bad_bank": ["knn", str(student), "knn.bank_size=0"],
+        "ood_bank": ["ood", str(student), "ood.name=fashion-mnist", f"ood.root={other}", "ood.bank_size=50"],
         "robustness": ["robustness", str(student), "--corruptions", "gaussian_noise", "pixelate", "device=cpu",
                        "--severities", "2", "progress=false"],
         "report": ["report", str(root / "runs"), "--out", str(root / "report")],
         "mismatch": ["knn", str(student), "data.name=cifar100", f"data.root={cifar100}"],
     }
 
+    # The probe on an image folder, streamed by DataLoader workers, in a process that may use one CPU.
+    source = DATASETS.get("fashion-mnist")(str(other), False)
+    folder = write_grey_image_folder(root / "grey_probe", source.test.images[:16, 0].numpy(),
+                                     source.test.labels[:16].numpy())
+    one_cpu = ["taskset", "-c", "0", *kdistill_command(), "probe", str(student), "probe.name=imagefolder",
+               f"probe.root={folder}", "progress=false"]
     with ThreadPoolExecutor(max_workers=2) as pool:  # the two cores
         futures = {name: pool.submit(run_kdistill, *args) for name, args in commands.items()}
+        futures["probe_one_cpu"] = pool.submit(subprocess.run, one_cpu, capture_output=True, text=True, timeout=600,
+                                               check=False)
     return {name: future.result() for name, future in futures.items()}
 
 
@@ -117,6 +136,25 @@ def test_knn_of_student_and_teacher(results, runs):
     assert report["top1"]["student"]["5"] > 30.0  # 10 classes, a briefly trained model's features
 
 
+def test_knn_and_ood_on_a_keyed_subset_of_the_bank(results, runs):
+    from kdistill.eval.common import bank_indices
+
+    assert "bank of 40 train features" in succeeded(results, "knn_bank")
+    report = read_json(runs["student"] / "knn_bank40_last.json")
+    assert report["bank_size"] == 40 and set(report["top1"]["student"]) == {"5", "128"}
+    succeeded(results, "ood_bank")
+    assert read_json(runs["student"] / "ood_fashion-mnist_bank50_last.json")["samples"]["bank"] == 50
+    # The subset: keyed by the seed alone, in the split's order, every sample when it asks for more.
+    subset = bank_indices(128, 40, seed=0)
+    assert len(subset) == 40 and subset.unique().numel() == 40 and subset.tolist() == sorted(subset.tolist())
+    assert torch.equal(subset, bank_indices(128, 40, seed=0)) and not torch.equal(subset, bank_indices(128, 40, seed=1))
+    assert bank_indices(128, 500, seed=0).tolist() == list(range(128))
+
+
+def test_a_bank_size_that_is_no_count_is_one_line(results):
+    assert_user_error(results["bad_bank"], "knn.bank_size=0 is not a positive whole number")
+
+
 def test_knn_on_another_data_set_uses_the_models_normalisation(results, runs):
     """The run's own images declared as Fashion-MNIST (other mean and std): renormalised to the
     model's training statistics, they must score exactly as the run's own data."""
@@ -144,6 +182,12 @@ def test_probe_caches_the_features(results, runs):
     again = run_probe(str(student), probe_data, weight_decay=0.01)
     assert cache.stat().st_mtime_ns == written  # the features were read back, not recomputed
     assert again["weight_decay"] == 0.01 and again["top1"] != report["top1"]
+
+
+def test_the_probe_starts_no_more_data_workers_than_cpus(results):
+    """data.num_workers' default (4) is capped at the CPUs the process may use: no DataLoader warning."""
+    assert "linear probe" in succeeded(results, "probe_one_cpu").lower()
+    assert "worker" not in results["probe_one_cpu"].stderr, results["probe_one_cpu"].stderr
 
 
 def test_ood_scores_of_student_and_teacher(results, runs):

@@ -34,6 +34,7 @@ class Stream(IntEnum):
     FLIP = 2
     SHUFFLE = 3
     VAL_SPLIT = 4
+    BANK_SUBSET = 5  # the training samples an evaluation's feature bank keeps (`knn.bank_size`, `ood.bank_size`)
     RESIZED_CROP_AREA = 16  # + attempt
     RESIZED_CROP_LOG_RATIO = 32  # + attempt
     RESIZED_CROP_TOP = 48

@@ -4,6 +4,7 @@ and data, a second data set given as `<prefix>.*` keys, and logits/features over
 import dataclasses
 import functools
 import json
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from kdistill.config import DataConfig, RunConfig
 from kdistill.config.loading import load_config
 from kdistill.data import DatasetInfo, Loader, Loaders, build_loaders
+from kdistill.data.augment import Stream, keyed_bits
 from kdistill.data.loaders import Normalizer
 from kdistill.errors import KdistillError
 from kdistill.files import atomic_write_text
@@ -69,6 +71,42 @@ def split_overrides(items: list[str], prefix: str) -> tuple[list[str], list[str]
     marker = f"{prefix}."
     own = [item.removeprefix(marker) for item in items if item.startswith(marker)]
     return own, [item for item in items if not item.startswith(marker)]
+
+
+BANK_SIZE_KEY = "bank_size"
+
+
+def take_bank_size(items: list[str], prefix: str) -> tuple[int | None, list[str]]:
+    """(`<prefix>.bank_size=N` as N, or None; the other `<prefix>.*` items, prefix removed), where
+    the items are those `split_overrides` gave for `prefix`."""
+    sizes = [item.split("=", 1)[1] for item in items if item.split("=", 1)[0] == BANK_SIZE_KEY]
+    rest = [item for item in items if item.split("=", 1)[0] != BANK_SIZE_KEY]
+    if not sizes:
+        return None, rest
+    try:
+        size = int(sizes[-1])
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise KdistillError(f"{prefix}.{BANK_SIZE_KEY}={sizes[-1]} is not a positive whole number: set "
+                            f"{prefix}.{BANK_SIZE_KEY}=N (N training samples), or leave it out for all of them")
+    return size, rest
+
+
+def bank_indices(size: int, bank_size: int | None, seed: int) -> Tensor:
+    """The training samples a feature bank embeds: all of them, or the `bank_size` whose keyed values
+    (from the seed alone) are smallest, in their split's order: the same subset in every run and
+    for teacher and student."""
+    if bank_size is None or bank_size >= size:
+        return torch.arange(size)
+    keys = keyed_bits(seed, 0, torch.arange(size), Stream.BANK_SUBSET)
+    return keys.argsort()[:bank_size].sort().values
+
+
+def bank_batches(loader: Loader, bank_size: int | None, seed: int) -> tuple[Iterator[dict[str, Tensor]], int]:
+    """(the batches of the bank's samples from a train loader read like a test split, their count)."""
+    index_batches = list(bank_indices(loader.dataset_size, bank_size, seed).split(loader.order.batch_size))
+    return loader.batches_of(index_batches), len(index_batches)
 
 
 def build_eval_loaders(data: DataConfig, device: torch.device, seed: int) -> Loaders:
@@ -126,11 +164,18 @@ def load_evaluation(target: Target, teacher: str = "optional") -> Evaluation:
     return Evaluation(target, device, loaders, models)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (what DataLoader checks its worker count against)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def build_other_loaders(prefix: str, own: list[str], evaluation: Evaluation) -> Loaders:
     """A second data set (a probe's or an OOD set) from the `<prefix>.*` keys (prefix removed by
     `split_overrides`), which are the keys of `data.*`.
 
-    Its images are resized to the model's input size unless `<prefix>.image_size` says otherwise.
+    Its images are resized to the model's input size unless `<prefix>.image_size` says otherwise;
+    its DataLoader workers are data.num_workers' default capped at the usable CPUs unless
+    `<prefix>.num_workers` says otherwise.
     """
     model_info = evaluation.loaders.info
     try:
@@ -144,7 +189,8 @@ def build_other_loaders(prefix: str, own: list[str], evaluation: Evaluation) -> 
         raise KdistillError(f"no {prefix} data set: set {prefix}.name=<data set> (and {prefix}.root=<folder>)")
     data = dataclasses.replace(
         data, image_size=data.image_size or model_info.image_size,
-        eval_batch_size=data.eval_batch_size if "eval_batch_size" in given else evaluation.cfg.data.eval_batch_size)
+        eval_batch_size=data.eval_batch_size if "eval_batch_size" in given else evaluation.cfg.data.eval_batch_size,
+        num_workers=data.num_workers if "num_workers" in given else min(data.num_workers, usable_cpus()))
     loaders = build_eval_loaders(data, evaluation.device, evaluation.cfg.seed)
     channels = loaders.info.in_chans
     if channels != model_info.in_chans:

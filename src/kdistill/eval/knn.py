@@ -5,7 +5,8 @@ It needs no classifier, so it also scores label-free students.
 
 By default the bank and the queries are the run's own data; `knn.*` keys (the keys of `data.*`)
 name another data set, whose images are resized to the model's input size and normalised as the
-model's training data (as `probe` does)."""
+model's training data (as `probe` does). `knn.bank_size=N` embeds a keyed subset of N training
+samples as the bank instead of the whole split (`kdistill.eval.common.bank_indices`)."""
 
 from typing import Any
 
@@ -15,12 +16,14 @@ from torch import Tensor
 
 from kdistill.errors import KdistillError
 from kdistill.eval.common import (
+    bank_batches,
     build_other_loaders,
     collect_outputs,
     load_evaluation,
     model_inputs,
     resolve_target,
     split_overrides,
+    take_bank_size,
     write_report,
 )
 
@@ -64,16 +67,18 @@ def run_knn(target: str, overrides: list[str], which: str = "last", ks: tuple[in
     """kNN top-1 on the test split with the train split (unaugmented) as the bank, for the model
     and, when the run has one, its teacher; on the run's data or on the `knn.*` data set."""
     knn_items, run_items = split_overrides(overrides, "knn")
+    bank_size, knn_items = take_bank_size(knn_items, "knn")
     resolved = resolve_target(target, run_items, which)
     evaluation = load_evaluation(resolved)
     loaders = build_other_loaders("knn", knn_items, evaluation) if knn_items else evaluation.loaders
     progress, autocast_dtype = evaluation.cfg.progress, evaluation.autocast_dtype
-    outputs = {}
-    for split in ("train", "test"):
-        loader = getattr(loaders, split)
-        outputs[split] = collect_outputs(evaluation.models, model_inputs(loader, loaders.info, evaluation.loaders.info),
-                                         len(loader), f"{split} features", progress, autocast_dtype)
-    bank, test = outputs["train"], outputs["test"]
+
+    def features(batches, total: int, desc: str):
+        return collect_outputs(evaluation.models, model_inputs(batches, loaders.info, evaluation.loaders.info),
+                               total, desc, progress, autocast_dtype)
+
+    bank = features(*bank_batches(loaders.train, bank_size, evaluation.cfg.seed), "train features")
+    test = features(loaders.test, len(loaders.test), "test features")
     top1 = {role: weighted_knn_accuracy(bank[role].pooled.to(evaluation.device), bank[role].labels,
                                         test[role].pooled.to(evaluation.device), test[role].labels,
                                         loaders.info.num_classes, tuple(ks), temperature)
@@ -83,7 +88,7 @@ def run_knn(target: str, overrides: list[str], which: str = "last", ks: tuple[in
               "temperature": temperature, "models": {role: loaded.name for role, loaded in evaluation.models.items()},
               "bank_size": len(bank["student"].labels),
               "top1": {role: {str(k): value for k, value in by_k.items()} for role, by_k in top1.items()}}
-    output_name = f"knn_{name}" if knn_items else "knn"
+    output_name = (f"knn_{name}" if knn_items else "knn") + (f"_bank{bank_size}" if bank_size else "")
     return write_report(report, resolved.output_path(output_name, ".json"))
 
 

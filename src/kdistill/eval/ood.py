@@ -4,8 +4,8 @@ OOD data set (`ood.*` keys), for the model and its teacher side by side.
 Three scores, each higher for in-distribution samples: the maximum softmax probability, the
 energy score (logsumexp of the logits, i.e. the negative free energy at temperature 1), and
 TinTeM's 1-nearest-neighbour cosine similarity of the L2-normalised penultimate feature to the
-in-distribution training features. In-distribution is the positive class of AUROC and of the
-false-positive rate at 95% true-positive rate (FPR95).
+in-distribution training features (`ood.bank_size=N`: a keyed subset of N of them). In-distribution
+is the positive class of AUROC and of the false-positive rate at 95% true-positive rate (FPR95).
 """
 
 import math
@@ -18,12 +18,14 @@ from torch import Tensor
 from kdistill.errors import KdistillError
 from kdistill.eval.common import (
     Outputs,
+    bank_batches,
     build_other_loaders,
     collect_outputs,
     load_evaluation,
     model_inputs,
     resolve_target,
     split_overrides,
+    take_bank_size,
     write_report,
 )
 from kdistill.eval.knn import nearest_neighbours
@@ -82,12 +84,14 @@ def same_images_warning(inside: Outputs, outside: Outputs) -> str | None:
 def run_ood(target: str, overrides: list[str], which: str = "last") -> dict[str, Any]:
     """AUROC and FPR95 of every score, for the model and (when the run has one) its teacher."""
     ood_items, run_items = split_overrides(overrides, "ood")
+    bank_size, ood_items = take_bank_size(ood_items, "ood")
     resolved = resolve_target(target, run_items, which)
     evaluation = load_evaluation(resolved)
     ood_loaders = build_other_loaders("ood", ood_items, evaluation)
     models, progress, autocast_dtype = evaluation.models, evaluation.cfg.progress, evaluation.autocast_dtype
     loaders = evaluation.loaders
-    bank = collect_outputs(models, loaders.train, len(loaders.train), "in-distribution train", progress, autocast_dtype)
+    bank = collect_outputs(models, *bank_batches(loaders.train, bank_size, evaluation.cfg.seed),
+                           "in-distribution train", progress, autocast_dtype)
     inside = collect_outputs(models, loaders.test, len(loaders.test), "in-distribution test", progress, autocast_dtype)
     ood_batches = model_inputs(ood_loaders.test, ood_loaders.info, loaders.info)
     outside = collect_outputs(models, ood_batches, len(ood_loaders.test), "OOD test", progress, autocast_dtype)
@@ -111,7 +115,8 @@ def run_ood(target: str, overrides: list[str], which: str = "last") -> dict[str,
               "models": {role: loaded.name for role, loaded in models.items()}, "metrics": metrics}
     if warning:
         report["warning"] = warning
-    return write_report(report, resolved.output_path(f"ood_{ood_name}", ".json"))
+    return write_report(report, resolved.output_path(f"ood_{ood_name}" + (f"_bank{bank_size}" if bank_size else ""),
+                                                     ".json"))
 
 
 def format_ood(report: dict[str, Any]) -> str:
