@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import assert_nonblank_png
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from kdistill.config import DataConfig
 from kdistill.data import DATASETS
@@ -69,6 +70,28 @@ def test_correlation_heat_map_is_a_png_with_content(tmp_path):
               ("other", correlation_difference(logits, torch.randn(300, 10, generator=generator(1))))]
     plot_correlation_differences(panels, tmp_path / "difference.png")
     assert_nonblank_png(tmp_path / "difference.png")
+
+
+def test_heat_map_titles_stay_whole_and_apart(tmp_path):
+    """Library models' long names: every panel title lies inside the figure and overlaps no other
+    title or panel (five panels: two rows)."""
+    title = "kd: timm:vit_small_patch14_dinov2.lvd142m -> timm:vit_tiny_patch16_224\nmean |difference| 0.1234"
+    matrix = torch.rand(10, 10, generator=generator())
+    figure = plot_correlation_differences([(title, matrix)] * 5, tmp_path / "long.png")
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()  # the layout as saved
+    renderer = canvas.get_renderer()
+    axes = [axis for axis in figure.axes if axis.get_visible() and axis.get_title()]
+    titles = [axis.title.get_window_extent(renderer) for axis in axes]
+    assert len(titles) == 5
+    for box in titles:
+        assert figure.bbox.contains(box.x0, box.y0) and figure.bbox.contains(box.x1, box.y1)
+    for (first, box), (second, other) in itertools.combinations(enumerate(titles), 2):
+        assert not box.overlaps(other), (first, second)
+    for box in titles:  # nor any panel's map or axis label
+        for axis in axes:
+            for part in (axis.get_window_extent(renderer), axis.xaxis.label.get_window_extent(renderer)):
+                assert not box.overlaps(part)
 
 
 # ---- OOD detection

@@ -3,6 +3,7 @@ are from the teacher's: the correlation matrices of the two models' class logits
 set, the mean absolute difference, and a heat map of the difference per run on one colour scale."""
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from kdistill.eval.common import collect_outputs, load_evaluation, resolve_targe
 from kdistill.files import atomic_write
 
 PANEL_INCHES = 4.0
+TITLE_CHARACTERS = 44  # a title line's width within a panel at font size 9; longer lines are wrapped
 
 
 def class_correlation(logits: Tensor) -> Tensor:
@@ -28,22 +30,31 @@ def correlation_difference(teacher_logits: Tensor, student_logits: Tensor) -> Te
     return (class_correlation(teacher_logits) - class_correlation(student_logits)).abs()
 
 
-def plot_correlation_differences(panels: list[tuple[str, Tensor]], path: Path) -> None:
-    """One heat map per (title, difference matrix), all on the colour scale of the largest value."""
+def panel_title(title: str) -> str:
+    """Each line of `title` wrapped to the panel's width (library model names are long)."""
+    return "\n".join(textwrap.fill(line, TITLE_CHARACTERS, break_long_words=True) for line in title.splitlines())
+
+
+def plot_correlation_differences(panels: list[tuple[str, Tensor]], path: Path) -> Figure:
+    """One heat map per (title, difference matrix), all on the colour scale of the largest value;
+    returns the figure written to `path`."""
     top = max(float(matrix.max()) for _, matrix in panels) or 1.0  # all zero: any scale shows it
     columns = min(len(panels), 4)
     rows = math.ceil(len(panels) / columns)
-    figure = Figure(figsize=(PANEL_INCHES * columns + 1, PANEL_INCHES * rows), layout="constrained")
+    # Each row also holds its panels' titles (up to four lines) and axis labels above the square map.
+    figure = Figure(figsize=(PANEL_INCHES * columns + 1, (PANEL_INCHES + 0.8) * rows), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for axis, (title, matrix) in zip(axes, panels):
         image = axis.imshow(matrix.numpy(), cmap="viridis", vmin=0.0, vmax=top, interpolation="nearest")
-        axis.set_title(title, fontsize=9)
+        axis.set_title(panel_title(title), fontsize=9)
         axis.set_xlabel("class")
         axis.set_ylabel("class")
     for axis in axes[len(panels):]:
         axis.set_visible(False)
     figure.colorbar(image, ax=list(axes[: len(panels)]), label="|corr(teacher) - corr(student)|")
-    atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=100))
+    # A tight box: no title cut at the figure's edges.
+    atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=100, bbox_inches="tight", pad_inches=0.15))
+    return figure
 
 
 def run_correlate(targets: list[str], overrides: list[str], which: str = "last",
