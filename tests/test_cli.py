@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ from helpers import QUICK_RUN, assert_user_error
 from omegaconf import OmegaConf
 
 from kdistill.cli import EVAL_COMMANDS, parse_command_line
+from kdistill.demo import announce
 from kdistill.models import create_model
 
 
@@ -95,6 +97,13 @@ def test_help_shows_the_defaults_of_the_evaluation_modules(capsys):
             assert f"(default: {default})" in text, (name, default)
 
 
+def test_cache_help_offers_no_resume(run_cli):
+    """A cache fill keeps the epoch files already there by itself: `--resume` would mean nothing."""
+    cache, train = run_cli("cache", "--help"), run_cli("train", "--help")
+    assert cache.returncode == 0 and "--config" in cache.stdout and "--resume" not in cache.stdout
+    assert "--resume" in train.stdout
+
+
 def test_the_experiment_script_takes_overrides_after_its_lists():
     import importlib.util
     from pathlib import Path
@@ -128,6 +137,24 @@ def test_config_file_and_overrides(run_cli, tmp_path):
     assert result.returncode == 0, result.stderr
     saved = (tmp_path / "r" / "config.yaml").read_text()
     assert "batch_size: 16" in saved and "epochs: 1" in saved
+    # The default step schedule's milestones (150, 180, 210) lie beyond a 1-epoch run: one warning line.
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == ["kdistill: warning: schedule.name=step decays the learning rate at epochs 150, 180, 210, "
+                        "none within epochs=1: it stays 0.05 to the end; for a short run set schedule.name=cosine "
+                        "(or schedule.milestones=[...])"]
+
+
+def test_a_recipe_run_with_another_seed_writes_its_own_folder(run_cli, tmp_path):
+    """The recipes' `out` holds `${seed}`: `seed=1` on a recipe is a new run beside seed 0's, not a
+    run refused as in use."""
+    recipe = Path(__file__).resolve().parent.parent / "configs/embedded/teachers/resnet20.yaml"
+    seed0 = tmp_path / "runs/embedded/teachers/resnet20/seed0"
+    seed0.mkdir(parents=True)
+    (seed0 / "results.json").write_text("{}")  # seed 0's run, finished before
+    result = run_cli("train", "--config", str(recipe), *QUICK_RUN, "epochs=1", "seed=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "runs/embedded/teachers/resnet20/seed1/results.json").is_file()
+    assert "warning" not in result.stderr  # the recipe's cosine schedule acts on a run of any length
 
 
 def test_eval_of_a_run_folder_and_of_a_weight_file(run_cli, trained_run):
@@ -145,6 +172,9 @@ def test_demo_runs_and_reuses_its_teacher(run_cli, tmp_path):
     args = ("demo", "--out", str(tmp_path / "demo"), "--quiet", "steps_per_epoch=2", "data.eval_batch_size=500")
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
+    # What it trains and how long that takes, before it starts: 3 + 3 x 2 epochs of 2 steps.
+    assert first.stdout.startswith("kdistill demo: a resnet14 teacher (3 epochs), then vanilla, kd, dcd+kd resnet8 "
+                                   "students (2 epochs each) on the embedded data: 18 training steps, about ")
     assert "| kd | resnet8 | kd |" in first.stdout
     rows = json.loads((tmp_path / "demo" / "table.json").read_text())
     assert [row["run"] for row in rows] == ["teacher", "vanilla", "kd", "dcd+kd"]
@@ -152,6 +182,12 @@ def test_demo_runs_and_reuses_its_teacher(run_cli, tmp_path):
     second = run_cli(*[arg for arg in args if arg != "--quiet"])  # with progress output
     assert second.returncode == 0, second.stderr
     assert "reusing the demo teacher" in second.stdout
+    assert second.stdout.startswith("kdistill demo: reusing its teacher, then vanilla, kd, dcd+kd resnet8 students")
+    # Without the cap, the announcement says how steps_per_epoch= shortens the demo.
+    assert "1404 training steps, about 5 minutes on two CPU cores (far less on a GPU); steps_per_epoch=20 shortens " \
+           "it to 180 steps" in announce(False, [])
+    described = run_cli("--help").stdout
+    assert "a resnet14 teacher, then vanilla, KD and DCD+KD resnet8" in " ".join(described.split())
     for run in ("vanilla", "kd", "dcd+kd"):  # every progress line names its run
         assert f"{tmp_path / 'demo' / run}: train epoch 2 " in second.stdout
 

@@ -76,16 +76,17 @@ def _add_overrides(parser: argparse.ArgumentParser, help_text: str = "config ove
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=help_text)
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_run_arguments(parser: argparse.ArgumentParser, resumable: bool = True) -> None:
     parser.add_argument("--config", help="YAML recipe; key=value overrides apply on top")
-    parser.add_argument("--resume", action="store_true", help="continue the run in out= from its last checkpoint")
+    if resumable:
+        parser.add_argument("--resume", action="store_true", help="continue the run in out= from its last checkpoint")
     _add_overrides(parser)
 
 
 def _run_config(args: argparse.Namespace, extra: list[str] = ()):
     from kdistill.config.loading import load_config
 
-    overrides = list(extra) + list(args.overrides) + (["resume=true"] if args.resume else [])
+    overrides = list(extra) + list(args.overrides) + (["resume=true"] if getattr(args, "resume", False) else [])
     return load_config(args.config, overrides)
 
 
@@ -385,6 +386,8 @@ def command_grid(args: argparse.Namespace) -> None:
              "recipes": args.recipes, "launcher": args.launcher, "jobs": args.jobs, "threads": args.threads,
              "gpus_per_run": args.gpus_per_run, "partition": args.partition, "time_min": args.time_min,
              "cpus_per_run": args.cpus_per_run, "array_parallelism": args.array_parallelism}
+    if args.no_vanilla:
+        flags["vanilla"] = False
     state = run_grid(load_spec(args.spec, flags, args.overrides, args.train_teachers))
     if state.failed:
         raise RunStopped(f"{len(state.failed)} of {len(state.runs)} runs failed (listed above, with their logs)",
@@ -406,6 +409,9 @@ def _add_grid_parser(commands) -> None:
                            "(<dir>/<method>/<teacher>_<student>.yaml) that --methods x --pairs resolve to")
     grid.add_argument("--train-teachers", action="store_true",
                       help="train each pair's teacher first (once) with the common overrides")
+    grid.add_argument("--no-vanilla", action="store_true",
+                      help="no vanilla student runs unless --methods lists vanilla (by default each student's "
+                           "is added: the report's baseline)")
     grid.add_argument("--launcher", choices=LAUNCHERS,
                       help="local processes (default), SLURM jobs, or submitit's local executor")
     grid.add_argument("--jobs", type=int, help="local: runs at once (default 1; at most one per free GPU set)")
@@ -441,7 +447,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _add_export_parser(commands)
     _add_teachers_parser(commands)
     cache = commands.add_parser("cache", help="fill a run's teacher cache (teacher_cache=<folder>) ahead of time")
-    _add_run_arguments(cache)
+    _add_run_arguments(cache, resumable=False)  # a fill picks up the epochs already there by itself
     cache.set_defaults(handler=command_cache)
     bench = commands.add_parser("bench", help="img/s of a training step: the conventional loop beside kdistill's paths")
     add_bench_arguments(bench)
@@ -450,8 +456,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     listing.add_argument("--teachers", action="store_true",
                          help="the recipes' library teachers and the public CIFAR-100 teacher files, with URLs")
     listing.set_defaults(handler=command_list)
-    demo = commands.add_parser("demo", help="offline demo on the embedded data: a teacher, then vanilla, KD, DCD "
-                                            "and DCD+KD students")
+    demo = commands.add_parser("demo", help="offline demo on the embedded data: a resnet14 teacher, then vanilla, KD "
+                                            "and DCD+KD resnet8 students (minutes on a CPU; steps_per_epoch=20 "
+                                            "shortens it)")
     demo.add_argument("--out", default="runs/demo", help="folder of the demo's runs and table")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_overrides(demo, "applied to every demo run (e.g. device=cuda), anywhere on the line")
