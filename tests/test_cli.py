@@ -97,6 +97,23 @@ def test_help_shows_the_defaults_of_the_evaluation_modules(capsys):
             assert f"(default: {default})" in text, (name, default)
 
 
+def test_config_lists_every_key_with_its_default(run_cli):
+    from kdistill.config import RunConfig, flat_config
+
+    listing = run_cli("config")
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()[1:]
+    listed = {line.split()[0]: line.split()[1] for line in lines}
+    defaults = flat_config(RunConfig())
+    assert set(listed) == set(defaults)  # every key, none made up
+    assert listed["optim.lr"] == "0.05" and listed["schedule.name"] == "step" and listed["seed"] == "0"
+    assert any(line.startswith("steps_per_epoch ") and "cap on steps per epoch" in line for line in lines)
+    dkd = run_cli("config", "--method", "dkd").stdout.splitlines()
+    assert any(line.split()[:2] == ["method.beta", "8.0"] and "NCKD" in line for line in dkd)
+    assert any(line.split()[:3] == ["method.w_kd", "null", "(="] for line in dkd)  # the method's own default
+    assert_user_error(run_cli("config", "--method", "dkdd"), "unknown method 'dkdd': did you mean dkd")
+
+
 def test_cache_help_offers_no_resume(run_cli):
     """A cache fill keeps the epoch files already there by itself: `--resume` would mean nothing."""
     cache, train = run_cli("cache", "--help"), run_cli("train", "--help")
@@ -200,6 +217,18 @@ def test_bad_names_give_the_closest_ones(run_cli, tmp_path):
     assert_user_error(run_cli("train", *QUICK_RUN, "data.name=cifar1000", f"out={tmp_path / 'c'}"),
                       "unknown dataset 'cifar1000'", "cifar100")
     assert_user_error(run_cli("train", *QUICK_RUN, "epoch=3"), "epoch")
+    # A method name: the close ones, case aside; never the list of every method.
+    assert_user_error(run_cli("distill", *QUICK_RUN, "method.name=DCD+KD", f"out={tmp_path / 'd'}"),
+                      "unknown method 'DCD+KD': did you mean dcd+kd")
+    assert_user_error(run_cli("distill", *QUICK_RUN, "method.name=xyzzy", f"out={tmp_path / 'e'}"),
+                      "unknown method 'xyzzy': no method name is close (`kdistill list` shows all)")
+
+
+def test_a_path_typo_names_the_close_paths(run_cli, trained_run, tmp_path):
+    typo = trained_run.with_name(trained_run.name[:-1])  # teache
+    assert_user_error(run_cli("eval", str(typo), "device=cpu"), f"does not exist (did you mean {trained_run}?)")
+    assert_user_error(run_cli("distill", *QUICK_RUN, "method.name=kd", "teacher=resnet8", f"teacher_checkpoint={typo}",
+                              f"out={tmp_path / 'kd'}"), f"not found (did you mean {trained_run}?)")
 
 
 def test_missing_and_malformed_data_folders(run_cli, tmp_path):

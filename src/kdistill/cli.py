@@ -19,9 +19,9 @@ if TYPE_CHECKING:  # the CLI imports torch-heavy modules only in the command tha
 EPILOG = """options are config keys given as key=value, e.g.
   kdistill train student=resnet32x4 data.name=cifar100 data.root=./data/cifar100 out=runs/t
   kdistill distill --config configs/cifar100/kd/resnet32x4_resnet8x4.yaml seed=1
-keys: see kdistill.config.RunConfig (student, teacher, teacher_checkpoint, method.name, method.<option>,
-data.name, data.root, epochs, optim.lr, schedule.name, device, precision, compile, teacher_cache, out, resume,
-seed, ...)"""
+keys: `kdistill config [--method NAME]` lists every one with its default (student, teacher, teacher_checkpoint,
+method.name, method.<option>, data.name, data.root, epochs, optim.lr, schedule.name, device, precision, compile,
+teacher_cache, out, resume, seed, ...)"""
 
 
 # A config override: a dotted key, '=', a value. A path such as runs/lr=0.1 is not one (its "key"
@@ -347,6 +347,12 @@ def _add_teachers_parser(commands) -> None:
     teachers.set_defaults(handler=command_teachers)
 
 
+def command_config(args: argparse.Namespace) -> None:
+    from kdistill.config_reference import config_reference
+
+    print(config_reference(args.method))
+
+
 def command_bench(args: argparse.Namespace) -> None:
     from kdistill.bench import bench_command
 
@@ -452,6 +458,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     bench = commands.add_parser("bench", help="img/s of a training step: the conventional loop beside kdistill's paths")
     add_bench_arguments(bench)
     bench.set_defaults(handler=command_bench)
+    config = commands.add_parser("config", help="every config key with its default and what it does")
+    config.add_argument("--method", help="also list this method's options (method.<option>) and weights")
+    config.set_defaults(handler=command_config)
     listing = commands.add_parser("list", help="the models, methods and data sets")
     listing.add_argument("--teachers", action="store_true",
                          help="the recipes' library teachers and the public CIFAR-100 teacher files, with URLs")

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from kdistill.config import RunConfig
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, missing_path_hint
 from kdistill.methods import MethodContext, build_distiller
 from kdistill.models import TIMM_PREFIX, TV_PREFIX, create_model
 from kdistill.models.base import FeatureModel
@@ -47,7 +47,8 @@ def teacher_weights_path(path: str, which: str = "last") -> Path:
     """A weight file, or a run folder (its last-epoch weights by default, as the tables' teachers are)."""
     resolved = RunFolder(path).weights_path(which) if Path(path).is_dir() else Path(path)
     if not resolved.is_file():
-        raise KdistillError(f"checkpoint '{resolved}' not found: give a .pth file or a finished run folder")
+        raise KdistillError(f"checkpoint '{resolved}' not found{missing_path_hint(resolved)}: give a .pth file or a "
+                            "finished run folder")
     return resolved
 
 

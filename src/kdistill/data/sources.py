@@ -23,7 +23,7 @@ from torchvision import datasets as tv_datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension
 from torchvision.datasets.utils import download_and_extract_archive
 
-from kdistill.errors import KdistillError, first_line
+from kdistill.errors import KdistillError, first_line, missing_path_hint
 from kdistill.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -96,7 +96,7 @@ def missing_files_error(
     name: str, title: str, root: Path, expected: str, hint: str = DOWNLOAD_HINT
 ) -> KdistillError:
     return dataset_error(
-        name, f"no {title} files under {root} (expected {expected}); put them there, {hint}"
+        name, f"no {title} files under {root}{missing_path_hint(root)} (expected {expected}); put them there, {hint}"
     )
 
 

@@ -22,7 +22,7 @@ from kdistill.config.loading import load_config
 from kdistill.data import DatasetInfo, Loader, Loaders, build_loaders
 from kdistill.data.augment import Stream, keyed_bits
 from kdistill.data.loaders import Normalizer
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, missing_path_hint
 from kdistill.files import atomic_write_text
 from kdistill.loading import (
     build_teacher,
@@ -62,7 +62,8 @@ def resolve_target(target: str, overrides: list[str], which: str = "last") -> Ta
     elif path.is_file():
         cfg = load_config(None, overrides)
     else:
-        raise KdistillError(f"'{target}' does not exist: give a run folder or a .pth weight file")
+        raise KdistillError(f"'{target}' does not exist{missing_path_hint(target)}: give a run folder or a .pth "
+                            "weight file")
     return Target(path, cfg, which)
 
 

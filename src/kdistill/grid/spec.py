@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from kdistill.config.yaml_file import read_yaml_mapping
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, missing_path_hint
 from kdistill.methods import TEACHER_FREE_METHOD, method_class
 
 TEACHERS_DIR = "teachers"
@@ -165,7 +165,8 @@ def load_spec(spec_file: str | None, flags: dict[str, Any], extra_overrides: lis
     if spec_file is not None:
         path = Path(spec_file)
         if not path.is_file():
-            raise KdistillError(f"grid spec '{spec_file}' not found: give the path of a grid YAML file")
+            raise KdistillError(f"grid spec '{spec_file}' not found{missing_path_hint(spec_file)}: give the path of a "
+                                "grid YAML file")
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdistill.errors import KdistillError, first_line
+from kdistill.errors import KdistillError, first_line, missing_path_hint
 from kdistill.files import atomic_write, atomic_write_bytes
 
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -87,7 +87,7 @@ def read_torch_file(path: str | Path, map_location: str | torch.device = "cpu") 
     """A torch file's content, tensors and plain containers only; one-line error if unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise KdistillError(f"checkpoint '{path}' not found: check the path")
+        raise KdistillError(f"checkpoint '{path}' not found{missing_path_hint(path)}: check the path")
     try:
         with warnings.catch_warnings():  # torch's note on the pickle protocol of a file it then reads or refuses
             warnings.filterwarnings("ignore", message="Detected pickle protocol")

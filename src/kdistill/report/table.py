@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.config import EXECUTION_KEYS, flatten
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, missing_path_hint
 from kdistill.files import atomic_write_text
 from kdistill.run_folder import RESULTS_FILE, RunFolder, RunResults
 
@@ -93,7 +93,8 @@ def find_runs(paths: list[str]) -> list[Path]:
     runs: list[Path] = []
     for given in paths:
         if not Path(given).is_dir():
-            raise KdistillError(f"'{given}' is not a folder: give run folders or folders that hold them")
+            raise KdistillError(f"'{given}' is not a folder{missing_path_hint(given)}: give run folders or folders "
+                                "that hold them")
         found = [folder.path for folder in RunFolder.find([given])]
         if not found:
             raise KdistillError(f"no {RESULTS_FILE} under '{given}': give folders of finished runs")
