@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,7 +139,8 @@ def test_the_experiment_script_takes_overrides_after_its_lists():
 def test_train_and_distill_through_the_entry_point(run_cli, trained_run, tmp_path):
     # The teacher is named relative to the working directory; the run folder stores it absolute,
     # so evaluations of the run work from anywhere.
-    result = run_cli("distill", *QUICK_RUN, "epochs=1", "method.name=kd", "teacher=resnet8",
+    # teacher= left out: the teacher run's config.yaml names its model.
+    result = run_cli("distill", *QUICK_RUN, "epochs=1", "method.name=kd",
                      f"teacher_checkpoint={trained_run.name}", f"out={tmp_path / 'kd'}", cwd=trained_run.parent)
     assert result.returncode == 0, result.stderr
     assert "kd resnet8: top-1 last" in result.stdout
@@ -145,6 +148,7 @@ def test_train_and_distill_through_the_entry_point(run_cli, trained_run, tmp_pat
     assert results["method"] == "kd" and results["teacher"] == "resnet8"
     saved = OmegaConf.load(tmp_path / "kd" / "config.yaml")
     assert saved.teacher_checkpoint == str(trained_run.resolve()) and saved.student_checkpoint is None
+    assert saved.teacher == "resnet8"
 
 
 def test_config_file_and_overrides(run_cli, tmp_path):
@@ -216,12 +220,21 @@ def test_bad_names_give_the_closest_ones(run_cli, tmp_path):
                       "unknown method 'kdd'", "kd")
     assert_user_error(run_cli("train", *QUICK_RUN, "data.name=cifar1000", f"out={tmp_path / 'c'}"),
                       "unknown dataset 'cifar1000'", "cifar100")
-    assert_user_error(run_cli("train", *QUICK_RUN, "epoch=3"), "epoch")
+    assert_user_error(run_cli("train", *QUICK_RUN, "epoch=3"), "config key 'epoch' is invalid", "did you mean epochs")
+    assert_user_error(run_cli("train", *QUICK_RUN, "lr=0.1"), "config key 'lr' is invalid", "did you mean optim.lr")
     # A method name: the close ones, case aside; never the list of every method.
     assert_user_error(run_cli("distill", *QUICK_RUN, "method.name=DCD+KD", f"out={tmp_path / 'd'}"),
                       "unknown method 'DCD+KD': did you mean dcd+kd")
     assert_user_error(run_cli("distill", *QUICK_RUN, "method.name=xyzzy", f"out={tmp_path / 'e'}"),
                       "unknown method 'xyzzy': no method name is close (`kdistill list` shows all)")
+
+
+def test_a_mistyped_key_is_reported_before_torch_is_imported():
+    code = ("import sys\nfrom kdistill.cli import main\n"
+            "code = main(['distill', 'method.name=kd', 'lr=0.1'])\nprint(code, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert "did you mean optim.lr" in result.stderr
 
 
 def test_a_path_typo_names_the_close_paths(run_cli, trained_run, tmp_path):

@@ -90,10 +90,13 @@ def _run_config(args: argparse.Namespace, extra: list[str] = ()):
     return load_config(args.config, overrides)
 
 
+# The training commands load the configuration before they import the engine: a mistyped key is
+# reported before the heavy imports.
+
 def command_train(args: argparse.Namespace) -> None:
+    cfg = _run_config(args)
     from kdistill.engine import train_run
 
-    cfg = _run_config(args)
     if cfg.method.spec.needs_teacher:
         raise KdistillError(f"`kdistill train` trains without a teacher; for method '{cfg.method.name}' "
                             "use `kdistill distill`")
@@ -101,9 +104,9 @@ def command_train(args: argparse.Namespace) -> None:
 
 
 def command_distill(args: argparse.Namespace) -> None:
+    cfg = _run_config(args)
     from kdistill.engine import train_run
 
-    cfg = _run_config(args)
     if not cfg.method.spec.needs_teacher:
         raise KdistillError("`kdistill distill` needs a distillation method: set method.name=kd "
                             "(or another, see `kdistill list`)")
@@ -111,9 +114,9 @@ def command_distill(args: argparse.Namespace) -> None:
 
 
 def command_cache(args: argparse.Namespace) -> None:
+    cfg = _run_config(args)
     from kdistill.engine import fill_teacher_cache
 
-    cfg = _run_config(args)
     cache, filled = fill_teacher_cache(cfg)
     print(f"teacher cache {cache.folder}: epochs 1-{cfg.epochs} of view(s) {', '.join(cache.views)} ready "
           f"({filled} epoch files computed now)")
@@ -348,7 +351,7 @@ def _add_teachers_parser(commands) -> None:
 
 
 def command_config(args: argparse.Namespace) -> None:
-    from kdistill.config_reference import config_reference
+    from kdistill.config.reference import config_reference
 
     print(config_reference(args.method))
 

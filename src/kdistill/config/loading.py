@@ -2,23 +2,23 @@
 
 This sits above `kdistill.methods` (it parses the method section with the method registry) and
 below `engine` and `eval`, which both load configurations; `kdistill.config` itself stays a leaf
-that the data layer can import.
+that the data layer can import. The keys outside the method section are checked before the method
+registry (and torch) is imported, so a mistyped key is reported at once.
 """
 
 import dataclasses
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from kdistill.config import RunConfig
+from kdistill.config.reference import close_keys
 from kdistill.config.yaml_file import read_yaml_mapping
-from kdistill.errors import KdistillError
-from kdistill.methods import resolve_method
+from kdistill.errors import KdistillError, missing_path_hint
 
-CONFIG_KEYS_HINT = "see the keys in kdistill.config.RunConfig"
+CONFIG_KEYS_HINT = "`kdistill config` lists every key"
 
 
 def _upgrade_retired_keys(values: dict[str, Any]) -> dict[str, Any]:
@@ -38,7 +38,8 @@ def _user_values(config_file: str | None, overrides: list[str]) -> dict[str, Any
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
-            raise KdistillError(f"config file '{config_file}' not found: give the path of a YAML recipe")
+            raise KdistillError(f"config file '{config_file}' not found{missing_path_hint(config_file)}: give the "
+                                "path of a YAML recipe")
         values = _upgrade_retired_keys(read_yaml_mapping(path))
     for override in overrides:
         if "=" not in override:
@@ -60,6 +61,8 @@ def _check_values(cfg: RunConfig) -> None:
             what = "learning rate" if key in rates else "loss weight"
             raise KdistillError(f"{key}={value}: a {what} cannot be negative; set {key} to a value >= 0")
     if cfg.device != "auto":
+        import torch  # here, not at the top: a key error is reported before torch is imported
+
         try:
             torch.device(cfg.device)
         except RuntimeError:
@@ -79,7 +82,26 @@ def load_config(config_file: str | None = None, overrides: list[str] = ()) -> Ru
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or ""
         message = error.msg.splitlines()[0]
-        raise KdistillError(f"config key '{key}' is invalid ({message}); {CONFIG_KEYS_HINT}") from None
-    cfg = dataclasses.replace(cfg, method=resolve_method(method))
+        close = close_keys(key) if "not in" in message else []  # an unknown key, not a bad value
+        hint = f"did you mean {', '.join(close)}? ({CONFIG_KEYS_HINT})" if close else CONFIG_KEYS_HINT
+        raise KdistillError(f"config key '{key}' is invalid ({message}); {hint}") from None
+    from kdistill.methods import resolve_method  # the method registry imports every method, and torch
+
+    cfg = _teacher_from_run_folder(dataclasses.replace(cfg, method=resolve_method(method)))
     _check_values(cfg)
     return cfg
+
+
+def _teacher_from_run_folder(cfg: RunConfig) -> RunConfig:
+    """A method that needs a teacher, `teacher=` left out and `teacher_checkpoint=` a run folder:
+    the teacher is the model that run trained (with its builder options), as its config.yaml says."""
+    if not cfg.method.spec.needs_teacher or cfg.teacher is not None or cfg.teacher_checkpoint is None:
+        return cfg
+    from kdistill.run_folder import RunFolder
+
+    run = RunFolder(cfg.teacher_checkpoint)
+    if not run.is_run():
+        return cfg
+    saved = run.read_config()
+    return dataclasses.replace(cfg, teacher=saved["student"],
+                               teacher_options=dict(cfg.teacher_options or saved.get("student_options") or {}))

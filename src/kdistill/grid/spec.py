@@ -32,7 +32,6 @@ import yaml
 
 from kdistill.config.yaml_file import read_yaml_mapping
 from kdistill.errors import KdistillError, missing_path_hint
-from kdistill.methods import TEACHER_FREE_METHOD, method_class
 
 TEACHERS_DIR = "teachers"
 LOGS_DIR = "logs"
@@ -249,6 +248,8 @@ def _run(spec: GridSpec, name: str, method: str, teacher: str | None, student: s
 
 
 def _teacher_runs(spec: GridSpec, teachers: set[str]) -> dict[str, GridRun]:
+    from kdistill.methods import TEACHER_FREE_METHOD
+
     runs = {}
     for teacher in sorted(teachers):
         entry = spec.teachers.get(teacher)
@@ -285,6 +286,9 @@ def _method_name(label: str, overrides: list[str]) -> str:
 
 def expand(spec: GridSpec) -> list[GridRun]:
     """Every run of the grid: the teachers it trains first, then the students, in spec order."""
+    # Imported here: `kdistill grid --help` (which reads LAUNCHERS) needs no method registry, nor torch.
+    from kdistill.methods import TEACHER_FREE_METHOD, method_class
+
     entries: list[tuple[str, str | None, str, str | None, list[str]]] = []  # label, teacher, student, recipe, overrides
     for path in spec.recipe_files:
         method, teacher, student = _recipe_models(path)

@@ -13,7 +13,8 @@ import textwrap
 import tokenize
 from typing import Any
 
-from kdistill.config import MethodOptions, RunConfig
+from kdistill.config import MethodOptions, RunConfig, flat_config
+from kdistill.errors import closest_names
 
 METHOD_SECTION = "method"
 
@@ -113,3 +114,14 @@ def config_reference(method: str | None = None) -> str:
     default_width = min(max(len(default) for _, default, _ in rows), 24)
     lines = [f"{key.ljust(key_width)}  {default.ljust(default_width)}  {text}".rstrip() for key, default, text in rows]
     return "\n".join(["keys (give as key=value, or in a --config YAML file), defaults, and what each does:", *lines])
+
+
+def close_keys(key: str) -> list[str]:
+    """The config keys a mistyped `key` may have meant: those with its last part (`lr` ->
+    `optim.lr`), then the closest by spelling (`epoch` -> `epochs`)."""
+    keys = list(flat_config(RunConfig()))
+    last = key.rsplit(".", 1)[-1]
+    same_name = [candidate for candidate in keys if candidate.rsplit(".", 1)[-1] == last and candidate != key]
+    by_name = {candidate.rsplit(".", 1)[-1]: candidate for candidate in keys}
+    spelled = closest_names(key, keys) + [by_name[name] for name in closest_names(last, by_name)]
+    return list(dict.fromkeys(same_name + spelled))[:3]
