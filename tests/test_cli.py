@@ -101,6 +101,7 @@ def test_help_shows_the_defaults_of_the_evaluation_modules(capsys):
 
 def test_config_lists_every_key_with_its_default(run_cli):
     from kdistill.config import RunConfig, flat_config
+    from kdistill.config.reference import config_rows, method_rows
 
     listing = run_cli("config")
     assert listing.returncode == 0, listing.stderr
@@ -110,6 +111,7 @@ def test_config_lists_every_key_with_its_default(run_cli):
     assert set(listed) == set(defaults)  # every key, none made up
     assert listed["optim.lr"] == "0.05" and listed["schedule.name"] == "step" and listed["seed"] == "0"
     assert any(line.startswith("steps_per_epoch ") and "cap on steps per epoch" in line for line in lines)
+    assert all(text for _, _, text in config_rows(RunConfig) + method_rows(None))  # every key says what it does
     dkd = run_cli("config", "--method", "dkd").stdout.splitlines()
     assert any(line.split()[:2] == ["method.beta", "8.0"] and "NCKD" in line for line in dkd)
     assert any(line.split()[:3] == ["method.w_kd", "null", "(="] for line in dkd)  # the method's own default

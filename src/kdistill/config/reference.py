@@ -71,7 +71,7 @@ def _default(item: dataclasses.Field) -> Any:
     return None
 
 
-def _rows(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+def config_rows(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     """(dotted key, default, explanation) for every field of a config dataclass, sections expanded."""
     comments = field_comments(cls)
     rows = []
@@ -80,7 +80,7 @@ def _rows(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
         if dataclasses.is_dataclass(default) and not isinstance(default, type):
             if item.name == METHOD_SECTION and not prefix:
                 continue  # the method section: its own listing (`method_rows`)
-            rows += _rows(type(default), f"{prefix}{item.name}.")
+            rows += config_rows(type(default), f"{prefix}{item.name}.")
         else:
             rows.append((f"{prefix}{item.name}", _shown(default), comments.get(item.name, "")))
     return rows
@@ -99,7 +99,7 @@ def method_rows(name: str | None) -> list[tuple[str, str, str]]:
         options, weights = cls.Options, dict(cls.default_weights)
         title = "the method's name"
     rows = [(f"{METHOD_SECTION}.name", name or "vanilla", title)]
-    for key, default, text in _rows(options, f"{METHOD_SECTION}."):
+    for key, default, text in config_rows(options, f"{METHOD_SECTION}."):
         weight = key.removeprefix(f"{METHOD_SECTION}.")
         if default == "null" and weight in weights:
             default = f"null (= {weights[weight]:g})"
@@ -109,7 +109,7 @@ def method_rows(name: str | None) -> list[tuple[str, str, str]]:
 
 def config_reference(method: str | None = None) -> str:
     """Every key `key=value` takes, with its default and explanation, one per line."""
-    rows = _rows(RunConfig) + method_rows(method)
+    rows = config_rows(RunConfig) + method_rows(method)
     key_width = max(len(key) for key, _, _ in rows)
     default_width = min(max(len(default) for _, default, _ in rows), 24)
     lines = [f"{key.ljust(key_width)}  {default.ljust(default_width)}  {text}".rstrip() for key, default, text in rows]

@@ -84,11 +84,11 @@ class NonFinite(enum.StrEnum):
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "embedded"
+    name: str = "embedded"  # data set (`kdistill list`): embedded, cifar10, cifar100, imagefolder, ...
     root: str | None = None  # folder of the data set; None = the data set's default location
     download: bool = False  # let torchvision download it (needs a network)
-    batch_size: int = 64
-    eval_batch_size: int = 256
+    batch_size: int = 64  # training batch, per process
+    eval_batch_size: int = 256  # evaluation batch
     val_fraction: float = 0.0  # carve a validation split from train (0 = none)
     num_workers: int = 4  # for streamed (folder) data sets
     augment: bool = True  # standard train augmentation (pad-4 crop + flip / random-resized crop)
@@ -115,7 +115,7 @@ class DataConfig:
     # Preprocessing; None = the data set's, or the library config of a pretrained model (the
     # student's when student_pretrained, else the teacher's when teacher_pretrained).
     mean: tuple[float, ...] | None = None  # normalisation, per channel
-    std: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None  # normalisation, per channel
     interpolation: Interpolation | None = None  # resizing (None: bilinear)
     eval_crop_pct: float | None = None  # streamed ImageNet-style sets: evaluate on a center crop of image_size
     # from the image resized to image_size / eval_crop_pct (None: 224/256)
@@ -131,11 +131,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: OptimName = OptimName.sgd
+    name: OptimName = OptimName.sgd  # sgd | adamw
     lr: float = 0.05  # the tables' rate; their recipes set 0.01 for MobileNetV2/ShuffleNet students
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # L2 weight decay
+    nesterov: bool = False  # Nesterov momentum (SGD)
 
     def __post_init__(self):
         object.__setattr__(self, "name", enum_value(OptimName, self.name, "optim.name"))
@@ -143,10 +143,10 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: ScheduleName = ScheduleName.step
-    milestones: tuple[int, ...] = (150, 180, 210)
-    gamma: float = 0.1
-    warmup_epochs: int = 0
+    name: ScheduleName = ScheduleName.step  # step (x gamma at each milestone) | cosine (per step)
+    milestones: tuple[int, ...] = (150, 180, 210)  # step: epochs at which the rate is multiplied by gamma
+    gamma: float = 0.1  # step: the factor at each milestone
+    warmup_epochs: int = 0  # linear warm-up from warmup_lr, per step
     # Learning rate of the first warm-up step, rising linearly to optim.lr (timm's warmup_lr);
     # None = optim.lr / the number of warm-up steps.
     warmup_lr: float | None = None
@@ -164,9 +164,9 @@ class MethodOptions:
     table default (`Distiller.default_weights`).
     """
 
-    w_ce: float | None = None
-    w_kd: float | None = None
-    w_method: float | None = None
+    w_ce: float | None = None  # weight of cross-entropy with the labels
+    w_kd: float | None = None  # weight of Hinton's KD term
+    w_method: float | None = None  # weight of the method's own terms
     temperature: float = 4.0  # of the KD term
     # Logit standardisation (Sun et al., CVPR 2024): z-score each sample's teacher and student
     # logits before the softmax of every logit-matching term (KD, DKD, MLKD, CRLD, DIST).
@@ -177,11 +177,11 @@ class MethodOptions:
     # Defaults: the reference's CIFAR script (t_start 1, t_end 20, decay 0 -> -1 over 10 epochs).
     curriculum_temperature: bool = False
     instance_temperature: bool = False  # one temperature per sample (an MLP of both logits), not one global
-    temperature_min: float = 1.0
-    temperature_range: float = 20.0
-    reversal_start: float = 0.0
-    reversal_end: float = 1.0
-    reversal_epochs: int = 10
+    temperature_min: float = 1.0  # CTKD: the lowest temperature
+    temperature_range: float = 20.0  # CTKD: the span above temperature_min
+    reversal_start: float = 0.0  # CTKD: gradient-reversal strength at the start
+    reversal_end: float = 1.0  # CTKD: ... after reversal_epochs
+    reversal_epochs: int = 10  # CTKD: epochs of the rise
 
 
 @dataclass(frozen=True)
@@ -220,43 +220,43 @@ class RunConfig:
     student_checkpoint: str | None = None  # start the student from these weights
     student_options: dict[str, Any] = field(default_factory=dict)  # timm:/tv: builder options (read-only once loaded)
     student_pretrained: bool = False  # start a timm:/tv: student from its library's weights
-    teacher: str | None = None
+    teacher: str | None = None  # the frozen model (None with teacher_checkpoint= a run folder: that run's model)
     teacher_checkpoint: str | None = None  # weight file or run folder; wins over teacher_pretrained
     # A timm:/tv: teacher with its library's weights, or a published CIFAR-100 teacher (resnet32x4,
     # wrn_40_2, ...: mdistiller's archive); fetched once and cached.
     teacher_pretrained: bool = False
-    teacher_options: dict[str, Any] = field(default_factory=dict)
+    teacher_options: dict[str, Any] = field(default_factory=dict)  # timm:/tv: builder options of the teacher
     # method.name picks the method; its other keys are that method's options and the loss
     # weights w_ce / w_kd / w_method (None = the method's table default).
     method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    epochs: int = 240
+    epochs: int = 240  # training epochs
     steps_per_epoch: int | None = None  # cap on steps per epoch (quick runs, smoke tests)
     checkpoint_every_steps: int = 0  # also save a resume state every N steps within an epoch (0: at epoch ends only)
     nonfinite: NonFinite = NonFinite.stop  # what a non-finite loss does: stop | skip the step
-    seed: int = 0
+    seed: int = 0  # seeds the weights and every random choice of the data
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Precision = Precision.fp32
+    precision: Precision = Precision.fp32  # fp32 | bf16 (autocast, CUDA or CPU) | fp16 (autocast + loss scaling, CUDA)
     compile: bool = False  # torch.compile the student's and the teacher's forward passes
     channels_last: bool = True  # NHWC activations: faster convolutions on CUDA and on this project's CPUs
     # A folder of the teacher's outputs (logits, pooled feature) per (epoch, sample, view), shared by
     # runs with the same teacher, data, transform and seed: the teacher runs once per epoch (`kdistill cache`).
     teacher_cache: str | None = None
-    teacher_cache_dtype: CacheDtype = CacheDtype.float16
+    teacher_cache_dtype: CacheDtype = CacheDtype.float16  # float16 | bfloat16 | float32 (float32: reads are exact)
     # The compact cache: per sample only the K largest logits, their classes and the log-sum-exp of
     # the others (methods that read only logits and accept it: KD, DKD, DIST, MLKD, CRLD); None = exact.
     teacher_cache_topk: int | None = None
     # Samples per teacher pass when filling the cache (the largest batch that fits); None = data.batch_size.
     # Another size changes the teacher's outputs at the rounding level only.
     teacher_cache_fill_batch: int | None = None
-    out: str = "runs/run"
+    out: str = "runs/run"  # the run folder (recipes: one per seed, .../seed${seed})
     note: str | None = None  # a recipe's reason for departing from its method's default weights
-    resume: bool = False
+    resume: bool = False  # continue the run in out= from its last checkpoint (--resume)
     resume_force: bool = False  # resume although the configuration differs from the saved one
     tensorboard: bool = True  # written when tensorboard is installed
-    progress: bool = True
+    progress: bool = True  # progress bars
 
     def __post_init__(self):
         object.__setattr__(self, "nonfinite", enum_value(NonFinite, self.nonfinite, "nonfinite"))
