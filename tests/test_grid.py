@@ -141,7 +141,10 @@ def test_a_killed_grid_rerun_waits_for_the_run_it_left_and_trains_only_the_missi
 
 def test_sigterm_to_the_grid_stops_its_runs_after_their_saves_and_a_second_grid_is_refused(local_grid, tmp_path):
     out = tmp_path / "stopped"
-    arguments = grid_arguments(out, local_grid[0] / "teachers/resnet8", methods=["kd"], jobs=2)
+    # Runs long enough (200 steps each) that they are still training when the second grid starts
+    # and when SIGTERM arrives, however fast the machine is.
+    arguments = [*grid_arguments(out, local_grid[0] / "teachers/resnet8", methods=["kd"], jobs=2),
+                 "steps_per_epoch=200"]
     process = subprocess.Popen([*kdistill_command(), "grid", *arguments], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     runs = [out / f"kd/resnet8_resnet8/seed{seed}" for seed in SEEDS]
