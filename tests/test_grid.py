@@ -254,3 +254,14 @@ def test_slurm_without_submitit_says_what_to_install(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == ('kdistill: error: --launcher slurm needs submitit: pip install -e ".[slurm]" '
                                       '(in a clone of kdistill)')
+
+
+def test_the_grid_gives_a_teacher_cache_only_to_the_methods_it_can_serve(tmp_path):
+    """A feature method (ReviewKD reads the teacher's stage maps) runs its teacher: the grid's
+    implicit cache would make its run refuse to start."""
+    methods = {"kd": [], "reviewkd": [], "dcd": [], "dcd_stage": ["method.name=dcd", "method.teacher_feature=-1"]}
+    spec = load_spec(None, {"out": str(tmp_path), "methods": methods, "pairs": ["resnet20:resnet8"],
+                            "vanilla": False})
+    cached = {run.method: any(item.startswith("teacher_cache=") for item in run.overrides) for run in expand(spec)}
+    # DCD on a stage map (teacher_feature=-1) reads more than the cache stores
+    assert cached == {"kd": True, "reviewkd": False, "dcd": True, "dcd_stage": False}

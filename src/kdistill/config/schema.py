@@ -15,10 +15,10 @@ from typing import Any
 
 from kdistill.errors import KdistillError
 
-__all__ = ["EXECUTION_KEYS", "BadImages", "CacheDtype", "DataConfig", "Interpolation", "MethodConfig",
-           "MethodOptions", "MethodSpec", "NonFinite", "OptimConfig", "OptimName", "Precision", "ReadOnlyDict",
-           "RunConfig", "ScheduleConfig", "ScheduleName", "TrainTransform", "config_to_dict", "enum_value",
-           "flat_config", "flatten", "recorded_config"]
+__all__ = ["EXECUTION_KEYS", "TEACHER_CACHE_FIELDS", "BadImages", "CacheDtype", "DataConfig", "Interpolation",
+           "MethodConfig", "MethodOptions", "MethodSpec", "NonFinite", "OptimConfig", "OptimName", "Precision",
+           "ReadOnlyDict", "RunConfig", "ScheduleConfig", "ScheduleName", "TrainTransform", "config_to_dict",
+           "enum_value", "flat_config", "flatten", "recorded_config"]
 
 
 def enum_value(choices: type[enum.Enum], value: Any, key: str) -> enum.Enum:
@@ -184,6 +184,10 @@ class MethodOptions:
     reversal_epochs: int = 10  # CTKD: epochs of the rise
 
 
+# What a teacher cache stores of the teacher's outputs.
+TEACHER_CACHE_FIELDS = frozenset({"logits", "pooled"})
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """A method resolved once from its name and options (`kdistill.methods.method_spec`): its
@@ -202,6 +206,11 @@ class MethodSpec:
     @property
     def needs_strong_view(self) -> bool:
         return "image_strong" in self.views
+
+    @property
+    def reads_teacher_cache(self) -> bool:
+        """A teacher cache (its logits and pooled feature) can stand in for running the teacher."""
+        return self.needs_teacher and self.teacher_reads <= TEACHER_CACHE_FIELDS
 
 
 @dataclass(frozen=True)

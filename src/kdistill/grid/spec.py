@@ -237,12 +237,23 @@ def teacher_cache_overrides(out: Path, teacher: str | None, seed: int, recipe: s
     return cache if chosen else [*cache, f"{DTYPE_KEY}=float32"]
 
 
+def _reads_a_cache(recipe: str | None, overrides: list[str]) -> bool:
+    """Whether the run's method reads only what a teacher cache stores (a feature method runs its
+    teacher); a configuration that does not load is left to fail as its own run, with the cache."""
+    from kdistill.config.loading import load_config
+
+    try:
+        return load_config(recipe, overrides).method.spec.reads_teacher_cache
+    except KdistillError:
+        return True
+
+
 def _run(spec: GridSpec, name: str, method: str, teacher: str | None, student: str, seed: int,
          recipe: str | None, overrides: list[str], needs: str | None) -> GridRun:
     out = spec.out.resolve()
     folder = out / name
-    own = [f"seed={seed}", f"out={folder}", "progress=false",
-           *teacher_cache_overrides(out, teacher, seed, recipe, overrides)]
+    cache = teacher_cache_overrides(out, teacher, seed, recipe, overrides) if _reads_a_cache(recipe, overrides) else []
+    own = [f"seed={seed}", f"out={folder}", "progress=false", *cache]
     return GridRun(name, folder, method, teacher, student, seed, recipe, [*overrides, *own], _log_stem(out, name),
                    needs)
 

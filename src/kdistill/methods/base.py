@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdistill.config import MethodOptions
+from kdistill.config import TEACHER_CACHE_FIELDS, MethodOptions
 from kdistill.data.batch import Batch
 from kdistill.errors import KdistillError
 from kdistill.losses import kd_loss
@@ -58,7 +58,7 @@ class MethodContext:
     teacher_shapes: Features | None = None
 
 
-LOGITS_AND_POOLED = frozenset({"logits", "pooled"})  # what logit- and embedding-level methods read of the teacher
+LOGITS_AND_POOLED = TEACHER_CACHE_FIELDS  # what logit- and embedding-level methods read of the teacher
 
 
 class TeacherOutputs(Protocol):
