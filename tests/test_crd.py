@@ -42,6 +42,7 @@ def test_scores_equal_gathering_bank_rows():
 
 @pytest.mark.parametrize("k", [5, 50])  # without and with replacement
 def test_exact_negatives_exclude_the_anchor_class(k):
+    torch.manual_seed(0)  # the draws are random: every sample shows up for this seed (12 rows of k)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 3, 3])
     sampler = NegativeSampler(labels, exact=True)
     index = torch.arange(12)

@@ -177,7 +177,7 @@ def test_a_run_trains_and_its_evaluation_uses_both_heads(tmp_path):
     assert {"train/ce", "train/deit"} <= set(metrics)
     evaluated = run_kdistill("eval", str(out), "progress=false", "device=cpu")
     assert evaluated.returncode == 0, evaluated.stderr
-    assert f"top-1 {results['top1_last']:.2f}" in evaluated.stdout  # the run's own test top-1, from the heads' mean
+    assert f"top-1 {results.top1_last:.2f}" in evaluated.stdout  # the run's own test top-1, from the heads' mean
     exported = run_kdistill("export", str(out), "progress=false")  # timm's own model, checked against kdistill's
     assert exported.returncode == 0 and "top-1 agrees on 32/32" in exported.stdout, exported.stderr
     # The saved student is the whole distilled ViT; loaded, its logits are the mean of both heads.

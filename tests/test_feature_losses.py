@@ -209,7 +209,7 @@ def test_cc_paper_form_is_the_taylor_expanded_gaussian_kernel():
 
 
 def test_cc_rejects_an_unknown_form():
-    with pytest.raises(ValueError, match="benchmark"):
+    with pytest.raises(ValueError, match="'other' is not a valid ReferenceForm"):
         cc_loss(torch.zeros(2, 2), torch.zeros(2, 2), "other")
 
 

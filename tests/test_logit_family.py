@@ -360,7 +360,7 @@ def test_short_run_through_the_engine(teacher_run, tmp_path, name):
     out = tmp_path / "run"
     overrides = QUICK_RUN + [f"method.name={name}", "epochs=1", "steps_per_epoch=2", "teacher=resnet8",
                              f"teacher_checkpoint={teacher_run}", f"out={out}"]
-    assert train_run(load_config(None, overrides))["method"] == name
+    assert train_run(load_config(None, overrides)).method == name
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     terms = {"mlkd": ["ce", "mlkd_instance", "mlkd_class", "mlkd_batch"], "crld+dkd": ["ce", "crld", "dkd"],
              "kd+ls": ["ce", "kd"]}[name]

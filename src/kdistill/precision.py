@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from kdistill.config import Precision
+from kdistill.config import Precision, enum_value
 from kdistill.errors import KdistillError
 
 AUTOCAST_DTYPES = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
@@ -18,7 +18,7 @@ AUTOCAST_DTYPES = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precisi
 
 def autocast_dtype(precision: Precision | str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of `precision` on `device` (None: plain fp32); a device that cannot run it is one line."""
-    dtype = AUTOCAST_DTYPES[Precision(precision)]
+    dtype = AUTOCAST_DTYPES[enum_value(Precision, precision, "precision")]
     if dtype is torch.float16 and device.type != "cuda":
         raise KdistillError(f"precision=fp16 needs a CUDA device (this run is on {device.type}): use precision=bf16")
     if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
