@@ -15,7 +15,7 @@ from kdistill.errors import KdistillError
 from kdistill.models import checkpoint
 from kdistill.run_folder import RunFolder
 
-RUN = [*QUICK_RUN, "steps_per_epoch=2", "epochs=1"]
+RUN = [*QUICK_RUN, "steps_per_epoch=2", "epochs=1", "schedule.name=cosine"]  # no short-schedule warning line
 
 
 @pytest.fixture(scope="module")

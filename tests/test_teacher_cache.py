@@ -274,7 +274,7 @@ def _swap_rows(folder):
 def test_a_changed_epoch_file_is_refused_naming_it(setup, checked_cache, tmp_path, command, damage):
     cache = _damaged_copy(checked_cache, tmp_path, damage)
     result = run_kdistill(command, *run_args(setup, "kd", tmp_path / "run", f"teacher_cache={cache}",
-                                             "teacher_cache_dtype=float32", "epochs=1"))
+                                             "teacher_cache_dtype=float32", "epochs=1", "schedule.name=cosine"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"kdistill: error: teacher cache file {cache / 'epoch_0000.image.bin'} does not match its checksum in the "
