@@ -1,6 +1,7 @@
-"""The README's parity table from a results file of run.py.
+"""The README's parity table from one or more results files of run.py (one per set of references;
+rows sorted by method).
 
-    python scripts/parity/table.py benchmarks/parity/cpu.json
+    python scripts/parity/table.py benchmarks/parity/cpu.json benchmarks/parity/cpu-*.json
 """
 
 import json
@@ -63,5 +64,18 @@ def rows(results: dict) -> list[str]:
     return lines
 
 
+def merged(paths: list[str]) -> dict:
+    """The methods of several results files; a method in two files is an error (which one is current?)."""
+    methods: dict = {}
+    for path in paths:
+        for method, entry in json.loads(Path(path).read_text())["methods"].items():
+            if method in methods:
+                sys.exit(f"{path}: method {method!r} is also in an earlier file; keep it in one file")
+            methods[method] = entry
+    return {"methods": dict(sorted(methods.items()))}
+
+
 if __name__ == "__main__":
-    print("\n".join(rows(json.loads(Path(sys.argv[1]).read_text()))))
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    print("\n".join(rows(merged(sys.argv[1:]))))
