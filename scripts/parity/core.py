@@ -7,6 +7,7 @@ Nothing of a reference is copied here: its modules are read from the user's clon
 
 import contextlib
 import importlib.util
+import math
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
@@ -113,6 +115,24 @@ def cuda_calls_as_no_ops() -> Iterator[None]:
         yield
     finally:
         torch.Tensor.cuda, nn.Module.cuda = tensor_cuda, module_cuda
+
+
+@contextlib.contextmanager
+def kl_div_target_gradient_of_torch_1_11() -> Iterator[None]:
+    """`F.kl_div` (also inside `nn.KLDivLoss`) passes no gradient to target entries of 0, as
+    torch 1.11's `kl_div_target_backward` did; the values are the same tensors as before."""
+    kl_div = F.kl_div
+
+    def masked_kl_div(input, target, *args, log_target: bool = False, **kwargs):
+        if not log_target:
+            target = torch.where(target > 0, target, target.detach())
+        return kl_div(input, target, *args, log_target=log_target, **kwargs)
+
+    F.kl_div = masked_kl_div
+    try:
+        yield
+    finally:
+        F.kl_div = kl_div
 
 
 @contextlib.contextmanager
@@ -230,6 +250,8 @@ def largest_difference(source: nn.Module | Tensor, target: nn.Module | Tensor) -
             a, b = a.detach().double(), b.detach().double()
             absolute = (a - b).abs().max().item()
             difference = absolute / max(1.0, a.abs().max().item())
+            if not (a.isfinite().all() and b.isfinite().all()):  # a NaN compares as nothing: report it
+                absolute = difference = math.inf
             if difference > largest["difference"]:
                 largest = {"difference": difference, "absolute": absolute, "tensor": key}
     return largest
@@ -264,10 +286,12 @@ class TermRecorder:
         self.current: dict[str, float] = {}
         self.handles = []
 
-    def watch(self, module: nn.Module, term: str) -> None:
+    def watch(self, module: nn.Module, term: str, weight: float = 1.0) -> None:
+        """Record `module`'s output as `term`, times `weight` (the loop's weight of it, to compare
+        with kdistill's weighted term where the two split a weight differently)."""
         def hook(_module, _inputs, output):
             value = sum(output) if isinstance(output, (list, tuple)) else output
-            self.current[term] = self.current.get(term, 0.0) + float(value.detach())
+            self.current[term] = self.current.get(term, 0.0) + weight * float(value.detach())
         self.handles.append(module.register_forward_hook(hook))
 
     @contextlib.contextmanager
@@ -354,6 +378,10 @@ def _steps(distiller: Distiller, optimizer: torch.optim.Optimizer,
 
 # ---- comparison -----------------------------------------------------------------------------------
 def relative(a: float, b: float) -> float:
+    """|a - b| relative to the larger; infinite when either is not finite (a NaN would compare as
+    no difference at all)."""
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return 0.0 if a == b else math.inf
     scale = max(abs(a), abs(b))
     return 0.0 if scale == 0 else abs(a - b) / scale
 

@@ -29,12 +29,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from core import Data, step_differences  # noqa: E402
+from ctkd_reference import CTKDCode  # noqa: E402
 from dcd_reference import DistillersDCD  # noqa: E402
+from dist_reference import DISTAuthors  # noqa: E402
 from mdistiller_style import LogitStandardization, MDistiller, MLKDAuthors  # noqa: E402
 from repdistiller import RepDistiller  # noqa: E402
 
 REFERENCES = {runner.reference.name: runner for runner in (RepDistiller, MDistiller, DistillersDCD,
-                                                             LogitStandardization, MLKDAuthors)}
+                                                             LogitStandardization, MLKDAuthors, CTKDCode,
+                                                             DISTAuthors)}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -79,10 +82,14 @@ def main(argv: list[str] | None = None) -> None:
         runner_class = REFERENCES[name]
         reference = {"repository": runner_class.reference.repository, "commit": runner_class.reference.check(path)}
         wanted = [m for m in runner_class.methods if "all" in args.methods or m in args.methods]
-        with runner_class(path, teacher, student, args.batch_size, data) as runner:
+        # Parts of other references a runner's rows use (e.g. DIST's loss in CTKD's loop).
+        companions = {other: paths[other] for other in getattr(runner_class, "companions", ()) if other in paths}
+        with runner_class(path, teacher, student, args.batch_size, data,
+                          **({"companions": companions} if companions else {})) as runner:
             for method in wanted:
                 entry = {"reference": name, **reference, "pair": f"{teacher} -> {student}",
-                         "batch_size": args.batch_size, "command": command, **run_info}
+                         "batch_size": args.batch_size, "command": command, **run_info,
+                         **(runner.notes(method) if hasattr(runner, "notes") else {})}
                 for dtype_name in args.dtypes:
                     started = time.perf_counter()
                     steps = args.float64_steps if dtype_name == "float64" else args.steps

@@ -20,7 +20,8 @@ def noise_floor(f32: dict) -> list[float] | None:
 
 
 # Differences kdistill keeps on purpose (README: "Where kdistill deliberately differs ...").
-KNOWN = {"mlkd": "differs by the authors' strong-view slip, which kdistill does not copy"}
+KNOWN = {"mlkd": "differs by the authors' strong-view slip, which kdistill does not copy",
+         "dkd+ctkd": "differs by DKD's 20-epoch warm-up, which kdistill keeps (the CTKD code's DKD has none)"}
 
 
 def verdict(entry: dict, method: str = "") -> str:

@@ -15,6 +15,7 @@ from core import (  # noqa: E402
     Data,
     TermRecorder,
     copy_weights,
+    kl_div_target_gradient_of_torch_1_11,
     largest_difference,
     run_dtype,
     step_differences,
@@ -68,14 +69,28 @@ def test_step_differences_and_comparison_take_the_worst_term_per_step():
     assert comparison.step1_relative == 0.0 and comparison.largest_weight == 3e-5
 
 
+def test_a_side_that_turned_nan_differs_without_bound():
+    nan = float("nan")
+    reference = {"train": [{"total": 2.0}, {"total": nan}]}
+    ours = {"train": [{"total": 2.0}, {"total": 2.0}]}
+    assert step_differences(reference, ours, {"total": "total"}) == [0.0, float("inf")]
+    source, target = nn.Linear(2, 2), nn.Linear(2, 2)
+    copy_weights(source, target)
+    with torch.no_grad():
+        source.bias[0] = nan
+    assert largest_difference(source, target) == {"difference": float("inf"), "absolute": float("inf"),
+                                                  "tensor": "bias"}
+
+
 def test_recorder_reads_criteria_and_closes_steps_at_backward():
     criterion, weight = nn.MSELoss(), nn.Parameter(torch.tensor(2.0))
     recorder = TermRecorder()
     recorder.watch(criterion, "mse")
+    recorder.watch(criterion, "weighted mse", 3.0)
     with recorder.steps_by_backward():
         for _ in range(2):
             (3 * criterion(weight, torch.tensor(0.0))).backward()
-    assert recorder.steps == [{"mse": 4.0, "total": 12.0}] * 2
+    assert recorder.steps == [{"mse": 4.0, "weighted mse": 12.0, "total": 12.0}] * 2
 
 
 def test_float64_runs_keep_float64_through_float_casts():
@@ -83,3 +98,22 @@ def test_float64_runs_keep_float64_through_float_casts():
         assert torch.zeros(2).dtype == torch.float64 and torch.zeros(2).float().dtype == torch.float64
         assert torch.zeros(2, dtype=torch.float16).float().dtype == torch.float32
     assert torch.zeros(2).float().dtype == torch.float32
+
+
+def test_kl_div_keeps_its_values_and_drops_the_target_gradient_of_zero_probabilities():
+    """DKD's masked teacher distribution holds exact zeros; their gradient is 0/0 in today's torch."""
+    logits = torch.tensor([[1.0, 2.0, 0.5]])
+    temperature = torch.tensor(3.0, requires_grad=True)
+    target = torch.softmax(logits / temperature - torch.tensor([1000.0, 0.0, 0.0]), dim=1)
+    inputs = torch.log_softmax(logits.flip(1), dim=1)
+    assert target[0, 0] == 0
+    kl_div = nn.functional.kl_div
+    plain = kl_div(inputs, target, reduction="sum")
+    with kl_div_target_gradient_of_torch_1_11():
+        masked = nn.KLDivLoss(reduction="sum")(inputs, target)
+    assert torch.equal(plain, masked)
+    assert torch.autograd.grad(plain, temperature, retain_graph=True)[0].isnan()
+    by_hand = (target[0, 1:] * (target[0, 1:].log() - inputs[0, 1:])).sum()  # the zero entry left out
+    gradient = torch.autograd.grad(masked, temperature, retain_graph=True)[0]
+    assert gradient == pytest.approx(torch.autograd.grad(by_hand, temperature)[0])
+    assert nn.functional.kl_div is kl_div
