@@ -35,6 +35,9 @@ Setting = tuple[tuple[str, str], ...]  # sorted (dotted config key, value) pairs
 
 # Config keys that do not change what a run trains: not part of the setting its cells pool by.
 UNPOOLED_KEYS = EXECUTION_KEYS | {"seed"}
+# How a teacher cache stores the teacher's outputs (dtype, top-K, fill batch): it changes what the
+# student reads only when the run reads a cache (`teacher_cache`, an execution key, names it).
+CACHE_STORAGE_PREFIX = "teacher_cache_"
 # What a hand-made run folder without config.yaml is identified by, from its results.json.
 RESULT_SETTING_KEYS = ("method", "student", "teacher", "dataset", "epochs")
 
@@ -75,6 +78,12 @@ def run_setting(run: RunFolder, results: RunResults) -> Setting:
                 for key, value in flatten(run.read_config()).items()}
     else:
         flat = {key: json.dumps(getattr(results, key)) for key in RESULT_SETTING_KEYS}
+    if flat.get("teacher_cache", "null") == "null":  # its cache settings say nothing: one label for all such runs
+        flat = {key: value for key, value in flat.items() if not key.startswith(CACHE_STORAGE_PREFIX)}
+        flat[f"{CACHE_STORAGE_PREFIX}dtype"] = "none"
+    else:  # a cached run is labelled by the storage settings it sets (top-K, dtype), not by unset ones
+        flat = {key: value for key, value in flat.items()
+                if not (key.startswith(CACHE_STORAGE_PREFIX) and value == "null")}
     return tuple(sorted((key, value) for key, value in flat.items() if key not in UNPOOLED_KEYS))
 
 
