@@ -334,10 +334,11 @@ class Recipe:
         return cls(method, {**options, **overrides}, float(config.get("optim", {}).get("lr", OptimConfig().lr)))
 
 
-def build_kdistill(recipe: Recipe, student_name: str, teacher_name: str, labels: Tensor) -> Distiller:
+def build_kdistill(recipe: Recipe, student_name: str, teacher_name: str, labels: Tensor,
+                   batch_size: int | None = None) -> Distiller:
     student = create_model(student_name, num_classes=NUM_CLASSES)
     teacher = create_model(teacher_name, num_classes=NUM_CLASSES)
-    context = MethodContext((3, 32, 32), NUM_CLASSES, labels, recipe.lr)
+    context = MethodContext((3, 32, 32), NUM_CLASSES, labels, recipe.lr, batch_size)
     return build_distiller({"name": recipe.method, **recipe.options}, student, teacher, context)
 
 

@@ -98,15 +98,21 @@ class RepDistiller:
         self.code.__exit__(*exc)
 
     # ---- the reference side, as train_student.py builds it ----
-    def build(self, script: Script) -> SimpleNamespace:
-        opt = SimpleNamespace(
+    def options(self, script: Script) -> SimpleNamespace:
+        """train_student.py's arguments (`opt`) for the method's command."""
+        return SimpleNamespace(
             distill=script.distill, gamma=script.gamma, alpha=script.alpha, beta=script.beta, kd_T=4.0,
             learning_rate=0.01 if self.student in SMALL_LR_STUDENTS else 0.05, momentum=0.9, weight_decay=5e-4,
             feat_dim=128, nce_k=NCE_K, nce_t=0.07, nce_m=0.5,
             hint_layer=2, mode="exact", init_epochs=1, print_freq=10**9, model_s=self.student,
         )
-        model_t = self.models.model_dict[self.teacher](num_classes=NUM_CLASSES)
-        model_s = self.models.model_dict[self.student](num_classes=NUM_CLASSES)
+
+    def model(self, name: str) -> nn.Module:
+        return self.models.model_dict[name](num_classes=NUM_CLASSES)
+
+    def build(self, script: Script) -> SimpleNamespace:
+        opt = self.options(script)
+        model_t, model_s = self.model(self.teacher), self.model(self.student)
         data = torch.randn(2, 3, 32, 32)
         model_t.eval()
         model_s.eval()
@@ -195,7 +201,7 @@ class RepDistiller:
         torch.manual_seed(0)  # built in float32 and then converted: the same initial weights in every dtype
         with cuda_calls_as_no_ops():
             ref = self.build(script)
-            ours = build_kdistill(recipe, self.student, self.teacher, self.data.labels)
+            ours = build_kdistill(recipe, self.student, self.teacher, self.data.labels, self.batch_size)
         with run_dtype(dtype), cuda_calls_as_no_ops():
             for module in (ref.module_list, ref.criterion_list, ref.model_t, ours):
                 module.to(dtype)
@@ -220,10 +226,14 @@ class RepDistiller:
             terms["method"] = script.term
         if script.init_term:
             terms["init"] = script.init_term
+        return Comparison(terms, reference_steps, kdistill_steps, self.weight_differences(ref, ours))
+
+    def weight_differences(self, ref: SimpleNamespace, ours: nn.Module) -> dict[str, dict]:
+        """The largest difference per trained module after the run (`largest_difference`)."""
         weights = {"student": largest_difference(ref.model_s, ours.student)}
         weights.update({path: largest_difference(current(module), resolve(ours, path))
                         for path, module in ref.aux.items()})
-        return Comparison(terms, reference_steps, kdistill_steps, weights)
+        return weights
 
     def contrast_indices(self, batches: list[dict]) -> list[np.ndarray]:
         """Per batch, what the reference's `CIFAR100InstanceSample` (mode exact) yields as
@@ -242,12 +252,17 @@ class RepDistiller:
             drawn.append(np.stack(rows).astype(np.int64))
         return drawn
 
+    def loader(self, batches: list[dict], negatives: list[np.ndarray] | None) -> list[tuple]:
+        """The batches as the reference's data loader yields them (CIFAR100Instance: with the
+        sample indices; with the negatives for CRD)."""
+        return [(b["image"], b["label"], b["index"]) if negatives is None else
+                (b["image"], b["label"], b["index"], torch.from_numpy(n)) for b, n in
+                zip(batches, negatives or [None] * len(batches))]
+
     def train_reference(self, ref: SimpleNamespace, batches: list[dict],
                         negatives: list[np.ndarray] | None) -> dict[str, list[dict[str, float]]]:
         opt = ref.opt
-        loader = [(b["image"], b["label"], b["index"]) if negatives is None else
-                  (b["image"], b["label"], b["index"], torch.from_numpy(n)) for b, n in
-                  zip(batches, negatives or [None] * len(batches))]
+        loader = self.loader(batches, negatives)
         record = {}
         if ref.init_modules is not None:
             recorder = TermRecorder()

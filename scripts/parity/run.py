@@ -31,13 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from core import Data, step_differences  # noqa: E402
 from ctkd_reference import CTKDCode  # noqa: E402
 from dcd_reference import DistillersDCD  # noqa: E402
+from defangchen import DefangChenSemCKD, DefangChenSimKD  # noqa: E402
 from dist_reference import DISTAuthors  # noqa: E402
 from mdistiller_style import LogitStandardization, MDistiller, MLKDAuthors  # noqa: E402
 from repdistiller import RepDistiller  # noqa: E402
 
 REFERENCES = {runner.reference.name: runner for runner in (RepDistiller, MDistiller, DistillersDCD,
                                                              LogitStandardization, MLKDAuthors, CTKDCode,
-                                                             DISTAuthors)}
+                                                             DISTAuthors, DefangChenSimKD, DefangChenSemCKD)}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
