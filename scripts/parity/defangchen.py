@@ -1,6 +1,7 @@
 """Defang Chen's code bases, both RepDistiller's CIFAR-100 framework with their own methods:
-DefangChen/SimKD (SimKD: the teacher's classifier reused on the projected student map) and
-DefangChen/SemCKD (SemCKD: cross-layer attention).
+DefangChen/SimKD (SimKD: the teacher's classifier reused on the projected student map; it also has
+SemCKD, as the DCD authors' code base took it over) and DefangChen/SemCKD (SemCKD: cross-layer
+attention).
 
 Their runners are RepDistiller's: the reference side is built as each `train_student.py` builds
 it (its `--distill simkd` / `semckd` branch, the auxiliary module in the trainable list, one SGD
@@ -13,12 +14,17 @@ kdistill freezes SimKD's student's own classifier, which no term reads (README: 
 reference keeps it in the optimizer, where weight decay shrinks it. The row "simkd (own head
 frozen in the reference)" freezes it in the reference too, in memory, to show that the rest is the
 same computation.
+
+SemCKD at the scripts' learning rate (0.05) diverges in this setting (random teacher, noise images,
+batch 16: the loss grows from 7 to 1e4 within 6 steps and overflows by step 10) on both sides
+alike; the rows "lr 0.01 on both sides" (the scripts' rate for MobileNet and ShuffleNet students)
+compare 10 steps that stay finite.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
-from core import NUM_CLASSES, Reference, largest_difference
+from core import NUM_CLASSES, Recipe, Reference, largest_difference
 from repdistiller import RepDistiller, Script
 from torch import nn
 
@@ -26,11 +32,13 @@ from torch import nn
 @dataclass(frozen=True)
 class DefangScript(Script):
     own_head_frozen: bool = False  # the reference's student classifier frozen, as kdistill freezes it
+    lr: float | None = None  # both sides' learning rate instead of the command's and the recipe's
 
 
 class DefangChenCode(RepDistiller):
     """What both code bases share beyond RepDistiller's: their loops take (image, label) batches
-    and read a few more arguments; no `input.float()` to patch."""
+    and read a few more arguments (no `input.float()` to patch), and both have SemCKD's
+    cross-layer attention (`SelfA`), built with different arguments and part names."""
 
     patches: dict[str, list[tuple[str, str]]] = {}  # module -> (old, new): loaded first, patched in memory
 
@@ -45,8 +53,14 @@ class DefangChenCode(RepDistiller):
         self.train_epoch = code.load("helper.loops").train_distill
         return self
 
-    def options(self, script: Script) -> SimpleNamespace:
+    def recipe(self, script: DefangScript) -> Recipe:
+        recipe = super().recipe(script)
+        return recipe if script.lr is None else replace(recipe, lr=script.lr)
+
+    def options(self, script: DefangScript) -> SimpleNamespace:
         opt = super().options(script)
+        if script.lr is not None:
+            opt.learning_rate = script.lr
         # A one-process CPU run: no DALI loader, no device id, no DDP; the batch size SemCKD's
         # attention is sized by (and its loop checks).
         opt.dali, opt.gpu, opt.multiprocessing_distributed = None, None, False
@@ -56,18 +70,47 @@ class DefangChenCode(RepDistiller):
     def loader(self, batches: list[dict], negatives) -> list[tuple]:
         return [(b["image"], b["label"]) for b in batches]
 
+    def build_other(self, distill, opt, feat_s, feat_t, module_list, trainable_list, aux) -> nn.Module:
+        if distill != "semckd":
+            return super().build_other(distill, opt, feat_s, feat_t, module_list, trainable_list, aux)
+        s_n = [f.shape[1] for f in feat_s[1:-1]]
+        t_n = [f.shape[1] for f in feat_t[1:-1]]
+        attention = self.cross_layer_attention(opt, s_n, t_n)
+        module_list.append(attention)
+        trainable_list.append(attention)
+        # kdistill's parts by name: SelfA registers them in another order (and SimKD's also has unused ones).
+        for i in range(len(s_n)):
+            aux[f"queries.{i}"] = self.embedding(attention, "query", i)
+            for j in range(len(t_n)):
+                aux[f"projectors.{i}.{j}"] = getattr(attention, f"regressor{i}{j}")
+        for j in range(len(t_n)):
+            aux[f"keys.{j}"] = self.embedding(attention, "key", j)
+        return self.zoo.SemCKDLoss()
+
+    def cross_layer_attention(self, opt: SimpleNamespace, s_n: list[int], t_n: list[int]) -> nn.Module:
+        """train_student.py's `SelfA(...)` of the semckd branch."""
+        raise NotImplementedError
+
+    def embedding(self, attention: nn.Module, role: str, index: int) -> nn.Module:
+        """The query or key embedding `index` of `attention` (role: "query" or "key")."""
+        raise NotImplementedError
+
 
 class DefangChenSimKD(DefangChenCode):
     reference = Reference("simkd", "DefangChen/SimKD", "2b389c31ed7779aea31e7aaf0bb0f2d8b6ac2f01")
-    methods = {  # scripts/run_distill.sh: --distill simkd -c 0 -d 0 -b 1 (factor 2, the default)
+    methods = {  # scripts/run_distill.sh: --distill simkd -c 0 -d 0 -b 1 (factor 2, the default),
+        # --distill semckd -c 1 -d 1 -b 400 (attention scale 1, the default)
         "simkd": DefangScript("simkd", 0.0, 0.0, 1.0, "simkd", "simkd"),
         "simkd (own head frozen in the reference)": DefangScript("simkd", 0.0, 0.0, 1.0, "simkd", "simkd",
                                                                  own_head_frozen=True),
+        "semckd (SimKD's code)": DefangScript("semckd", 1.0, 1.0, 400.0, "semckd", "semckd"),
+        "semckd (SimKD's code, lr 0.01 on both sides)": DefangScript("semckd", 1.0, 1.0, 400.0, "semckd", "semckd",
+                                                                     lr=0.01),
     }
 
-    def options(self, script: Script) -> SimpleNamespace:
+    def options(self, script: DefangScript) -> SimpleNamespace:
         opt = super().options(script)
-        opt.cls, opt.div, opt.factor = script.gamma, script.alpha, 2  # -c -d -f
+        opt.cls, opt.div, opt.factor, opt.soft = script.gamma, script.alpha, 2, 1.0  # -c -d -f -s
         return opt
 
     def model(self, name: str) -> nn.Module:
@@ -90,10 +133,20 @@ class DefangChenSimKD(DefangChenCode):
         aux["projector"] = projector
         return nn.MSELoss()
 
+    def cross_layer_attention(self, opt, s_n, t_n) -> nn.Module:
+        return self.util.SelfA(opt.batch_size, s_n, t_n, opt.soft)
+
+    def embedding(self, attention, role, index) -> nn.Module:
+        # Its MLPEmbed also builds a `regressor` that forward never reads (README: deviations).
+        mlp = getattr(attention, f"{role}_{index}")
+        return nn.ModuleList([mlp.linear1, mlp.linear2])
+
     def weight_differences(self, ref: SimpleNamespace, ours: nn.Module) -> dict[str, dict]:
-        """The student's own classifier apart from the rest of it: only the classifier is
+        """SimKD's student's own classifier apart from the rest of it: only the classifier is
         expected to differ while kdistill freezes it and the reference's weight decay shrinks it."""
         weights = super().weight_differences(ref, ours)
+        if ref.opt.distill != "simkd":
+            return weights
         del weights["student"]
 
         def without_head(model: nn.Module) -> nn.ModuleList:
@@ -114,23 +167,12 @@ class DefangChenSemCKD(DefangChenCode):
     reference = Reference("semckd", "DefangChen/SemCKD", "ebe5db190d87f3e493a5fdf04a808ef3179486dc")
     methods = {  # scripts/run_cifar_distill.sh and README: --distill semckd -r 1 -a 1 -b 400
         "semckd": DefangScript("semckd", 1.0, 1.0, 400.0, "semckd", "semckd"),
+        "semckd (lr 0.01 on both sides)": DefangScript("semckd", 1.0, 1.0, 400.0, "semckd", "semckd", lr=0.01),
     }
     patches = {"helper.util": ACCURACY_ON_CURRENT_TORCH}
 
-    def build_other(self, distill, opt, feat_s, feat_t, module_list, trainable_list, aux) -> nn.Module:
-        if distill != "semckd":
-            return super().build_other(distill, opt, feat_s, feat_t, module_list, trainable_list, aux)
-        s_n = [f.shape[1] for f in feat_s[1:-1]]
-        t_n = [f.shape[1] for f in feat_t[1:-1]]
-        attention = self.util.SelfA(len(feat_s) - 2, len(feat_t) - 2, opt.batch_size, s_n, t_n)
-        module_list.append(attention)
-        trainable_list.append(attention)
-        # SelfA registers the keys, then the queries, then the regressors; kdistill the queries first.
-        for i in range(len(s_n)):
-            aux[f"queries.{i}"] = getattr(attention, f"query_weight{i}")
-            for j in range(len(t_n)):
-                aux[f"projectors.{i}.{j}"] = getattr(attention, f"regressor{i}{j}")
-        for j in range(len(t_n)):
-            aux[f"keys.{j}"] = getattr(attention, f"key_weight{j}")
-        return self.zoo.SemCKDLoss()
+    def cross_layer_attention(self, opt, s_n, t_n) -> nn.Module:
+        return self.util.SelfA(len(s_n), len(t_n), opt.batch_size, s_n, t_n)
 
+    def embedding(self, attention, role, index) -> nn.Module:
+        return getattr(attention, f"{role}_weight{index}")

@@ -194,10 +194,14 @@ class RepDistiller:
         """The criterion of a method the base script lacks (in a derived code base)."""
         raise ValueError(f"{self.reference.repository} has no --distill {distill}")
 
+    def recipe(self, script: Script) -> Recipe:
+        """kdistill's recipe for the method and pair (CRD with the run's number of negatives)."""
+        return Recipe.load(script.method, self.teacher, self.student,
+                           **({"num_negatives": NCE_K} if script.distill == "crd" else {}))
+
     def run(self, name: str, steps: int, dtype: torch.dtype) -> Comparison:
         script = self.methods[name]
-        recipe = Recipe.load(script.method, self.teacher, self.student,
-                             **({"num_negatives": NCE_K} if script.distill == "crd" else {}))
+        recipe = self.recipe(script)
         torch.manual_seed(0)  # built in float32 and then converted: the same initial weights in every dtype
         with cuda_calls_as_no_ops():
             ref = self.build(script)
