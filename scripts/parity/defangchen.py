@@ -16,7 +16,7 @@ frozen in the reference)" freezes it in the reference too, in memory, to show th
 same computation.
 
 SemCKD at the scripts' learning rate (0.05) diverges in this setting (random teacher, noise images,
-batch 16: the loss grows from 7 to 1e4 within 6 steps and overflows by step 10) on both sides
+batch 16: the loss grows a million-fold within 5 to 7 steps and overflows by step 10) on both sides
 alike; the rows "lr 0.01 on both sides" (the scripts' rate for MobileNet and ShuffleNet students)
 compare 10 steps that stay finite.
 """

@@ -5,6 +5,7 @@ rows sorted by method).
 """
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ FLOAT64_TOLERANCE = 1e-6  # step 1 and every later step, relative; weights (see 
 FLOAT32_TOLERANCE = 1e-4  # loss (relative) and weights
 FLOAT32_STEP1_TOLERANCE = 1e-4  # the first step, before training amplifies rounding
 NOISE_MULTIPLE = 10  # float32 drift this close to the reference's own float32-vs-float64 drift is noise
+DIVERGED = 1e6  # a total this many times the first step's, or not finite: the run has diverged
 
 
 def noise_floor(f32: dict) -> list[float] | None:
@@ -19,9 +21,25 @@ def noise_floor(f32: dict) -> list[float] | None:
     return f32.get("reference_float32_vs_float64") if f32.get("same_initial_weights_as_float64") else None
 
 
+def divergence_step(f64: dict) -> int | None:
+    """The first step (from 1) at which both sides' float64 runs have diverged, if they do (one
+    side alone diverging is a difference, not this)."""
+    def diverged(side: dict) -> list[bool]:
+        steps = [step for phase in side.values() for step in phase]
+        return [not math.isfinite(step["total"]) or abs(step["total"]) > DIVERGED * abs(steps[0]["total"])
+                for step in steps]
+
+    for number, (reference, ours) in enumerate(zip(diverged(f64["reference"]), diverged(f64["kdistill"])), 1):
+        if reference or ours:
+            return number if reference and ours else None
+    return None
+
+
 # Differences kdistill keeps on purpose (README: "Where kdistill deliberately differs ...").
 KNOWN = {"mlkd": "differs by the authors' strong-view slip, which kdistill does not copy",
-         "dkd+ctkd": "differs by DKD's 20-epoch warm-up, which kdistill keeps (the CTKD code's DKD has none)"}
+         "dkd+ctkd": "differs by DKD's 20-epoch warm-up, which kdistill keeps (the CTKD code's DKD has none)",
+         "simkd": "differs only in the student's own classifier, which no term reads: kdistill freezes it, "
+                  "the reference's weight decay shrinks it"}
 
 
 def verdict(entry: dict, method: str = "") -> str:
@@ -30,6 +48,10 @@ def verdict(entry: dict, method: str = "") -> str:
     f64, f32 = entry.get("float64", {}), entry.get("float32", {})
     if "error" in f64 or "error" in f32 or not f64 or not f32:
         return "not run: " + (f64.get("error") or f32.get("error") or "missing dtype")
+    diverged = divergence_step(f64)
+    if diverged is not None and diverged > 1 and max(f64["per_step_relative"][:diverged - 1]) <= FLOAT64_TOLERANCE:
+        return (f"both runs diverge alike (loss {DIVERGED:.0e}-fold by step {diverged}); equal in float64 "
+                f"before ({max(f64['per_step_relative'][:diverged - 1]):.1e})")
     if max(f64["step1_relative"], f64["largest_relative"], f64["largest_weight"]) > FLOAT64_TOLERANCE:
         return "**differs** (float64)"
     if max(f32["largest_relative"], f32["largest_weight"]) <= FLOAT32_TOLERANCE:
