@@ -56,7 +56,7 @@ def vmf_sne_loss(sim_p: Tensor, sim_q: Tensor, temperatures: Sequence[float] = T
     """
     with torch.autocast(sim_p.device.type, enabled=False):
         sim_p, sim_q = sim_p.float(), sim_q.float()
-        temperatures = torch.tensor(list(temperatures), dtype=torch.float32, device=sim_p.device)
+        temperatures = torch.tensor(list(temperatures), dtype=sim_p.dtype, device=sim_p.device)
         log_p = _joint_log_probabilities(sim_p, temperatures)
         log_q = _joint_log_probabilities(sim_q, temperatures)
         return (log_p.exp() * (log_p - log_q)).sum(dim=(-2, -1)).mean()
