@@ -343,10 +343,12 @@ def build_kdistill(recipe: Recipe, student_name: str, teacher_name: str, labels:
 
 
 def run_kdistill(distiller: Distiller, batches: list[dict[str, Tensor]], init_batches: list[dict[str, Tensor]],
-                 lr: float, epoch: int = 1, epochs: int = 240) -> dict[str, list[dict[str, float]]]:
+                 lr: float, epoch: int = 1, epochs: int = 240,
+                 optim: OptimConfig | None = None) -> dict[str, list[dict[str, float]]]:
     """kdistill's side, step for step as `kdistill.engine.Trainer` runs it (its optimizers, its
     init phase, `zero_grad` / `backward` / `step`; the step schedule is flat within the first
-    epoch): the unweighted terms and the total of every step, per phase."""
+    epoch; `optim`: the run's optimizer, SGD by default): the unweighted terms, the logged scalar
+    extras and the total of every step, per phase."""
     record = {}
     init = distiller.init_phase()
     if init is not None and init_batches:
@@ -354,7 +356,7 @@ def run_kdistill(distiller: Distiller, batches: list[dict[str, Tensor]], init_ba
         distiller.set_phase("init")
         distiller.init_mode()
         record["init"] = _steps(distiller, optimizer, init_batches)
-    optimizer = build_optimizer(distiller.train_parameters(), OptimConfig(), lr)
+    optimizer = build_optimizer(distiller.train_parameters(), optim or OptimConfig(), lr)
     distiller.set_phase("train")
     distiller.train()
     distiller.on_epoch_start(epoch, epochs)
@@ -370,7 +372,8 @@ def _steps(distiller: Distiller, optimizer: torch.optim.Optimizer,
         optimizer.zero_grad(set_to_none=True)
         output.total.backward()
         optimizer.step()
-        steps.append({**{name: float(value.detach()) for name, value in output.terms.items()},
+        steps.append({**{name: float(value.detach()) for name, value in output.extras.items() if value.numel() == 1},
+                      **{name: float(value.detach()) for name, value in output.terms.items()},
                       **{f"weighted {name}": float(value.detach()) * output.weights[name]
                          for name, value in output.terms.items()},
                       "total": float(output.total.detach())})

@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from core import Data, step_differences  # noqa: E402
+from cospress import Cospress  # noqa: E402
 from ctkd_reference import CTKDCode  # noqa: E402
 from dcd_reference import DistillersDCD  # noqa: E402
 from defangchen import DefangChenSemCKD, DefangChenSimKD  # noqa: E402
@@ -38,7 +39,7 @@ from repdistiller import RepDistiller  # noqa: E402
 
 REFERENCES = {runner.reference.name: runner for runner in (RepDistiller, MDistiller, DistillersDCD,
                                                              LogitStandardization, MLKDAuthors, CTKDCode,
-                                                             DISTAuthors, DefangChenSimKD, DefangChenSemCKD)}
+                                                             DISTAuthors, DefangChenSimKD, DefangChenSemCKD, Cospress)}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -88,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
         with runner_class(path, teacher, student, args.batch_size, data,
                           **({"companions": companions} if companions else {})) as runner:
             for method in wanted:
-                entry = {"reference": name, **reference, "pair": f"{teacher} -> {student}",
+                # a reference that accepts no CIFAR zoo model names its own pair
+                pair = getattr(runner_class, "pair", f"{teacher} -> {student}")
+                entry = {"reference": name, **reference, "pair": pair,
                          "batch_size": args.batch_size, "command": command, **run_info,
                          **(runner.notes(method) if hasattr(runner, "notes") else {})}
                 for dtype_name in args.dtypes:
