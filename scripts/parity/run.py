@@ -34,12 +34,14 @@ from ctkd_reference import CTKDCode  # noqa: E402
 from dcd_reference import DistillersDCD  # noqa: E402
 from defangchen import DefangChenSemCKD, DefangChenSimKD  # noqa: E402
 from dist_reference import DISTAuthors  # noqa: E402
+from distillers_imagenet import DistillersImageNetScript  # noqa: E402
 from mdistiller_style import LogitStandardization, MDistiller, MLKDAuthors  # noqa: E402
 from repdistiller import RepDistiller  # noqa: E402
 
 REFERENCES = {runner.reference.name: runner for runner in (RepDistiller, MDistiller, DistillersDCD,
                                                              LogitStandardization, MLKDAuthors, CTKDCode,
-                                                             DISTAuthors, DefangChenSimKD, DefangChenSemCKD, Cospress)}
+                                                             DISTAuthors, DefangChenSimKD, DefangChenSemCKD, Cospress,
+                                                             DistillersImageNetScript)}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 

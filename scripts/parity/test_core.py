@@ -8,6 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from kdistill.config import OptimConfig
+from kdistill.methods import MethodContext, build_distiller
+from kdistill.models import create_model
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from core import (  # noqa: E402
@@ -18,8 +22,10 @@ from core import (  # noqa: E402
     kl_div_target_gradient_of_torch_1_11,
     largest_difference,
     run_dtype,
+    run_kdistill,
     step_differences,
 )
+from cospress import copy_by_name, largest_named_difference, merged  # noqa: E402
 
 
 def test_copy_weights_matches_by_order_and_shape_and_differences_are_measured():
@@ -117,3 +123,30 @@ def test_kl_div_keeps_its_values_and_drops_the_target_gradient_of_zero_probabili
     gradient = torch.autograd.grad(masked, temperature, retain_graph=True)[0]
     assert gradient == pytest.approx(torch.autograd.grad(by_hand, temperature)[0])
     assert nn.functional.kl_div is kl_div
+
+
+def test_kdistill_side_records_the_logged_extras_with_the_terms():
+    torch.manual_seed(0)
+    distiller = build_distiller({"name": "tintem"}, create_model("resnet8"), create_model("resnet8"),
+                                MethodContext((3, 32, 32), 100))
+    batches = Data.synthetic(8, seed=0).batches(2, 4, strong=False)
+    steps = run_kdistill(distiller, batches, [], 1e-3, optim=OptimConfig(name="adamw", weight_decay=0.05))["train"]
+    assert len(steps) == 2
+    parts = [steps[0][f"tintem_{name}"] for name in ("local", "global", "feature", "token")]
+    assert sum(parts) == pytest.approx(steps[0]["tintem"]) and steps[0]["total"] == steps[0]["tintem"]
+
+
+def test_cospress_configs_merge_as_hydra_layers_and_vits_pair_by_name():
+    assert merged({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"y": 3}}) == {"a": {"x": 1, "y": 3}, "b": 1}
+    theirs = nn.Module()
+    theirs.mask_token, theirs.norm = nn.Parameter(torch.zeros(4)), nn.LayerNorm(4)
+    ours = nn.Module()
+    ours.norm, ours.head = nn.LayerNorm(4), nn.Linear(4, 2)
+    with torch.no_grad():
+        theirs.norm.weight.fill_(3.0)
+    copy_by_name(theirs, ours)  # mask_token and the head have no counterpart, by design
+    assert torch.equal(ours.norm.weight, theirs.norm.weight)
+    assert largest_named_difference(theirs, ours)["difference"] == 0.0
+    ours.extra = nn.Linear(4, 4)
+    with pytest.raises(RuntimeError, match="no counterpart"):
+        copy_by_name(theirs, ours)
