@@ -120,7 +120,6 @@ class Cospress:
     reference = Reference("cospress", "emannix/cospress-cosine-similarity-preserving-compression",
                           "65e94c034dc26e0299a6dc935084a3aa84b329e8")
     methods = METHODS
-    pair = "DINOv2 ViT-S -> ViT-Ti, 32 px, patch 4"
 
     def __init__(self, path: Path, teacher: str, student: str, batch_size: int, data: Data):
         self.path = Path(path)
@@ -142,6 +141,10 @@ class Cospress:
         for name in UNREACHED_MODULES:
             sys.modules.pop(name, None)
         self.code.__exit__(*exc)
+
+    def notes(self, method: str) -> dict:
+        """The pair this reference runs instead of the CIFAR one (module docstring)."""
+        return {"pair": f"DINOv2 ViT-S -> ViT-Ti, {IMAGE_SIZE} px, patch {PATCH_SIZE}"}
 
     def yaml(self, relative: str) -> dict:
         return yaml.safe_load((self.path / relative).read_text())

@@ -91,9 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         with runner_class(path, teacher, student, args.batch_size, data,
                           **({"companions": companions} if companions else {})) as runner:
             for method in wanted:
-                # a reference that accepts no CIFAR zoo model names its own pair
-                pair = getattr(runner_class, "pair", f"{teacher} -> {student}")
-                entry = {"reference": name, **reference, "pair": pair,
+                entry = {"reference": name, **reference, "pair": f"{teacher} -> {student}",
                          "batch_size": args.batch_size, "command": command, **run_info,
                          **(runner.notes(method) if hasattr(runner, "notes") else {})}
                 for dtype_name in args.dtypes:
