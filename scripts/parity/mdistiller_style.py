@@ -161,7 +161,8 @@ class MDistillerStyle:
 
         distiller.forward_train = recording_forward_train
         distiller.train()
-        meters = {key: self.trainers.AverageMeter() for key in ("training_time", "data_time", "losses", "top1", "top5")}
+        meters = {key: self.trainers.AverageMeter()  # "mem": the CRLD copy's trainer logs memory
+                  for key in ("training_time", "data_time", "mem", "losses", "top1", "top5")}
         with recorder.steps_by_backward():
             for batch in batches:
                 image = (batch["image"], batch["image_strong"]) if run.two_views else batch["image"]

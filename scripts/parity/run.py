@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from core import Data, step_differences  # noqa: E402
 from cospress import Cospress  # noqa: E402
+from crld_reference import CRLDCopy  # noqa: E402
 from ctkd_reference import CTKDCode  # noqa: E402
 from dcd_reference import DistillersDCD  # noqa: E402
 from defangchen import DefangChenSemCKD, DefangChenSimKD  # noqa: E402
@@ -41,7 +42,7 @@ from repdistiller import RepDistiller  # noqa: E402
 REFERENCES = {runner.reference.name: runner for runner in (RepDistiller, MDistiller, DistillersDCD,
                                                              LogitStandardization, MLKDAuthors, CTKDCode,
                                                              DISTAuthors, DefangChenSimKD, DefangChenSemCKD, Cospress,
-                                                             DistillersImageNetScript)}
+                                                             DistillersImageNetScript, CRLDCopy)}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
