@@ -335,9 +335,14 @@ class Recipe:
 
 
 def build_kdistill(recipe: Recipe, student_name: str, teacher_name: str, labels: Tensor,
-                   batch_size: int | None = None) -> Distiller:
+                   batch_size: int | None = None, teacher_weights: nn.Module | None = None) -> Distiller:
+    """kdistill's distiller of the recipe; `teacher_weights` (the reference's teacher) are copied
+    into its teacher first, as a run loads its teacher before it builds the method (OFD's margins
+    are read off the teacher's batch norms then)."""
     student = create_model(student_name, num_classes=NUM_CLASSES)
     teacher = create_model(teacher_name, num_classes=NUM_CLASSES)
+    if teacher_weights is not None:
+        copy_weights(teacher_weights, teacher)
     context = MethodContext((3, 32, 32), NUM_CLASSES, labels, recipe.lr, batch_size)
     return build_distiller({"name": recipe.method, **recipe.options}, student, teacher, context)
 

@@ -126,7 +126,7 @@ class MDistillerStyle:
             else:
                 distiller_class = self.distillers.distiller_dict[cfg.DISTILLER.TYPE]
             distiller = distiller_class(student, teacher, cfg)
-            ours = build_kdistill(recipe, self.student, self.teacher, self.data.labels)
+            ours = build_kdistill(recipe, self.student, self.teacher, self.data.labels, teacher_weights=teacher)
         with run_dtype(dtype), cuda_calls_as_no_ops():
             distiller.to(dtype)
             ours.to(dtype)
@@ -214,12 +214,46 @@ def reviewkd_fusions(distiller) -> dict:
     return {f"fusions.{level}": distiller.abfs[count - 1 - level] for level in range(count)}
 
 
+@torch.no_grad()
+def varied_batch_norms(cfg, teacher, student, recipe) -> None:
+    """OFD reads its margins off the teacher's batch norms before each ReLU; a fresh teacher's are
+    all weight 1, bias 0 (one margin for every channel). Drawn instead (seeded), weights in
+    [0.2, 1.2] and biases around 0, so the margins differ per channel and both of their branches
+    (the expected negative value, and -3 std where the pre-activation is rarely negative) occur."""
+    generator = torch.Generator().manual_seed(0)
+    for module in teacher.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.copy_(0.2 + torch.rand(module.weight.shape, generator=generator))
+            module.bias.copy_(torch.randn(module.bias.shape, generator=generator))
+
+
+def ofd_connectors(distiller) -> dict:
+    return {f"connectors.{level}": connector for level, connector in enumerate(distiller.connectors.connectors)}
+
+
+# mdistiller's OFD overrides `train()` so that its teacher runs in training mode (batch-norm
+# statistics of the batch, running statistics updated); kdistill keeps the teacher in eval mode
+# (README: deviations). Switched off in memory as mdistiller's base `Distiller.train` does it.
+OFD_TEACHER_IN_EVAL_MODE = [(
+    "        for module in self.children():\n            module.train(mode)\n        return self\n",
+    "        for module in self.children():\n            module.train(mode)\n        self.teacher.eval()\n"
+    "        return self\n",
+)]
+OFD_TERMS = {"loss_ce": "weighted ce", "loss_kd": "weighted ofd"}
+
+
 class MDistiller(MDistillerStyle):
     reference = Reference("mdistiller", "megvii-research/mdistiller", "a08d46f10d6102bd6e3f258ca5ac880b020ea259")
     methods = {
         "dkd": Run("DKD", "dkd", "dkd", {"loss_ce": "weighted ce", "loss_kd": "weighted dkd"}),
         "reviewkd": Run("REVIEWKD", "", "reviewkd", {"loss_ce": "weighted ce", "loss_kd": "weighted reviewkd"},
                         config_file="reviewkd.yaml", configure=reviewkd_pair, auxiliary=reviewkd_fusions),
+        # ofd.yaml is resnet32x4 -> resnet8x4's; its settings (CE 1, OFD 0.001, 1x1 connectors) hold for every pair
+        "ofd": Run("OFD", "", "ofd", OFD_TERMS, config_file="ofd.yaml", configure=varied_batch_norms,
+                   auxiliary=ofd_connectors),
+        "ofd (teacher in eval mode)": Run("OFD", "", "ofd", OFD_TERMS, config_file="ofd.yaml",
+                                          configure=varied_batch_norms, auxiliary=ofd_connectors,
+                                          patch=("mdistiller.distillers.OFD", "OFD", OFD_TEACHER_IN_EVAL_MODE)),
     }
 
 

@@ -39,7 +39,8 @@ def divergence_step(f64: dict) -> int | None:
 KNOWN = {"mlkd": "differs by the authors' strong-view slip, which kdistill does not copy",
          "dkd+ctkd": "differs by DKD's 20-epoch warm-up, which kdistill keeps (the CTKD code's DKD has none)",
          "simkd": "differs only in the student's own classifier, which no term reads: kdistill freezes it, "
-                  "the reference's weight decay shrinks it"}
+                  "the reference's weight decay shrinks it",
+         "ofd": "differs by mdistiller's teacher in training mode, which kdistill does not copy"}
 
 
 def verdict(entry: dict, method: str = "") -> str:

@@ -17,7 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from core import (  # noqa: E402
     Comparison,
     Data,
+    Recipe,
     TermRecorder,
+    build_kdistill,
     copy_weights,
     kl_div_target_gradient_of_torch_1_11,
     largest_difference,
@@ -150,3 +152,19 @@ def test_cospress_configs_merge_as_hydra_layers_and_vits_pair_by_name():
     ours.extra = nn.Linear(4, 4)
     with pytest.raises(RuntimeError, match="no counterpart"):
         copy_by_name(theirs, ours)
+
+
+def test_kdistill_builds_its_method_around_the_reference_teachers_weights():
+    torch.manual_seed(0)
+    reference_teacher = create_model("resnet8", num_classes=100)
+    with torch.no_grad():
+        for norm in reference_teacher.preact_batch_norms():
+            norm.weight.fill_(0.5)
+            norm.bias.fill_(2.0)
+    labels = torch.arange(100)
+    ofd = build_kdistill(Recipe("ofd", {}, 0.05), "resnet8", "resnet8", labels, teacher_weights=reference_teacher)
+    assert largest_difference(reference_teacher, ofd.teacher)["difference"] == 0.0
+    # OFD's margins are read off the teacher's batch norms when it is built: the copied ones
+    # (weight 0.5, bias 2: the -3 std branch), not a fresh teacher's (weight 1, bias 0).
+    assert all(torch.allclose(margin, torch.full_like(margin, -1.5)) for margin in ofd.margins())
+
