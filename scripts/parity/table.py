@@ -50,9 +50,10 @@ def verdict(entry: dict, method: str = "") -> str:
     if "error" in f64 or "error" in f32 or not f64 or not f32:
         return "not run: " + (f64.get("error") or f32.get("error") or "missing dtype")
     diverged = divergence_step(f64)
-    if diverged is not None and diverged > 1 and max(f64["per_step_relative"][:diverged - 1]) <= FLOAT64_TOLERANCE:
-        return (f"both runs diverge alike (loss {DIVERGED:.0e}-fold by step {diverged}); equal in float64 "
-                f"before ({max(f64['per_step_relative'][:diverged - 1]):.1e})")
+    before = max(f64["per_step_relative"][:diverged - 1]) if diverged and diverged > 1 else math.inf
+    if before <= FLOAT64_TOLERANCE:
+        return (f"both runs diverge alike (loss 10^{math.log10(DIVERGED):.0f}-fold by step {diverged}); "
+                f"equal in float64 before ({before:.1e})")
     if max(f64["step1_relative"], f64["largest_relative"], f64["largest_weight"]) > FLOAT64_TOLERANCE:
         return "**differs** (float64)"
     if max(f32["largest_relative"], f32["largest_weight"]) <= FLOAT32_TOLERANCE:
