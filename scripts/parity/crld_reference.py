@@ -45,7 +45,7 @@ class ReconstructedReference(Reference):
         marker = Path(path) / "SOURCE_COMMIT"
         commit = marker.read_text().strip() if marker.exists() else "unknown (no SOURCE_COMMIT)"
         note = "" if commit == self.commit else f"  (expected {self.commit}: results may differ)"
-        print(f"{self.name}: a reconstruction of github.com/{self.repository} at {commit}{note}")
+        print(f"{self.name}: a reconstruction of {self.repository} at {commit}{note}")
         return commit
 
 
@@ -68,7 +68,8 @@ CRLD_TERMS = {"loss_ce": "weighted ce", "loss_kd": "weighted crld",
 
 
 class CRLDCopy(MDistillerStyle):
-    reference = ReconstructedReference("crld", "scx-822/CRLD-main", "c9d665706f7d8b3598ab8033f0d467ed006037f5")
+    reference = ReconstructedReference("crld", "scx-822/CRLD-main (a copy of the authors' code)",
+                                       "c9d665706f7d8b3598ab8033f0d467ed006037f5")
     methods = {
         "crld": Run("CRLD", "crld", "crld", CRLD_TERMS, two_views=True, configure=confident_teacher,
                     patch=("mdistiller.distillers.CRLD", "CRLD", ())),
