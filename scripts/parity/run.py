@@ -17,6 +17,7 @@ import argparse
 import fcntl
 import json
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         paths[name] = Path(path)
     teacher, student = args.pair.split(":")
     data = Data.synthetic(args.data_size, seed=0)
-    command = " ".join(["python", "scripts/parity/run.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["python", "scripts/parity/run.py", *(argv if argv is not None else sys.argv[1:])])
     run_info = {"kdistill_commit": kdistill_commit(), "torch": torch.__version__, "machine": platform.machine(),
                 "threads": torch.get_num_threads(), "data_size": args.data_size}
     for name, path in paths.items():
