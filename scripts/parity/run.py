@@ -35,6 +35,7 @@ from crld_reference import CRLDCopy  # noqa: E402
 from ctkd_reference import CTKDCode  # noqa: E402
 from dcd_reference import DistillersDCD  # noqa: E402
 from defangchen import DefangChenSemCKD, DefangChenSimKD  # noqa: E402
+from deit_reference import DeiTCode  # noqa: E402
 from dist_reference import DISTAuthors  # noqa: E402
 from distillers_imagenet import DistillersImageNetScript  # noqa: E402
 from mdistiller_style import LogitStandardization, MDistiller, MLKDAuthors  # noqa: E402
@@ -43,7 +44,7 @@ from repdistiller import RepDistiller  # noqa: E402
 REFERENCES = {runner.reference.name: runner for runner in (RepDistiller, MDistiller, DistillersDCD,
                                                              LogitStandardization, MLKDAuthors, CTKDCode,
                                                              DISTAuthors, DefangChenSimKD, DefangChenSemCKD, Cospress,
-                                                             DistillersImageNetScript, CRLDCopy)}
+                                                             DistillersImageNetScript, CRLDCopy, DeiTCode)}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
