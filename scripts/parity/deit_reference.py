@@ -143,8 +143,11 @@ class DeiTCode:
 
     def notes(self, method: str) -> dict:
         """The pair this reference runs instead of the CIFAR one (module docstring)."""
+        row = ROWS[method]
+        in_memory = {} if row.tokens_exempt_from_decay else {
+            "reference_in_memory": "the student's no_weight_decay() returns nothing (every tensor of 2+ dims decayed)"}
         return {"pair": f"{TEACHER} -> {STUDENT}, {IMAGE_SIZE} px",
-                "reference_command": "python main.py " + " ".join(self.arguments_for(ROWS[method]))}
+                "reference_command": "python main.py " + " ".join(self.arguments_for(row)), **in_memory}
 
     def arguments_for(self, row: Row) -> list[str]:
         return [part.format(batch_size=self.batch_size) for part in row.argv()]

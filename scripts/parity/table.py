@@ -40,7 +40,11 @@ KNOWN = {"mlkd": "differs by the authors' strong-view slip, which kdistill does 
          "dkd+ctkd": "differs by DKD's 20-epoch warm-up, which kdistill keeps (the CTKD code's DKD has none)",
          "simkd": "differs only in the student's own classifier, which no term reads: kdistill freezes it, "
                   "the reference's weight decay shrinks it",
-         "ofd": "differs by mdistiller's teacher in training mode, which kdistill does not copy"}
+         "ofd": "differs by mdistiller's teacher in training mode, which kdistill does not copy",
+         "deit": "differs by DeiT's label smoothing (0.1 without mixup) and its tokens' exemption from weight "
+                 "decay, which kdistill has neither of",
+         "deit (no label smoothing)": "differs by DeiT's exemption of the position embedding and the class and "
+                                      "distillation tokens from weight decay (kdistill's AdamW decays them)"}
 
 
 def verdict(entry: dict, method: str = "") -> str:

@@ -3,6 +3,7 @@
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,6 +29,7 @@ from core import (  # noqa: E402
     step_differences,
 )
 from cospress import copy_by_name, largest_named_difference, merged  # noqa: E402
+from deit_reference import ROWS, DeiTCode, SeededSteps  # noqa: E402
 
 
 def test_copy_weights_matches_by_order_and_shape_and_differences_are_measured():
@@ -168,3 +170,25 @@ def test_kdistill_builds_its_method_around_the_reference_teachers_weights():
     # (weight 0.5, bias 2: the -3 std branch), not a fresh teacher's (weight 1, bias 0).
     assert all(torch.allclose(margin, torch.full_like(margin, -1.5)) for margin in ofd.margins())
 
+
+
+def test_seeded_steps_give_each_step_the_same_draws_on_every_pass():
+    steps = SeededSteps(["a", "b"])
+    first = [(item, torch.rand(3)) for item in steps]
+    second = [(item, torch.rand(3)) for item in steps]
+    assert [item for item, _ in first] == ["a", "b"] and len(steps) == 2
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(first, second))
+    assert not torch.equal(first[0][1], first[1][1])
+
+
+def test_deit_kdistill_side_is_the_reference_commands_settings():
+    """kdistill's side of the DeiT rows (built without the clone): its weights are DeiT's alpha,
+    the student a distilled ViT at 32 px with the command's drop path, and its AdamW's rate and decay."""
+    args = SimpleNamespace(drop_path=0.1, lr=5e-4, weight_decay=0.05, distillation_tau=1.0, distillation_alpha=0.5)
+    runner = DeiTCode(Path("."), "", "", 4, Data.synthetic(8, seed=0))
+    distiller, optim = runner.build_kdistill(args, ROWS["deit soft (no label smoothing, tokens decayed)"])
+    assert distiller.options.distillation == "soft" and distiller.student.has_distillation_token
+    assert distiller.student.model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+    assert (optim.name, optim.lr, optim.weight_decay) == ("adamw", 5e-4, 0.05)
+    with pytest.raises(RuntimeError, match="alpha"):
+        runner.build_kdistill(SimpleNamespace(**{**vars(args), "distillation_alpha": 0.3}), ROWS["deit"])
