@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from kdistill.config import OptimConfig
 from kdistill.data.augment import crop_flip, crop_flip_params
@@ -151,6 +152,34 @@ def run_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.Tensor.float = to_float
 
 
+@contextlib.contextmanager
+def learning_rates_scaled(scale: float) -> Iterator[None]:
+    """Every optimizer step, on both sides, uses each parameter group's learning rate times
+    `scale`, whoever built the optimizer and whatever the loop set the rate to; between steps the
+    groups hold their own rates again (the loops' schedules read and set them). SGD's and AdamW's
+    step with the rate scaled is their step with an optimizer built at the scaled rate."""
+    if scale == 1:
+        yield
+        return
+    own_rates: dict[int, list[float]] = {}
+
+    def scale_rates(optimizer, args, kwargs):
+        own_rates[id(optimizer)] = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * scale
+
+    def restore_rates(optimizer, args, kwargs):
+        for group, rate in zip(optimizer.param_groups, own_rates.pop(id(optimizer)), strict=True):
+            group["lr"] = rate
+
+    handles = [register_optimizer_step_pre_hook(scale_rates), register_optimizer_step_post_hook(restore_rates)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 # ---- the data both sides see ------------------------------------------------------------------
 @dataclass
 class Data:
@@ -257,6 +286,48 @@ def largest_difference(source: nn.Module | Tensor, target: nn.Module | Tensor) -
     return largest
 
 
+def trained_state(distiller: Distiller) -> dict[str, Tensor]:
+    """A copy of the distiller's parameters and buffers but its teacher's, by key."""
+    return {key: value.detach().clone() for key, value in distiller.state_dict().items()
+            if not key.startswith("teacher.")}
+
+
+def state_differences(before: dict[str, Tensor], after: dict[str, Tensor],
+                      parameter_names: set[str]) -> dict[str, dict[str, float | str]]:
+    """Per module (the first part of a key): the largest |after - before| / max(1, max |before|)
+    over its parameters, the normalisation of `largest_difference`; over its buffers (batch-norm
+    statistics, memory banks) apart, as "<module> buffers", since batch-norm statistics move with
+    the data whatever the learning rate."""
+    modules: dict[str, dict] = {}
+    for key, first in before.items():
+        if not first.is_floating_point() or not first.numel():
+            continue
+        module, _, tensor = key.partition(".")
+        module = module if key in parameter_names else f"{module} buffers"
+        first, second = first.double(), after[key].detach().double()
+        absolute = (second - first).abs().max().item()
+        moved = {"difference": absolute / max(1.0, first.abs().max().item()), "absolute": absolute, "tensor": tensor}
+        if moved["difference"] > modules.get(module, {"difference": -1.0})["difference"]:
+            modules[module] = moved
+    return modules
+
+
+class KdistillSteps(dict):
+    """kdistill's steps per phase (as a reference's record); its trained state before and after
+    the run (`trained_state`) and which of it are parameters."""
+
+    def __init__(self, phases: dict[str, list[dict[str, float]]], initial: dict[str, Tensor],
+                 final: dict[str, Tensor], parameter_names: set[str]):
+        super().__init__(phases)
+        self.initial, self.final, self.parameter_names = initial, final, parameter_names
+
+    @property
+    def movement(self) -> dict[str, dict[str, float | str]]:
+        """How far each trained module (the student, every auxiliary module) moved over the run:
+        the scale of what a weight comparison is compared to."""
+        return state_differences(self.initial, self.final, self.parameter_names)
+
+
 @torch.no_grad()
 def calibrate_batch_norm(model: nn.Module, batches: list[dict[str, Tensor]]) -> None:
     """Set a randomly initialised teacher's batch-norm statistics from a few batches (a
@@ -349,11 +420,12 @@ def build_kdistill(recipe: Recipe, student_name: str, teacher_name: str, labels:
 
 def run_kdistill(distiller: Distiller, batches: list[dict[str, Tensor]], init_batches: list[dict[str, Tensor]],
                  lr: float, epoch: int = 1, epochs: int = 240,
-                 optim: OptimConfig | None = None) -> dict[str, list[dict[str, float]]]:
+                 optim: OptimConfig | None = None) -> KdistillSteps:
     """kdistill's side, step for step as `kdistill.engine.Trainer` runs it (its optimizers, its
     init phase, `zero_grad` / `backward` / `step`; the step schedule is flat within the first
     epoch; `optim`: the run's optimizer, SGD by default): the unweighted terms, the logged scalar
-    extras and the total of every step, per phase."""
+    extras and the total of every step, per phase; and how far its weights moved."""
+    initial = trained_state(distiller)
     record = {}
     init = distiller.init_phase()
     if init is not None and init_batches:
@@ -366,7 +438,7 @@ def run_kdistill(distiller: Distiller, batches: list[dict[str, Tensor]], init_ba
     distiller.train()
     distiller.on_epoch_start(epoch, epochs)
     record["train"] = _steps(distiller, optimizer, batches)
-    return record
+    return KdistillSteps(record, initial, trained_state(distiller), {name for name, _ in distiller.named_parameters()})
 
 
 def _steps(distiller: Distiller, optimizer: torch.optim.Optimizer,
@@ -418,8 +490,10 @@ class Comparison:
     step1_relative: float = 0.0
     largest_relative: float = 0.0
     per_step_relative: list[float] = field(default_factory=list)
+    movement: dict[str, dict] = field(default_factory=dict)  # kdistill's modules from their initial weights
 
     def __post_init__(self):
+        self.movement = self.movement or getattr(self.kdistill, "movement", {})
         for phase, reference_steps in self.reference.items():
             if len(self.kdistill.get(phase, [])) != len(reference_steps):
                 raise RuntimeError(f"{phase}: {len(reference_steps)} reference steps, "
@@ -434,10 +508,17 @@ class Comparison:
         """The largest weight difference over the modules (`largest_difference`)."""
         return max(difference["difference"] for difference in self.weights.values())
 
+    @property
+    def largest_movement(self) -> float | None:
+        """How far the trained parameters moved over the run, the largest over the modules (`movement`)."""
+        return max((moved["difference"] for module, moved in self.movement.items()
+                    if not module.endswith(" buffers")), default=None)
+
     def as_dict(self) -> dict:
         return {"terms": self.terms, "step1_relative": self.step1_relative,
                 "largest_relative": self.largest_relative, "largest_weight": self.largest_weight,
-                "weights": self.weights, "per_step_relative": self.per_step_relative,
+                "weights": self.weights, "largest_movement": self.largest_movement, "movement": self.movement,
+                "per_step_relative": self.per_step_relative,
                 "reference": self.reference, "kdistill": self.kdistill}
 
 

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from core import Data, step_differences  # noqa: E402
+from core import Data, learning_rates_scaled, state_differences, step_differences  # noqa: E402
 from cospress import Cospress  # noqa: E402
 from crld_reference import CRLDCopy  # noqa: E402
 from ctkd_reference import CTKDCode  # noqa: E402
@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-size", type=int, default=2000, help="samples of the synthetic training set")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--lr-scale", type=float, default=1.0, metavar="S",
+                        help="multiply every learning rate of both sides by S (1: the recipes' and the "
+                             "references' own rates); smaller rates amplify rounding less over many steps")
     parser.add_argument("--out", type=Path, required=True, help="results JSON (merged into an existing file)")
     return parser.parse_args(argv)
 
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     data = Data.synthetic(args.data_size, seed=0)
     command = shlex.join(["python", "scripts/parity/run.py", *(argv if argv is not None else sys.argv[1:])])
     run_info = {"kdistill_commit": kdistill_commit(), "torch": torch.__version__, "machine": platform.machine(),
-                "threads": torch.get_num_threads(), "data_size": args.data_size}
+                "threads": torch.get_num_threads(), "data_size": args.data_size, "lr_scale": args.lr_scale}
     for name, path in paths.items():
         runner_class = REFERENCES[name]
         reference = {"repository": runner_class.reference.repository, "commit": runner_class.reference.check(path)}
@@ -97,32 +100,46 @@ def main(argv: list[str] | None = None) -> None:
                 entry = {"reference": name, **reference, "pair": f"{teacher} -> {student}",
                          "batch_size": args.batch_size, "command": command, **run_info,
                          **(runner.notes(method) if hasattr(runner, "notes") else {})}
+                final_states = {}  # kdistill's trained state after the run, per dtype
                 for dtype_name in args.dtypes:
                     started = time.perf_counter()
                     steps = args.float64_steps if dtype_name == "float64" else args.steps
                     entry[f"{dtype_name}_steps"] = steps
                     try:
-                        comparison = runner.run(method, steps, DTYPES[dtype_name])
+                        with learning_rates_scaled(args.lr_scale):
+                            comparison = runner.run(method, steps, DTYPES[dtype_name])
                     except Exception as error:  # one method's failure is recorded, the others still run
                         traceback.print_exc()
                         entry[dtype_name] = {"error": f"{type(error).__name__}: {error}"}
                         continue
                     entry[dtype_name] = comparison.as_dict()
+                    final_states[dtype_name] = comparison.kdistill
                     print(f"{method:8s} {dtype_name}: step 1 rel {comparison.step1_relative:.2e}, "
                           f"largest rel {comparison.largest_relative:.2e}, "
-                          f"weights {comparison.largest_weight:.2e} "
+                          f"weights {comparison.largest_weight:.2e}, moved {comparison.largest_movement:.2e} "
                           f"({time.perf_counter() - started:.0f} s)", flush=True)
+                if {"float32", "float64"} <= final_states.keys():
+                    # The float32 noise floor of the weights: kdistill's float32 run against its
+                    # float64 run (equal to the reference's float64 run, as the float64 rows show).
+                    float64, float32 = final_states["float64"], final_states["float32"]
+                    floor = state_differences(float64.final, float32.final, float64.parameter_names)
+                    entry["float32"]["kdistill_float32_vs_float64_weights"] = floor
+                    entry["float32"]["kdistill_float32_vs_float64_largest_weight"] = max(
+                        difference["difference"] for difference in floor.values())
                 save(args.out, method, entry)  # after each method: a partial run counts
 
 
 def save(out: Path, method: str, entry: dict) -> None:
     """Merge one method's entry into the results file (several runs may share it: locked); a run
-    of one dtype keeps the other dtype's results."""
+    of one dtype keeps the other dtype's results, unless they were run at another --lr-scale."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(Path(tempfile.gettempdir()) / f"{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         results = json.loads(out.read_text()) if out.exists() else {"methods": {}}
-        entry = {**results["methods"].get(method, {}), **entry}
+        earlier = results["methods"].get(method, {})
+        if earlier.get("lr_scale", 1.0) != entry["lr_scale"]:
+            earlier = {}
+        entry = {**earlier, **entry}
         if "reference" in entry.get("float32", {}) and "reference" in entry.get("float64", {}):
             # The float32 noise floor: how far the reference's own float32 run drifts from its
             # float64 run, step by step (early training amplifies rounding differences).

@@ -1,6 +1,8 @@
 """The parity tool's shared core, without any reference clone:
 `PYTHONPATH=src python -m pytest -q -n 0 scripts/parity/test_core.py`."""
 
+import contextlib
+import copy
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +26,7 @@ from core import (  # noqa: E402
     copy_weights,
     kl_div_target_gradient_of_torch_1_11,
     largest_difference,
+    learning_rates_scaled,
     run_dtype,
     run_kdistill,
     step_differences,
@@ -192,3 +195,48 @@ def test_deit_kdistill_side_is_the_reference_commands_settings():
     assert (optim.name, optim.lr, optim.weight_decay) == ("adamw", 5e-4, 0.05)
     with pytest.raises(RuntimeError, match="alpha"):
         runner.build_kdistill(SimpleNamespace(**{**vars(args), "distillation_alpha": 0.3}), ROWS["deit"])
+
+
+def test_scaled_learning_rates_step_as_optimizers_built_at_the_scaled_rates():
+    torch.manual_seed(0)
+    scaled, built_scaled = nn.Linear(4, 3), nn.Linear(4, 3)
+    copy_weights(scaled, built_scaled)
+    optimizer = torch.optim.SGD(scaled.parameters(), lr=0.5, momentum=0.9, weight_decay=5e-4)
+    reference = torch.optim.SGD(built_scaled.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    inputs = torch.randn(5, 4)
+    for step in range(3):
+        if step == 2:  # a rate the loop sets between steps (a schedule) is scaled too
+            optimizer.param_groups[0]["lr"], reference.param_groups[0]["lr"] = 0.25, 0.025
+        for model, each in ((scaled, optimizer), (built_scaled, reference)):
+            each.zero_grad()
+            model(inputs).square().sum().backward()
+            with learning_rates_scaled(0.1) if model is scaled else contextlib.nullcontext():
+                each.step()
+    assert largest_difference(scaled, built_scaled)["difference"] < 1e-7
+    assert largest_difference(scaled, nn.Linear(4, 3))["difference"] > 1e-3  # they did move
+    assert optimizer.param_groups[0]["lr"] == 0.25  # the group keeps its own rate between steps
+    with learning_rates_scaled(0.1):
+        pass
+    optimizer.step()  # the hooks are gone with the context
+    assert optimizer.param_groups[0]["lr"] == 0.25
+
+
+def test_kdistill_side_measures_how_far_each_trained_module_moved():
+    torch.manual_seed(0)
+    distiller = build_distiller({"name": "fitnet"}, create_model("resnet8"), create_model("resnet8"),
+                                MethodContext((3, 32, 32), 100))
+    student, regressor = copy.deepcopy(distiller.student), copy.deepcopy(distiller.regressor)
+    batches = Data.synthetic(8, seed=0).batches(2, 4, strong=False)
+    steps = run_kdistill(distiller, batches, [], 0.05)
+    moved = steps.movement
+    assert set(moved) == {"student", "student buffers", "regressor", "regressor buffers"}  # not the teacher
+    for module, before in (("student", student), ("regressor", regressor)):
+        for tensor, after in getattr(distiller, module).named_parameters():
+            before_tensor = before.get_parameter(tensor)
+            by_hand = (after - before_tensor).abs().max().item() / max(1.0, before_tensor.abs().max().item())
+            assert by_hand <= moved[module]["difference"]
+            if tensor == moved[module]["tensor"]:
+                assert by_hand == pytest.approx(moved[module]["difference"])
+    assert moved["student buffers"]["tensor"].endswith(("running_mean", "running_var"))
+    comparison = Comparison({"total": "total"}, {"train": steps["train"]}, steps, {})
+    assert comparison.largest_movement == max(moved["student"]["difference"], moved["regressor"]["difference"]) > 0
