@@ -76,6 +76,35 @@ def test_the_loss_against_the_references_formulation(dtype, tau):
     assert hard.item() == pytest.approx(hard_restated(s, t), rel=tolerance["rtol"])
 
 
+def smoothed_ce_restated(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> float:
+    """DeiT's (timm's) LabelSmoothingCrossEntropy, sample by sample: (1 - eps) times the label's
+    negative log-probability plus eps times the mean over classes of every class's, averaged."""
+    total = 0.0
+    for row, label in zip(logits.double().tolist(), labels.tolist(), strict=True):
+        log_norm = torch.tensor(row, dtype=torch.float64).logsumexp(0).item()
+        negative_logs = [log_norm - value for value in row]
+        total += (1 - smoothing) * negative_logs[label] + smoothing * sum(negative_logs) / len(row)
+    return total / len(logits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torchs_label_smoothing_is_deits(dtype):
+    """The class head's CE (torch's `cross_entropy(label_smoothing=)`) is DeiT's smoothed CE."""
+    from timm.loss import LabelSmoothingCrossEntropy  # what DeiT's main.py builds
+
+    generator = torch.Generator().manual_seed(4)
+    logits = (3 * torch.randn(6, 7, generator=generator, dtype=torch.float64)).to(dtype)
+    labels = torch.tensor([0, 3, 6, 2, 2, 5])
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    for smoothing in (0.1, 0.3):
+        ours = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+        assert ours.dtype == dtype
+        assert ours.item() == pytest.approx(smoothed_ce_restated(logits, labels, smoothing), rel=rtol)
+        torch.testing.assert_close(ours, LabelSmoothingCrossEntropy(smoothing)(logits, labels), rtol=rtol, atol=0)
+    assert F.cross_entropy(logits, labels, label_smoothing=0.1).item() != pytest.approx(
+        smoothed_ce_restated(logits, labels, 0.0), rel=1e-3)
+
+
 def test_the_loss_sends_no_gradient_to_the_teacher():
     s, t = torch.randn(4, 5, requires_grad=True), torch.randn(4, 5, requires_grad=True)
     (deit_distillation_loss(s, t) + deit_distillation_loss(s, t, soft=True)).backward()
@@ -114,12 +143,16 @@ def test_the_distilled_vit_shapes_parameters_and_logits_are_timms():
 def test_each_head_learns_from_its_target_and_the_logits_are_their_mean():
     distiller = make().eval()
     assert distiller.weights == {"w_ce": 0.5, "w_kd": 0.0, "w_method": 0.5}
+    assert distiller.options.label_smoothing == 0.1  # DeiT's
     data = batch()
     output = distiller(data)
     _, class_logits, distillation_logits = distiller.student.extract_heads(data["image"])
     with torch.no_grad():
         teacher_top = distiller.teacher(data["image"]).argmax(dim=1)
-    torch.testing.assert_close(output.terms["ce"], F.cross_entropy(class_logits, data["label"]))
+    assert output.terms["ce"].item() == pytest.approx(smoothed_ce_restated(class_logits, data["label"], 0.1),
+                                                      rel=1e-5)
+    unsmoothed = make(label_smoothing=0.0).eval()(data).terms["ce"]
+    torch.testing.assert_close(unsmoothed, F.cross_entropy(class_logits, data["label"]))
     torch.testing.assert_close(output.terms["deit"], F.cross_entropy(distillation_logits, teacher_top))
     torch.testing.assert_close(output.total, 0.5 * output.terms["ce"] + 0.5 * output.terms["deit"])
     torch.testing.assert_close(output.logits, (class_logits + distillation_logits) / 2)
@@ -159,6 +192,8 @@ def test_bad_settings_are_one_line_errors():
         make(w_kd=1.0)
     with pytest.raises(KdistillError, match="soft target only"):
         make(logit_standardize=True)
+    with pytest.raises(KdistillError, match=r"label_smoothing=1.0 is outside \[0, 1\)"):
+        make(label_smoothing=1.0)
     make(distillation="soft", curriculum_temperature=True)  # CTKD's temperature on the soft target
 
 

@@ -26,6 +26,8 @@ class DeiTTarget(enum.StrEnum):
 class DeiTOptions(MethodOptions):
     distillation: DeiTTarget = DeiTTarget.hard
     temperature: float = 1.0  # DeiT's tau, of the soft target
+    # Of the class head's cross-entropy with the labels: DeiT's 0.1 (its main.py without mixup; 0: none).
+    label_smoothing: float = 0.1
 
 
 @register_method("deit")
@@ -33,7 +35,9 @@ class DeiT(Distiller):
     """Loss = `w_ce * CE(class head, labels) + w_method * L(distillation head, teacher)` with
     DeiT's alpha 0.5: `w_ce = w_method = 0.5` (its `(1 - alpha) * base + alpha * distillation`).
     L is the hard (the teacher's argmax as the label, DeiT's best) or the soft target
-    (`method.distillation=soft`, tau = `temperature` 1). The student must be a DeiT distilled
+    (`method.distillation=soft`, tau = `temperature` 1). The CE has DeiT's label smoothing
+    (`label_smoothing` 0.1: torch's `cross_entropy(label_smoothing=)`, which is what DeiT's timm
+    `LabelSmoothingCrossEntropy` computes). The student must be a DeiT distilled
     ViT (`timm:deit_*_distilled_*`); its logits, in training and every evaluation and export, are
     the mean of the two heads', as DeiT evaluates.
     """
@@ -52,6 +56,9 @@ class DeiT(Distiller):
         if options.w_kd:
             raise KdistillError("method deit has no KD term (its distillation head learns from the teacher): "
                                 "drop method.w_kd")
+        if not 0.0 <= options.label_smoothing < 1.0:
+            raise KdistillError(f"method.label_smoothing={options.label_smoothing} is outside [0, 1): "
+                                "use DeiT's 0.1, or 0 for none")
         if options.distillation is DeiTTarget.hard and (options.logit_standardize or options.curriculum_temperature):
             raise KdistillError("method.logit_standardize and method.curriculum_temperature act on the soft target "
                                 "only: set method.distillation=soft or drop them")
@@ -63,7 +70,7 @@ class DeiT(Distiller):
         options = self.options
         soft = options.distillation is DeiTTarget.soft
         temperature = self.logit_temperature(distillation_logits, teacher.logits)
-        losses = {"ce": F.cross_entropy(class_logits, batch["label"]),
+        losses = {"ce": F.cross_entropy(class_logits, batch["label"], label_smoothing=options.label_smoothing),
                   DEIT_TERM: deit_distillation_loss(distillation_logits, teacher.logits, soft, temperature,
                                                     options.logit_standardize)}
         extras = self.temperature_extras(distillation_logits, teacher.logits)
