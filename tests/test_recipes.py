@@ -178,7 +178,7 @@ def test_feature_baseline_recipe_trains_one_step(recipe):
     context = MethodContext((3, 16, 16), 100, None, cfg.optim.lr, batch_size=4)
     distiller = build_distiller(cfg.method, student, teacher, context).train()
     distiller.on_epoch_start(20, cfg.epochs)  # past ReviewKD's warm-up
-    optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, cfg.optim.lr)
+    optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, cfg.optim.lr, owner=distiller)
     before = [p.detach().clone() for p in student.parameters()]
     batch = {"image": torch.randn(4, 3, 16, 16), "label": torch.arange(4), "index": torch.arange(4)}
     output = distiller(batch)
@@ -245,7 +245,7 @@ def test_imagenet_recipe_trains_one_step_on_a_tiny_image_folder(recipe, tmp_path
     teacher = create_model(cfg.teacher, num_classes=classes, **cfg.teacher_options)
     context = MethodContext((3, 28, 28), classes, loaders.train.labels, cfg.optim.lr)
     distiller = build_distiller(cfg.method, student, teacher, context).train()
-    optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, cfg.optim.lr)
+    optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, cfg.optim.lr, owner=distiller)
     before = [p.detach().clone() for p in student.parameters()]
     loss = distiller(next(iter(loaders.train))).total
     loss.backward()

@@ -88,3 +88,37 @@ def test_adamw_groups_leave_biases_and_1d_tensors_undecayed_as_timms_helper():
     assert len(decayed) + len(undecayed) == len(params)
     sgd = build_optimizer(params, OptimConfig(), lr=0.1)  # SGD keeps one group: the tables' code
     assert len(sgd.param_groups) == 1 and sgd.param_groups[0]["weight_decay"] == 5e-4
+
+
+def test_model_no_weight_decay_also_exempts_what_a_wrapped_timm_student_lists():
+    """A DeiT student inside a distiller: with the key, AdamW's groups are timm's create_optimizer's
+    on the bare timm model (position embedding and both tokens exempt, read under the distiller's
+    own parameter names); without it, those tensors are decayed (the TinTeM authors' groups)."""
+    from test_crld import CONTEXT
+    from timm.optim import param_groups_weight_decay
+
+    from kdistill.methods import build_distiller
+    from kdistill.models import create_model
+
+    torch.manual_seed(0)
+    student = create_model("timm:deit_tiny_distilled_patch16_224", num_classes=10, in_chans=1, img_size=28,
+                           patch_size=7, depth=1, embed_dim=32, num_heads=2)
+    distiller = build_distiller({"name": "deit"}, student, create_model("resnet8", num_classes=10, in_chans=1),
+                                CONTEXT)
+    params, vit = distiller.train_parameters(), student.model
+    tokens = {id(vit.pos_embed), id(vit.cls_token), id(vit.dist_token)}
+    assert {"pos_embed", "cls_token", "dist_token"} <= set(vit.no_weight_decay())
+
+    def undecayed(cfg: OptimConfig) -> set[int]:
+        groups = build_optimizer(params, cfg, lr=1e-3, owner=distiller).param_groups
+        assert sum(len(group["params"]) for group in groups) == len(params)
+        return {id(p) for group in groups if group["weight_decay"] == 0 for p in group["params"]}
+
+    with_key = undecayed(OptimConfig(name="adamw", weight_decay=0.05, model_no_weight_decay=True))
+    without = undecayed(OptimConfig(name="adamw", weight_decay=0.05))
+    timm_groups = param_groups_weight_decay(vit, 0.05, no_weight_decay_list=vit.no_weight_decay())
+    assert with_key == {id(p) for group in timm_groups if group["weight_decay"] == 0 for p in group["params"]}
+    assert with_key - without == tokens and not tokens & without
+    assert without == {id(p) for p in params if p.ndim <= 1}
+    with pytest.raises(KdistillError, match="optim.model_no_weight_decay shapes AdamW's .* set optim.name=adamw"):
+        OptimConfig(model_no_weight_decay=True)

@@ -433,7 +433,7 @@ def run_kdistill(distiller: Distiller, batches: list[dict[str, Tensor]], init_ba
         distiller.set_phase("init")
         distiller.init_mode()
         record["init"] = _steps(distiller, optimizer, init_batches)
-    optimizer = build_optimizer(distiller.train_parameters(), optim or OptimConfig(), lr)
+    optimizer = build_optimizer(distiller.train_parameters(), optim or OptimConfig(), lr, owner=distiller)
     distiller.set_phase("train")
     distiller.train()
     distiller.on_epoch_start(epoch, epochs)

@@ -136,9 +136,17 @@ class OptimConfig:
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # L2 weight decay
     nesterov: bool = False  # Nesterov momentum (SGD)
+    # AdamW: also no weight decay on the tensors a model lists in its `no_weight_decay()` (timm's
+    # convention, e.g. a ViT's position embedding and class and distillation tokens), as timm's
+    # create_optimizer and DeiT do; false: on biases and 1-D tensors only (the TinTeM authors' code).
+    model_no_weight_decay: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "name", enum_value(OptimName, self.name, "optim.name"))
+        if self.model_no_weight_decay and self.name is not OptimName.adamw:
+            raise KdistillError(f"optim.model_no_weight_decay shapes AdamW's weight-decay groups, not "
+                                f"optim.name={self.name}'s (one decay for every tensor): set optim.name=adamw "
+                                "or drop it")
 
 
 @dataclass(frozen=True)

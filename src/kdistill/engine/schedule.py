@@ -1,6 +1,8 @@
 """Optimizer and learning-rate schedule of a run (the tables' recipe by default)."""
 
+import fnmatch
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -8,23 +10,45 @@ from torch import nn
 from kdistill.config import OptimConfig, OptimName, ScheduleConfig, ScheduleName
 
 
-def weight_decay_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
+def listed_no_weight_decay(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters the models within `module` list in their `no_weight_decay()` (timm's
+    convention: names relative to the listing model, matched as shell patterns as timm's
+    `param_groups_weight_decay` does), so a model wrapped in a distiller is read under its own names.
+    A listing model answers for all its submodules, as timm's create_optimizer asks only the model."""
+    listing = getattr(module, "no_weight_decay", None)
+    if callable(listing):
+        patterns = listing()
+        return [p for name, p in module.named_parameters()
+                if any(fnmatch.fnmatch(name, pattern) for pattern in patterns)]
+    return [p for child in module.children() for p in listed_no_weight_decay(child)]
+
+
+def weight_decay_groups(params: list[nn.Parameter], weight_decay: float,
+                        exempt: Iterable[nn.Parameter] = ()) -> list[dict]:
     """timm's parameter groups (`timm.optim.param_groups_weight_decay`): no weight decay on
-    biases and other tensors of at most one dimension (norm weights, LayerScale, scalars)."""
-    no_decay = [p for p in params if p.ndim <= 1]
-    decay = [p for p in params if p.ndim > 1]
+    biases and other tensors of at most one dimension (norm weights, LayerScale, scalars), nor on
+    `exempt` (timm's `no_weight_decay_list`)."""
+    exempt_ids = {id(p) for p in exempt}
+    no_decay = [p for p in params if p.ndim <= 1 or id(p) in exempt_ids]
+    decay = [p for p in params if p.ndim > 1 and id(p) not in exempt_ids]
     groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
     return [group for group in groups if group["params"]]
 
 
-def build_optimizer(params: list[nn.Parameter], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(params: list[nn.Parameter], cfg: OptimConfig, lr: float,
+                    owner: nn.Module | None = None) -> torch.optim.Optimizer:
     """SGD: every trainable tensor gets the same weight decay, as in the tables' reference code
     (this includes DCD's log_scale and bias, as the method's spec says). AdamW: timm's groups
-    (`weight_decay_groups`), as the ViT recipes' reference code (timm's optimizer factory) uses."""
+    (`weight_decay_groups`), as the ViT recipes' reference code (timm's optimizer factory) uses;
+    with `cfg.model_no_weight_decay`, also none on what the models within `owner` (the module
+    holding `params`: the distiller) list in their `no_weight_decay()`."""
     if cfg.name is OptimName.sgd:
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.nesterov)
-    return torch.optim.AdamW(weight_decay_groups(list(params), cfg.weight_decay), lr=lr)
+    if cfg.model_no_weight_decay and owner is None:
+        raise ValueError("optim.model_no_weight_decay needs the module holding the parameters (owner=)")
+    exempt = listed_no_weight_decay(owner) if cfg.model_no_weight_decay else []
+    return torch.optim.AdamW(weight_decay_groups(list(params), cfg.weight_decay, exempt), lr=lr)
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig, floor: float = 0.0,

@@ -91,10 +91,10 @@ class Trainer:
         self.phases = []
         init = distiller.init_phase()
         if init is not None and init.epochs > 0:
-            optimizer = build_optimizer(init.parameters, cfg.optim, init.lr)
+            optimizer = build_optimizer(init.parameters, cfg.optim, init.lr, owner=distiller)
             constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
             self.phases.append(Phase("init", init.epochs, optimizer, constant))
-        optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, lr)
+        optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, lr, owner=distiller)
         scheduler = build_scheduler(optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs, lr)
         self.phases.append(Phase("train", cfg.epochs, optimizer, scheduler))
         if cfg.checkpoint_every_steps < 0:
