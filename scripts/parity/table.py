@@ -84,11 +84,15 @@ def rows(results: dict) -> list[str]:
 
         floor = noise_floor(f32)
         f32_loss = number(f32, "largest_relative") + (f" ({max(floor):.1e})" if floor else "")
+        # The weights' float32 noise floor (kdistill's float32 run against its float64 run) where measured.
+        weights_floor = f32.get("kdistill_float32_vs_float64_largest_weight")
+        f32_weights = number(f32, "largest_weight") + (f" ({weights_floor:.1e})" if weights_floor is not None else "")
+        scale = entry.get("lr_scale", 1.0)
+        steps = f"{entry.get('float64_steps', '—')}" + (f" (lr ×{scale:g})" if scale != 1 else "")
         lines.append(
-            f"| {method} | {entry['repository']} @ {entry['commit'][:7]} "
-            f"| {entry.get('float64_steps', '—')} "
+            f"| {method} | {entry['repository']} @ {entry['commit'][:7]} | {steps} "
             f"| {number(f64, 'step1_relative')} | {number(f64, 'largest_relative')} | {number(f64, 'largest_weight')} "
-            f"| {number(f32, 'step1_relative')} | {f32_loss} | {number(f32, 'largest_weight')} "
+            f"| {number(f32, 'step1_relative')} | {f32_loss} | {f32_weights} "
             f"| {verdict(entry, method)} |")
     return lines
 
