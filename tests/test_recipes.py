@@ -122,8 +122,31 @@ def test_label_free_vit_recipes_have_the_reference_settings():
         assert (cfg.optim.name, cfg.optim.weight_decay, cfg.data.batch_size, cfg.epochs) == ("adamw", 0.05, 1024, 300)
 
 
+def test_deit_recipe_has_deits_settings():
+    # facebookresearch/deit main.py's defaults and its README's DeiT-S command (4 x 256 images).
+    cfg = load_config(str(CONFIGS / "imagenet" / "deit" / "regnety160_deit_small.yaml"))
+    assert (cfg.teacher, cfg.student) == ("timm:regnety_160.deit_in1k", "timm:deit_small_distilled_patch16_224")
+    assert cfg.teacher_pretrained and cfg.student_options == {"drop_path_rate": 0.1}
+    options = cfg.method.options
+    assert (options.distillation, options.label_smoothing, options.w_ce, options.w_method) == ("hard", 0.1, 0.5, 0.5)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.model_no_weight_decay) == \
+        ("adamw", 5e-4 * cfg.data.batch_size / 512, 0.05, True)
+    assert (cfg.data.batch_size, cfg.epochs, cfg.schedule.name, cfg.schedule.warmup_epochs) == (1024, 300, "cosine", 5)
+    assert (cfg.schedule.warmup_lr, cfg.schedule.min_lr, cfg.precision) == (1e-6, 1e-5, "fp16")
+    assert (cfg.data.train_transform, cfg.data.repeated_augment, cfg.data.random_erasing) == ("deit", 3, 0.25)
+    assert "mixup" in cfg.note and "CutMix" in cfg.note
+
+
 # (channels, side, classes) of a tiny stand-in input per data set; 28 suits /14 ViT patches.
 INPUTS = {"cifar100": (3, 32, 100), "embedded": (1, 28, 10), "imagefolder": (3, 28, 1000)}
+DEIT_SIDE = 32  # a DeiT student's 16-pixel patches; it is built at that size (a fixed position embedding)
+
+
+def tiny_student_options(cfg) -> tuple[int, dict]:
+    """The side of the tiny stand-in images of an image-folder recipe and the student options for it."""
+    if cfg.student.startswith("timm:deit_"):
+        return DEIT_SIDE, {**cfg.student_options, "img_size": DEIT_SIDE}
+    return INPUTS["imagefolder"][1], cfg.student_options
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +174,10 @@ def test_recipe_builds_and_runs_one_forward(recipe, models):
     cfg = recipe_config(recipe)
     cls = method_class(cfg.method.name)
     chans, side, classes = INPUTS[cfg.data.name]
-    student = models(cfg.student, chans, classes, cfg.student_options)
+    student_options = cfg.student_options
+    if cfg.data.name == "imagefolder":
+        side, student_options = tiny_student_options(cfg)
+    student = models(cfg.student, chans, classes, student_options)
     teacher = models(cfg.teacher, chans, classes, cfg.teacher_options) if cls.needs_teacher else None
     samples = 4  # SemCKD's attention embeds batch_size // 4 dimensions
     context = MethodContext((chans, side, side), classes, torch.arange(CIFAR100_TRAIN_SIZE) % classes, cfg.optim.lr,
@@ -251,15 +277,16 @@ def test_imagenet_recipe_trains_one_step_on_a_tiny_image_folder(recipe, tmp_path
     """The recipe's own data pipeline, method and optimizer, one step, on a 2-class folder of tiny
     images (the teacher random: its weights would be a download)."""
     write_tiny_image_folder(tmp_path)
-    cfg = load_config(str(recipe), [f"data.root={tmp_path}", "data.batch_size=2", "data.image_size=28",
+    side, student_options = tiny_student_options(load_config(str(recipe)))
+    cfg = load_config(str(recipe), [f"data.root={tmp_path}", "data.batch_size=2", f"data.image_size={side}",
                                     "data.num_workers=0", "device=cpu"])
     cls = method_class(cfg.method.name)
     loaders = build_loaders(cfg.data, torch.device("cpu"), seed=0, with_strong_view=cls.needs_strong_view)
     classes = loaders.info.num_classes
     torch.manual_seed(0)
-    student = create_model(cfg.student, num_classes=classes, **cfg.student_options)
+    student = create_model(cfg.student, num_classes=classes, **student_options)
     teacher = create_model(cfg.teacher, num_classes=classes, **cfg.teacher_options)
-    context = MethodContext((3, 28, 28), classes, loaders.train.labels, cfg.optim.lr)
+    context = MethodContext((3, side, side), classes, loaders.train.labels, cfg.optim.lr)
     distiller = build_distiller(cfg.method, student, teacher, context).train()
     optimizer = build_optimizer(distiller.train_parameters(), cfg.optim, cfg.optim.lr, owner=distiller)
     before = [p.detach().clone() for p in student.parameters()]
