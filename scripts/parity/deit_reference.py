@@ -3,7 +3,7 @@
 The reference side is built as its `main.py` builds it for the command
 `python main.py --model deit_tiny_distilled_patch16_224 --input-size 32 --batch-size 16
 --teacher-model regnetx_002 --distillation-type hard --mixup 0 --cutmix 0 --unscale-lr` (its own
-argument parser; every other setting its default):
+argument parser; every other setting its default, unmodified):
 - the student: models.py's `deit_tiny_distilled_patch16_224` (its `DistilledVisionTransformer` on
   timm's ViT: width 192, depth 12, 3 heads, 16-px patches, which its builder fixes: a 2x2 grid at
   32 px) with main.py's arguments (drop path 0.1);
@@ -22,18 +22,20 @@ Mixup and CutMix are off (kdistill has neither), `--unscale-lr` keeps the base r
 scaling would give 5e-4 x 16 / 512), no schedule runs on either side, and main.py's model EMA (an
 evaluation copy the step never reads) is not kept.
 
-kdistill's side: method `deit` with its defaults (alpha 0.5, tau 1) and the reference's
-distillation type, student `timm:deit_tiny_distilled_patch16_224` and teacher `timm:regnetx_002` at
-32 px (drop path 0.1 as the reference), `optim.name=adamw` at the reference's lr and weight decay.
+kdistill's side: method `deit` with its defaults (alpha 0.5, tau 1, label smoothing 0.1: DeiT's) and
+the reference's distillation type, student `timm:deit_tiny_distilled_patch16_224` and teacher
+`timm:regnetx_002` at 32 px (drop path 0.1 as the reference), `optim.name=adamw` at the reference's lr
+and weight decay with `optim.model_no_weight_decay=true` (the student's `no_weight_decay()` names
+exempt, as timm's `create_optimizer`), as the `deit` recipe sets them. One row keeps kdistill's default
+AdamW groups (that key false: the position embedding and tokens decayed), the one difference left
+between a default `deit` run and DeiT's `main.py`.
 Every weight is copied by name. Both sides reseed torch's generator before each step, so their
 drop-path draws are the same.
 
 Patched in memory: `torch.cuda.synchronize()` in the loop (no CUDA); models.py's `register_model`
 (the reference's models would replace timm's `deit_*` entries, which kdistill's side builds); and
 main.py's imports of `augment` (it imports a helper timm 1.x no longer has; only data loading uses
-it) and of `models_v2` (more registrations). The rows switch kdistill's two differences off in the
-reference: label smoothing (`--smoothing 0`, its command's option) and the tokens' exemption from
-weight decay (the student's `no_weight_decay()` made empty in memory).
+it) and of `models_v2` (more registrations).
 
 Recorded: the reference's base term by a hook on its base criterion, its distillation term kept on
 its criterion by one added line (in memory: the criterion returns only the total), and the total
@@ -92,23 +94,20 @@ MAIN_IMPORTS = [("from augment import new_data_aug_generator\n", ""), ("import m
 
 @dataclass(frozen=True)
 class Row:
-    """One comparison: the distillation type and what is switched off in the reference."""
+    """One comparison: the distillation type, and kdistill's weight-decay groups (the reference's are
+    always its own: no decay on the student's `no_weight_decay()` names)."""
 
     distillation: str  # hard | soft, both sides
-    label_smoothing: bool = True  # the reference's default 0.1 (kdistill has none)
-    tokens_exempt_from_decay: bool = True  # the reference's optimizer (kdistill's AdamW decays them)
+    model_no_weight_decay: bool = True  # kdistill's optim.model_no_weight_decay (false: its default)
 
     def argv(self) -> list[str]:
-        return [*COMMAND, "--batch-size", "{batch_size}", "--distillation-type", self.distillation,
-                *([] if self.label_smoothing else ["--smoothing", "0"])]
+        return [*COMMAND, "--batch-size", "{batch_size}", "--distillation-type", self.distillation]
 
 
 ROWS = {
     "deit": Row("hard"),
-    "deit (no label smoothing)": Row("hard", label_smoothing=False),
-    "deit (no label smoothing, tokens decayed)": Row("hard", label_smoothing=False, tokens_exempt_from_decay=False),
-    "deit soft (no label smoothing, tokens decayed)": Row("soft", label_smoothing=False,
-                                                          tokens_exempt_from_decay=False),
+    "deit soft": Row("soft"),
+    "deit (kdistill's default AdamW groups)": Row("hard", model_no_weight_decay=False),
 }
 
 
@@ -144,10 +143,10 @@ class DeiTCode:
     def notes(self, method: str) -> dict:
         """The pair this reference runs instead of the CIFAR one (module docstring)."""
         row = ROWS[method]
-        in_memory = {} if row.tokens_exempt_from_decay else {
-            "reference_in_memory": "the student's no_weight_decay() returns nothing (every tensor of 2+ dims decayed)"}
         return {"pair": f"{TEACHER} -> {STUDENT}, {IMAGE_SIZE} px",
-                "reference_command": "python main.py " + " ".join(self.arguments_for(row)), **in_memory}
+                "reference_command": "python main.py " + " ".join(self.arguments_for(row)),
+                "kdistill_settings": f"method.label_smoothing=0.1 optim.model_no_weight_decay="
+                                     f"{str(row.model_no_weight_decay).lower()}"}
 
     def arguments_for(self, row: Row) -> list[str]:
         return [part.format(batch_size=self.batch_size) for part in row.argv()]
@@ -171,13 +170,17 @@ class DeiTCode:
     def build_kdistill(self, args, row: Row) -> tuple[Distiller, OptimConfig]:
         student = create_model(f"timm:{STUDENT}", NUM_CLASSES, img_size=IMAGE_SIZE, drop_path_rate=args.drop_path)
         teacher = create_model(f"timm:{TEACHER}", NUM_CLASSES)
-        optim = OptimConfig(name="adamw", lr=args.lr, weight_decay=args.weight_decay)
+        optim = OptimConfig(name="adamw", lr=args.lr, weight_decay=args.weight_decay,
+                            model_no_weight_decay=row.model_no_weight_decay)
         context = MethodContext((3, IMAGE_SIZE, IMAGE_SIZE), NUM_CLASSES, self.data.labels, optim.lr)
         distiller = build_distiller({"name": "deit", "distillation": row.distillation,
                                      "temperature": args.distillation_tau}, student, teacher, context)
         alpha = args.distillation_alpha
         if (distiller.weights["w_ce"], distiller.weights["w_method"]) != (1 - alpha, alpha):
             raise RuntimeError(f"kdistill's weights {distiller.weights} are not the reference's alpha {alpha}")
+        if distiller.options.label_smoothing != args.smoothing:  # kdistill's default is DeiT's
+            raise RuntimeError(f"kdistill's label smoothing {distiller.options.label_smoothing} is not the "
+                               f"reference's {args.smoothing}")
         return distiller, optim
 
     def run(self, name: str, steps: int, dtype: torch.dtype) -> Comparison:
@@ -194,20 +197,18 @@ class DeiTCode:
                 teacher.get_classifier().weight.mul_(TEACHER_LOGIT_SCALE)
             copy_by_name(student, ours.student.model)
             copy_weights(teacher, ours.teacher.model)
-            reference_steps = {"train": self.train_reference(args, row, student, teacher, batches)}
+            reference_steps = {"train": self.train_reference(args, student, teacher, batches)}
             kdistill_steps = run_kdistill(ours, SeededSteps(batches), [], optim.lr, optim=optim)
         terms = {"ce": "weighted ce", "deit": "weighted deit", "total": "total"}
         weights = {"student": largest_named_difference(student, ours.student.model),
                    "teacher": largest_difference(teacher, ours.teacher.model)}
         return Comparison(terms, reference_steps, kdistill_steps, weights)
 
-    def train_reference(self, args, row: Row, student: nn.Module, teacher: nn.Module,
+    def train_reference(self, args, student: nn.Module, teacher: nn.Module,
                         batches: list[dict]) -> list[dict[str, float]]:
         """main.py's criterion, optimizer and loss scaler, then its `train_one_epoch` over the batches."""
         teacher.eval()
         criterion = self.reference_criterion(args, teacher)
-        if not row.tokens_exempt_from_decay:
-            student.no_weight_decay = set  # read by timm's create_optimizer: nothing exempt by name
         optimizer = create_optimizer(args, student)
         recorder = TermRecorder()
         recorder.watch(criterion.base_criterion, "ce", 1 - args.distillation_alpha)

@@ -41,10 +41,9 @@ KNOWN = {"mlkd": "differs by the authors' strong-view slip, which kdistill does 
          "simkd": "differs only in the student's own classifier, which no term reads: kdistill freezes it, "
                   "the reference's weight decay shrinks it",
          "ofd": "differs by mdistiller's teacher in training mode, which kdistill does not copy",
-         "deit": "differs by DeiT's label smoothing (0.1 without mixup) and its tokens' exemption from weight "
-                 "decay, which kdistill has neither of",
-         "deit (no label smoothing)": "differs by DeiT's exemption of the position embedding and the class and "
-                                      "distillation tokens from weight decay (kdistill's AdamW decays them)"}
+         "deit (kdistill's default AdamW groups)": "differs by DeiT's exemption of the position embedding and the "
+                                                   "class and distillation tokens from weight decay, which "
+                                                   "optim.model_no_weight_decay=true gives (the deit recipe's)"}
 
 
 def verdict(entry: dict, method: str = "") -> str:

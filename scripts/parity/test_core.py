@@ -186,15 +186,21 @@ def test_seeded_steps_give_each_step_the_same_draws_on_every_pass():
 
 def test_deit_kdistill_side_is_the_reference_commands_settings():
     """kdistill's side of the DeiT rows (built without the clone): its weights are DeiT's alpha,
-    the student a distilled ViT at 32 px with the command's drop path, and its AdamW's rate and decay."""
-    args = SimpleNamespace(drop_path=0.1, lr=5e-4, weight_decay=0.05, distillation_tau=1.0, distillation_alpha=0.5)
+    the student a distilled ViT at 32 px with the command's drop path, its label smoothing DeiT's, and
+    its AdamW's rate, decay and exemptions those of DeiT's optimizer but in the default-groups row."""
+    args = SimpleNamespace(drop_path=0.1, lr=5e-4, weight_decay=0.05, distillation_tau=1.0, distillation_alpha=0.5,
+                           smoothing=0.1)
     runner = DeiTCode(Path("."), "", "", 4, Data.synthetic(8, seed=0))
-    distiller, optim = runner.build_kdistill(args, ROWS["deit soft (no label smoothing, tokens decayed)"])
+    distiller, optim = runner.build_kdistill(args, ROWS["deit soft"])
     assert distiller.options.distillation == "soft" and distiller.student.has_distillation_token
+    assert distiller.options.label_smoothing == 0.1
     assert distiller.student.model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
-    assert (optim.name, optim.lr, optim.weight_decay) == ("adamw", 5e-4, 0.05)
+    assert (optim.name, optim.lr, optim.weight_decay, optim.model_no_weight_decay) == ("adamw", 5e-4, 0.05, True)
+    assert not runner.build_kdistill(args, ROWS["deit (kdistill's default AdamW groups)"])[1].model_no_weight_decay
     with pytest.raises(RuntimeError, match="alpha"):
         runner.build_kdistill(SimpleNamespace(**{**vars(args), "distillation_alpha": 0.3}), ROWS["deit"])
+    with pytest.raises(RuntimeError, match="label smoothing 0.1 is not the reference's 0.0"):
+        runner.build_kdistill(SimpleNamespace(**{**vars(args), "smoothing": 0.0}), ROWS["deit"])
 
 
 def test_scaled_learning_rates_step_as_optimizers_built_at_the_scaled_rates():
