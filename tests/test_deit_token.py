@@ -207,7 +207,7 @@ def test_a_run_trains_and_its_evaluation_uses_both_heads(tmp_path):
     out = tmp_path / "run"
     results = train_run(load_config(None, QUICK_RUN + TINY_VIT_RUN + [
         "method.name=deit", "epochs=1", "steps_per_epoch=2", "teacher=resnet8", f"teacher_checkpoint={teacher}",
-        "optim.name=adamw", "optim.lr=0.001", f"out={out}"]))
+        "optim.name=adamw", "optim.model_no_weight_decay=true", "optim.lr=0.001", f"out={out}"]))
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"train/ce", "train/deit"} <= set(metrics)
     evaluated = run_kdistill("eval", str(out), "progress=false", "device=cpu")
