@@ -151,20 +151,26 @@ def test_cells_pool_seeds_of_one_configuration_only(tmp_path):
     assert report["tables"][0]["rows"]["kd (epochs=2)"]["resnet20 -> resnet8"]["seeds"] == [0, 1]
 
 
-def test_cache_storage_settings_count_only_for_runs_that_read_a_cache(tmp_path):
-    """A run without a teacher cache pools with one that only names another cache dtype (the grid
-    sets float32 for the runs it caches); a cached run of another dtype gets its own row."""
+def test_runs_with_exact_teacher_outputs_pool_whether_or_not_they_read_a_cache(tmp_path):
+    """A float32 cache is exact: its run computes what an uncached run computes (the grid caches the
+    logit methods' runs so, feature methods run uncached), so they share a setting and compare; a
+    rounded or top-K cache sets its runs apart."""
     runs = tmp_path / "runs"
     write_run(runs / "vanilla", "vanilla", "resnet8", None, 60.0, config=[])
     write_run(runs / "kd", "kd", "resnet8", "resnet20", 70.0, config=[])
-    write_run(runs / "kd_s1", "kd", "resnet8", "resnet20", 72.0, seed=1, config=["teacher_cache_dtype=float32"])
-    write_run(runs / "kd_cached", "kd", "resnet8", "resnet20", 74.0, seed=2,
-              config=[f"teacher_cache={tmp_path / 'cache'}", "teacher_cache_dtype=float32"])
-    write_run(runs / "dcd", "dcd", "resnet8", "resnet20", 73.0, config=["teacher_cache_dtype=float32"])
+    write_run(runs / "kd_exact", "kd", "resnet8", "resnet20", 72.0, seed=1,
+              config=[f"teacher_cache={tmp_path / 'c32'}", "teacher_cache_dtype=float32"])
+    write_run(runs / "kd_half", "kd", "resnet8", "resnet20", 74.0, seed=2,
+              config=[f"teacher_cache={tmp_path / 'c16'}", "teacher_cache_dtype=float16"])
+    write_run(runs / "kd_top", "kd", "resnet8", "resnet20", 75.0, seed=2,
+              config=[f"teacher_cache={tmp_path / 'top'}", "teacher_cache_topk=10"])
+    write_run(runs / "ofd", "ofd", "resnet8", "resnet20", 73.0, config=["teacher_cache_dtype=float32"])
     rows = build_report([str(runs)], tmp_path / "out")["markdown"].split("### ")[1].splitlines()[4:]
-    assert rows[1:5] == ["| student (vanilla) | 60.00 (1) |  |", "| kd (teacher_cache_dtype=float32) | 74.00 (1) |  |",
-                         "| kd (teacher_cache_dtype=none) | 71.00 ± 1.41 (2) |  |",
-                         "| dcd | 73.00 (1) ↑ | +18.18% |"]  # (73 - 71) / (71 - 60): the uncached KD
+    assert rows[1:6] == ["| student (vanilla) | 60.00 (1) |  |",
+                         "| kd (teacher_outputs=exact) | 71.00 ± 1.41 (2) |  |",
+                         "| kd (teacher_outputs=float16 cache) | 74.00 (1) |  |",
+                         "| kd (teacher_outputs=float16 top-10 cache) | 75.00 (1) |  |",
+                         "| ofd | 73.00 (1) ↑ | +18.18% |"]  # (73 - 71) / (71 - 60): against the exact KD
 
 
 def test_two_runs_of_one_configuration_and_seed_are_refused(tmp_path):

@@ -35,9 +35,11 @@ Setting = tuple[tuple[str, str], ...]  # sorted (dotted config key, value) pairs
 
 # Config keys that do not change what a run trains: not part of the setting its cells pool by.
 UNPOOLED_KEYS = EXECUTION_KEYS | {"seed"}
-# How a teacher cache stores the teacher's outputs (dtype, top-K, fill batch): it changes what the
-# student reads only when the run reads a cache (`teacher_cache`, an execution key, names it).
+# How a teacher cache stores the teacher's outputs (dtype, top-K, fill batch). A run reading an
+# exact cache (float32, every logit) computes what a run without one computes (the grid caches so);
+# only a rounded or top-K cache makes a different run, set apart under TEACHER_OUTPUTS_KEY.
 CACHE_STORAGE_PREFIX = "teacher_cache_"
+TEACHER_OUTPUTS_KEY = "teacher_outputs"
 # What a hand-made run folder without config.yaml is identified by, from its results.json.
 RESULT_SETTING_KEYS = ("method", "student", "teacher", "dataset", "epochs")
 
@@ -78,13 +80,17 @@ def run_setting(run: RunFolder, results: RunResults) -> Setting:
                 for key, value in flatten(run.read_config()).items()}
     else:
         flat = {key: json.dumps(getattr(results, key)) for key in RESULT_SETTING_KEYS}
-    if flat.get("teacher_cache", "null") == "null":  # its cache settings say nothing: one label for all such runs
-        flat = {key: value for key, value in flat.items() if not key.startswith(CACHE_STORAGE_PREFIX)}
-        flat[f"{CACHE_STORAGE_PREFIX}dtype"] = "none"
-    else:  # a cached run is labelled by the storage settings it sets (top-K, dtype), not by unset ones
-        flat = {key: value for key, value in flat.items()
-                if not (key.startswith(CACHE_STORAGE_PREFIX) and value == "null")}
-    return tuple(sorted((key, value) for key, value in flat.items() if key not in UNPOOLED_KEYS))
+    flat[TEACHER_OUTPUTS_KEY] = _teacher_outputs(flat)
+    return tuple(sorted((key, value) for key, value in flat.items()
+                        if key not in UNPOOLED_KEYS and not key.startswith(CACHE_STORAGE_PREFIX)))
+
+
+def _teacher_outputs(flat: dict[str, str]) -> str:
+    """'exact' unless the run reads a rounded or top-K teacher cache, e.g. 'float16 top-10 cache'."""
+    dtype, topk = flat.get(f"{CACHE_STORAGE_PREFIX}dtype"), flat.get(f"{CACHE_STORAGE_PREFIX}topk", "null")
+    if flat.get("teacher_cache", "null") == "null" or (dtype == "float32" and topk == "null"):
+        return "exact"
+    return " ".join([dtype, *([f"top-{topk}"] if topk != "null" else []), "cache"])
 
 
 def load_result(run: Path) -> RunResult:
