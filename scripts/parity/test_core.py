@@ -33,6 +33,7 @@ from core import (  # noqa: E402
 )
 from cospress import copy_by_name, largest_named_difference, merged  # noqa: E402
 from deit_reference import ROWS, DeiTCode, SeededSteps  # noqa: E402
+from repdistiller import SCRIPTS, RepDistiller  # noqa: E402
 
 
 def test_copy_weights_matches_by_order_and_shape_and_differences_are_measured():
@@ -173,6 +174,20 @@ def test_kdistill_builds_its_method_around_the_reference_teachers_weights():
     # (weight 0.5, bias 2: the -3 std branch), not a fresh teacher's (weight 1, bias 0).
     assert all(torch.allclose(margin, torch.full_like(margin, -1.5)) for margin in ofd.margins())
 
+
+
+def test_kd_variants_run_the_methods_recipe_with_the_references_weights():
+    runner = RepDistiller(Path("."), "resnet56", "resnet20", 16, None)  # the recipes of the pair; no clone read
+    variants = {name: script for name, script in SCRIPTS.items() if script.recipe is not None}
+    assert len(variants) == 11
+    labels = torch.arange(100)
+    for name, script in variants.items():
+        recipe = runner.recipe(script)
+        assert (recipe.method, recipe.lr) == (name, runner.recipe(SCRIPTS[script.recipe]).lr)
+        # The script's -r, -a, -b are the weights kdistill's distiller (built on small models) uses.
+        distiller = build_kdistill(recipe, "resnet8", "resnet14", labels)
+        assert distiller.weights == {"w_ce": script.gamma, "w_kd": script.alpha, "w_method": script.beta}, name
+        assert script.alpha == 1.0 and SCRIPTS[script.recipe].alpha == 0.0
 
 
 def test_seeded_steps_give_each_step_the_same_draws_on_every_pass():
