@@ -3,6 +3,7 @@
 
 import contextlib
 import copy
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,6 +33,7 @@ from core import (  # noqa: E402
     step_differences,
 )
 from cospress import copy_by_name, largest_named_difference, merged  # noqa: E402
+from dcd_reference import DistillersDCD, module_at_commit  # noqa: E402
 from deit_reference import ROWS, DeiTCode, SeededSteps  # noqa: E402
 from repdistiller import SCRIPTS, RepDistiller  # noqa: E402
 
@@ -176,18 +178,38 @@ def test_kdistill_builds_its_method_around_the_reference_teachers_weights():
 
 
 
-def test_kd_variants_run_the_methods_recipe_with_the_references_weights():
-    runner = RepDistiller(Path("."), "resnet56", "resnet20", 16, None)  # the recipes of the pair; no clone read
-    variants = {name: script for name, script in SCRIPTS.items() if script.recipe is not None}
-    assert len(variants) == 11
+def test_rows_without_a_recipe_of_their_own_run_a_recipe_with_the_references_weights():
     labels = torch.arange(100)
-    for name, script in variants.items():
-        recipe = runner.recipe(script)
-        assert (recipe.method, recipe.lr) == (name, runner.recipe(SCRIPTS[script.recipe]).lr)
-        # The script's -r, -a, -b are the weights kdistill's distiller (built on small models) uses.
-        distiller = build_kdistill(recipe, "resnet8", "resnet14", labels)
-        assert distiller.weights == {"w_ce": script.gamma, "w_kd": script.alpha, "w_method": script.beta}, name
-        assert script.alpha == 1.0 and SCRIPTS[script.recipe].alpha == 0.0
+    for runner_class, expected in ((RepDistiller, 11), (DistillersDCD, 2)):
+        runner = runner_class(Path("."), "resnet56", "resnet20", 16, None)  # the pair's recipes; no clone read
+        borrowed = {name: script for name, script in runner.methods.items() if script.recipe is not None}
+        assert len(borrowed) == expected
+        for name, script in borrowed.items():
+            recipe = runner.recipe(script)
+            assert (recipe.method, recipe.lr) == (name, runner.recipe(runner.methods[script.recipe]).lr)
+            # The script's -r, -a, -b are the weights kdistill's distiller (built on small models) uses.
+            distiller = build_kdistill(recipe, "resnet8", "resnet14", labels)
+            assert distiller.weights == {"w_ce": script.gamma, "w_kd": script.alpha, "w_method": script.beta}, name
+    assert all(script.alpha == 1.0 and SCRIPTS[script.recipe].alpha == 0.0
+               for script in SCRIPTS.values() if script.recipe is not None)
+
+
+def test_a_module_is_read_from_a_commit_of_the_clones_history(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "loss.py").write_text("WEIGHT = 2\n")
+    git("add", "-A")
+    git("commit", "-qm", "add")
+    first = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    git("rm", "-q", "lib/loss.py")
+    git("commit", "-qm", "delete")
+    assert module_at_commit(tmp_path, first.strip(), "lib/loss.py").WEIGHT == 2
+    with pytest.raises(RuntimeError, match="no lib/loss.py at"):
+        module_at_commit(tmp_path, "HEAD", "lib/loss.py")
 
 
 def test_seeded_steps_give_each_step_the_same_draws_on_every_pass():
