@@ -304,9 +304,7 @@ def state_differences(before: dict[str, Tensor], after: dict[str, Tensor],
             continue
         module, _, tensor = key.partition(".")
         module = module if key in parameter_names else f"{module} buffers"
-        first, second = first.double(), after[key].detach().double()
-        absolute = (second - first).abs().max().item()
-        moved = {"difference": absolute / max(1.0, first.abs().max().item()), "absolute": absolute, "tensor": tensor}
+        moved = {**largest_difference(first, after[key]), "tensor": tensor}
         if moved["difference"] > modules.get(module, {"difference": -1.0})["difference"]:
             modules[module] = moved
     return modules
