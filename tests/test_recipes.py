@@ -1,7 +1,7 @@
-"""Every shipped recipe loads, and builds its models and method on a tiny input."""
+"""Every shipped recipe loads with its references' settings; the feature baselines' and the ImageNet
+recipes train one step (the per-recipe forward is test_recipe_forward.py)."""
 
 import dataclasses
-import functools
 import importlib.util
 import re
 from pathlib import Path
@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from recipes import CONFIGS, HUGE_RECIPES, RECIPES, ROOT, recipe_config, tiny_student_options
 
 from kdistill.config.loading import load_config
 from kdistill.data import build_loaders
@@ -18,16 +19,6 @@ from kdistill.engine.schedule import build_optimizer
 from kdistill.methods import MethodContext, build_distiller, list_methods, method_class
 from kdistill.models import create_model
 from kdistill.models.cifar_teachers import CIFAR100_TEACHERS
-
-ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "configs"
-RECIPES = sorted(CONFIGS.rglob("*.yaml"))
-
-
-@functools.cache
-def recipe_config(path: Path):
-    """A recipe's resolved config, loaded once for the several tests that read it (it is read-only)."""
-    return load_config(str(path))
 
 
 def _load_script(path: Path):
@@ -38,7 +29,6 @@ def _load_script(path: Path):
 
 
 make_recipes = _load_script(ROOT / "scripts" / "make_recipes.py")  # the recipe generator (not an installed module)
-CIFAR100_TRAIN_SIZE = 50000
 
 
 def test_every_registered_method_has_its_recipes_or_says_why_not():
@@ -138,67 +128,6 @@ def test_deit_recipe_has_deits_settings():
 
 
 # (channels, side, classes) of a tiny stand-in input per data set; 28 suits /14 ViT patches.
-INPUTS = {"cifar100": (3, 32, 100), "embedded": (1, 28, 10), "imagefolder": (3, 28, 1000)}
-DEIT_SIDE = 32  # a DeiT student's 16-pixel patches; it is built at that size (a fixed position embedding)
-
-
-def tiny_student_options(cfg) -> tuple[int, dict]:
-    """The side of the tiny stand-in images of an image-folder recipe and the student options for it."""
-    if cfg.student.startswith("timm:deit_"):
-        return DEIT_SIDE, {**cfg.student_options, "img_size": DEIT_SIDE}
-    return INPUTS["imagefolder"][1], cfg.student_options
-
-
-@pytest.fixture(scope="module")
-def models():
-    cache = {}
-
-    def get(name, in_chans, num_classes, options):
-        key = (name, in_chans, num_classes, repr(sorted(options.items())))
-        if key not in cache:
-            torch.manual_seed(0)
-            cache[key] = create_model(name, num_classes=num_classes, in_chans=in_chans, **options)
-        return cache[key]
-
-    return get
-
-
-# SemCKD's ResNet50-teacher recipes build 4096-channel projectors (the reference's design, about
-# 850 M parameters): half a minute each on a CPU, for wiring the other SemCKD recipes already check.
-HUGE_RECIPES = {CONFIGS / "cifar100" / "semckd" / f"ResNet50_{student}.yaml" for student in ("vgg8", "MobileNetV2")}
-
-
-@pytest.mark.parametrize("recipe", [path for path in RECIPES if path not in HUGE_RECIPES],
-                         ids=lambda p: str(p.relative_to(CONFIGS)))
-def test_recipe_builds_and_runs_one_forward(recipe, models):
-    cfg = recipe_config(recipe)
-    cls = method_class(cfg.method.name)
-    chans, side, classes = INPUTS[cfg.data.name]
-    student_options = cfg.student_options
-    if cfg.data.name == "imagefolder":
-        side, student_options = tiny_student_options(cfg)
-    student = models(cfg.student, chans, classes, student_options)
-    teacher = models(cfg.teacher, chans, classes, cfg.teacher_options) if cls.needs_teacher else None
-    samples = 4  # SemCKD's attention embeds batch_size // 4 dimensions
-    context = MethodContext((chans, side, side), classes, torch.arange(CIFAR100_TRAIN_SIZE) % classes, cfg.optim.lr,
-                            batch_size=samples)
-    distiller = build_distiller(cfg.method, student, teacher, context)
-    batch = {"image": torch.randn(samples, chans, side, side), "label": torch.arange(samples),
-             "index": torch.arange(samples)}
-    if cls.needs_strong_view:
-        batch["image_strong"] = torch.randn(samples, chans, side, side)
-    with torch.no_grad():
-        output = distiller.eval()(batch)  # eval mode: batch-norm statistics of the shared models stay put
-    assert output.logits is None or output.logits.shape == (samples, classes)
-    assert output.terms and all(torch.isfinite(v) for v in output.terms.values())
-    if cfg.data.name == "cifar100" and cfg.method.name != "mlkd":  # the tables' learning rates (MLKD: its own)
-        expected_lr = 0.01 if cfg.student in ("MobileNetV2", "ShuffleV1", "ShuffleV2") else 0.05
-        assert cfg.optim.lr == expected_lr
-        if cfg.method.name == "ft":  # the benchmark trains the paraphraser at 0.01 under CIFAR ResNet/WRN students
-            small_init = cfg.student.startswith(("resnet", "wrn_"))
-            assert distiller.init_phase().lr == (0.01 if small_init else expected_lr)
-
-
 # The mdistiller feature baselines' recipes (trainable fusion blocks and connectors, margins, SVDs)
 # and the DCD authors' code base's (projectors, reused teacher classifiers, a queue, stage attention).
 FEATURE_BASELINE_RECIPES = sorted(path for method in ("reviewkd", "ofd", "kdsvd", "simkd", "srrl", "rrd", "rrd+kd",
