@@ -40,19 +40,6 @@ def test_the_evaluations_reports_and_export_do_not_import_the_engine():
     assert result.stdout.strip() == "[]"
 
 
-def test_a_run_on_in_memory_data_does_not_import_torchvision(tmp_path):
-    """`import torchvision` loads all its models and data sets (1.3 s): commands that stop at a bad
-    option, and runs on in-memory data, do without it (data imports it where it is used)."""
-    code = ("import sys\n"
-            "from kdistill.cli import main\n"
-            f"main(['train', 'student=resnet8', 'data.name=embedded', 'epochs=1', 'steps_per_epoch=1', "
-            f"'progress=false', 'tensorboard=false', 'device=cpu', 'out={tmp_path / 'run'}'])\n"
-            "print(sorted(name for name in sys.modules if name.startswith('torchvision')))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "[]"
-
-
 def test_the_leaf_modules_import_only_the_errors():
     """Every layer writes files through `kdistill.files`, so it may import nothing above it."""
     for name in ("errors", "files"):

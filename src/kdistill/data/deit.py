@@ -22,14 +22,13 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as F
 
 from kdistill.config import DataConfig
 from kdistill.data.augment import Stream, keyed_bits
 from kdistill.data.sources import ImageFiles
 from kdistill.data.streaming import read_rgb
 from kdistill.errors import KdistillError
-
-# torchvision is imported in the functions that use it (why: kdistill.data.sources._torchvision_datasets).
 
 SMALL_IMAGE_SIDE = 32  # the reference's threshold for a pad-4 crop instead of a resized crop
 SMALL_IMAGE_PAD = 4
@@ -100,7 +99,6 @@ class DeitFileDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor, int] | KdistillError:
         """The sample, or the error of an image that cannot be decoded (see `collate_or_error`)."""
-        from torchvision.transforms.v2 import functional as F
         view, epoch = key
         index = view % len(self)
         try:

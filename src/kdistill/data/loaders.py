@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as F
 
 from kdistill.config import DataConfig, TrainTransform
 from kdistill.data.augment import Stream, crop_flip, crop_flip_params, keyed_bits
@@ -18,8 +19,6 @@ from kdistill.data.sources import DATASETS, ImageArrays, ImageFiles, Split, reso
 from kdistill.data.streaming import EVAL_CROP_PCT, FileDataset, Resizing, collate_or_error
 from kdistill.data.two_view import TwoViewFileDataset, mean_fill, strong_view
 from kdistill.errors import KdistillError
-
-# torchvision is imported in the functions that use it (why: kdistill.data.sources._torchvision_datasets).
 
 RESIZE_CHUNK = 1024  # images resized at once: bounds the float copy torchvision makes
 
@@ -252,8 +251,6 @@ def split_validation(split: Split, fraction: float, seed: int) -> tuple[Split, S
 def _resized(images: Tensor, size: int, resizing: Resizing) -> Tensor:
     if images.shape[-2:] == (size, size):
         return images
-    from torchvision.transforms.v2 import functional as F
-
     return torch.cat([F.resize(part, [size, size], resizing.mode) for part in images.split(RESIZE_CHUNK)])
 
 

@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from torchvision import datasets as tv_datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension
+from torchvision.datasets.utils import download_and_extract_archive
 
 from kdistill.errors import KdistillError, first_line, missing_path_hint
 from kdistill.registry import Registry
@@ -83,17 +86,6 @@ class Source:
 
 Reader = Callable[[str | None, bool], Source]  # (root, download) -> Source
 DATASETS: Registry[Reader] = Registry("dataset")
-
-
-def _torchvision_datasets():
-    """torchvision.datasets with its folder and utils modules, imported on first use: importing
-    torchvision loads all of its models and data sets (1.3 s here), which a command that stops at a
-    bad option, or trains on in-memory data, never needs."""
-    import torchvision.datasets.folder  # noqa: F401 (loaded as attributes of torchvision.datasets)
-    import torchvision.datasets.utils  # noqa: F401
-    from torchvision import datasets
-
-    return datasets
 
 
 def dataset_error(name: str, problem: str) -> KdistillError:
@@ -233,7 +225,7 @@ def read_cifar10(root: str | None, download: bool) -> Source:
         "cifar10", "CIFAR-10", root, download, folder="cifar-10-batches-py",
         train_files=[f"data_batch_{i}" for i in range(1, 6)], test_file="test_batch",
         label_key="labels", num_classes=10, meta_file="batches.meta", names_key="label_names",
-        fetch=lambda path: _torchvision_datasets().CIFAR10(path, download=True),
+        fetch=lambda path: tv_datasets.CIFAR10(path, download=True),
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
     )
 
@@ -244,7 +236,7 @@ def read_cifar100(root: str | None, download: bool) -> Source:
         "cifar100", "CIFAR-100", root, download, folder="cifar-100-python",
         train_files=["train"], test_file="test",
         label_key="fine_labels", num_classes=100, meta_file="meta", names_key="fine_label_names",
-        fetch=lambda path: _torchvision_datasets().CIFAR100(path, download=True),
+        fetch=lambda path: tv_datasets.CIFAR100(path, download=True),
         mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761),  # as in the CRD benchmark
     )
 
@@ -298,12 +290,12 @@ def _read_idx_split(name: str, folder: Path, prefix: str) -> ImageArrays:
 
 
 def _read_mnist_like(
-    name: str, title: str, root: Path, download: bool, torchvision_class: str, **facts
+    name: str, title: str, root: Path, download: bool, torchvision_class: type, **facts
 ) -> Source:
     marker = "train-images-idx3-ubyte"
     folder = _find_or_download(
-        name, title, root, f"{torchvision_class}/raw", (marker, f"{marker}.gz"), download,
-        lambda: getattr(_torchvision_datasets(), torchvision_class)(root, download=True),
+        name, title, root, f"{torchvision_class.__name__}/raw", (marker, f"{marker}.gz"), download,
+        lambda: torchvision_class(root, download=True),
     )
     train, test = _read_idx_split(name, folder, "train"), _read_idx_split(name, folder, "t10k")
     return Source(train, test, num_classes=10, in_chans=1, image_size=train.images.shape[-1], **facts)
@@ -315,7 +307,7 @@ def read_fashion_mnist(root: str | None, download: bool) -> Source:
         root = str(DEBIAN_FASHION_MNIST)
     return _read_mnist_like(
         "fashion-mnist", "Fashion-MNIST", resolve_root(root, "fashion-mnist"), download,
-        "FashionMNIST", mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD,
+        tv_datasets.FashionMNIST, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD,
         class_names=FASHION_MNIST_CLASSES,
     )
 
@@ -323,7 +315,7 @@ def read_fashion_mnist(root: str | None, download: bool) -> Source:
 @DATASETS.register("mnist")
 def read_mnist(root: str | None, download: bool) -> Source:
     return _read_mnist_like(
-        "mnist", "MNIST", resolve_root(root, "mnist"), download, "MNIST",
+        "mnist", "MNIST", resolve_root(root, "mnist"), download, tv_datasets.MNIST,
         mean=(0.1307,), std=(0.3081,), class_names=[str(d) for d in range(10)], hflip=False,
     )
 
@@ -357,7 +349,7 @@ def read_stl10(root: str | None, download: bool) -> Source:
     root_path = resolve_root(root, "stl10")
     folder = _find_or_download(
         "stl10", "STL-10", root_path, "stl10_binary", ("train_X.bin",), download,
-        lambda: _torchvision_datasets().STL10(root_path, split="train", download=True),
+        lambda: tv_datasets.STL10(root_path, split="train", download=True),
     )
     names_file = folder / "class_names.txt"
     class_names = names_file.read_text().split() if names_file.is_file() else STL10_CLASSES
@@ -407,7 +399,7 @@ def read_tiny_imagenet(root: str | None, download: bool) -> Source:
     root_path = resolve_root(root, TINY_IMAGENET)
     folder = _find_or_download(
         TINY_IMAGENET, "Tiny-ImageNet", root_path, "tiny-imagenet-200", ("wnids.txt",), download,
-        lambda: _torchvision_datasets().utils.download_and_extract_archive(TINY_IMAGENET_URL, root_path),
+        lambda: download_and_extract_archive(TINY_IMAGENET_URL, root_path),
     )
     wnids = sorted((folder / "wnids.txt").read_text().split())  # sorted, as an ImageFolder orders them
     class_index = {wnid: i for i, wnid in enumerate(wnids)}
@@ -432,7 +424,6 @@ def _image_files(class_folder: str, visited: set[str]) -> list[str]:
     (by folder path, then by name). Each real folder is entered once: a symlink to a folder
     already `visited` or to an ancestor (a loop, or the same images under a second label) is
     not followed. File symlinks are listed even when dangling: the scan reports them."""
-    image_folder = _torchvision_datasets().folder
     listed, pending = [], [class_folder]
     while pending:
         folder = pending.pop()
@@ -450,7 +441,7 @@ def _image_files(class_folder: str, visited: set[str]) -> list[str]:
                 if target not in visited and not Path(real_folder).is_relative_to(target):
                     visited.add(target)
                     pending.append(entry.path)
-            elif image_folder.has_file_allowed_extension(entry.name, image_folder.IMG_EXTENSIONS):
+            elif has_file_allowed_extension(entry.name, IMG_EXTENSIONS):
                 names.append(entry.name)
         listed.append((folder, sorted(names)))
     return [os.path.join(folder, name) for folder, names in sorted(listed) for name in names]
@@ -482,7 +473,7 @@ def read_image_folder(root: str | None, download: bool) -> Source:
             hint="or set data.root=... to the folder that holds train/ and val/",
         )
     try:
-        classes, class_to_idx = _torchvision_datasets().folder.find_classes(train_folder)
+        classes, class_to_idx = find_classes(train_folder)
     except FileNotFoundError:
         raise dataset_error(
             "imagefolder", f"no class folders under {train_folder}; expected {train_folder}/<class>/<image>"

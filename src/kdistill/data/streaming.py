@@ -2,22 +2,17 @@
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
+from torchvision.transforms.v2 import functional as F
 
 from kdistill.data.augment import crop_flip, crop_flip_params, keyed_flip, resized_crop_params
 from kdistill.data.image_check import decode_error_reason
 from kdistill.data.sources import ImageFiles
 from kdistill.errors import KdistillError
-
-if TYPE_CHECKING:
-    from torchvision.transforms.v2 import InterpolationMode
-
-# torchvision is imported in the functions that use it (why: kdistill.data.sources._torchvision_datasets).
 
 EVAL_CROP_PCT = 224 / 256  # ImageNet evaluation: resize to 256, center-crop 224
 
@@ -34,8 +29,7 @@ class Resizing:
         return math.floor(size / self.eval_crop_pct + 1e-6)
 
     @property
-    def mode(self) -> "InterpolationMode":
-        from torchvision.transforms.v2 import functional as F
+    def mode(self) -> F.InterpolationMode:
         return F.InterpolationMode(self.interpolation)
 
 
@@ -45,7 +39,6 @@ def read_rgb(path: str, checked: bool) -> Tensor:
 
     PIL rather than torchvision.io, whose decoders are deprecated since torchvision 0.29.
     """
-    from torchvision.transforms.v2 import functional as F
     try:
         with Image.open(path) as image:
             return F.pil_to_tensor(image.convert("RGB"))
@@ -108,7 +101,6 @@ class FileDataset(Dataset):
         return transform(image, index, epoch)
 
     def _resized_crop_view(self, image: Tensor, index: int, epoch: int) -> Tensor:
-        from torchvision.transforms.v2 import functional as F
         size = self.image_size
         if not self.augment:
             image = F.resize(image, [self.resizing.eval_resize(size)], self.resizing.mode)  # shorter side
@@ -118,7 +110,6 @@ class FileDataset(Dataset):
         return F.horizontal_flip(image) if self.hflip and keyed_flip(self.seed, epoch, index) else image
 
     def _pad_crop_view(self, image: Tensor, index: int, epoch: int) -> Tensor:
-        from torchvision.transforms.v2 import functional as F
         if image.shape[-2:] != (self.image_size, self.image_size):
             image = F.resize(image, [self.image_size, self.image_size], self.resizing.mode)
         if not self.augment:

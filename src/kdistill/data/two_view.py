@@ -29,6 +29,7 @@ from enum import IntEnum
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor
+from torchvision.transforms.v2 import functional as F
 
 from kdistill.data.augment import (
     crop_flip,
@@ -39,8 +40,6 @@ from kdistill.data.augment import (
 )
 from kdistill.data.sources import ImageFiles
 from kdistill.data.streaming import FileDataset, Resizing
-
-# torchvision is imported in the functions that use it (why: kdistill.data.sources._torchvision_datasets).
 
 RAND_AUGMENT_OPS_PER_IMAGE = 2
 MAX_OPS_PER_IMAGE = 8  # stream ids reserved per slot
@@ -97,12 +96,10 @@ def identity(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
 
 
 def auto_contrast(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
-    from torchvision.transforms.v2 import functional as F
     return F.autocontrast(images)
 
 
 def equalize(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
-    from torchvision.transforms.v2 import functional as F
     return F.equalize(images)
 
 
@@ -111,20 +108,17 @@ def brightness(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
 
 
 def color(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
-    from torchvision.transforms.v2 import functional as F
     if images.shape[1] == 1:  # no colour to change (as torchvision's adjust_saturation)
         return images
     return _blend(images, F.rgb_to_grayscale(images).float(), _factor(magnitude))
 
 
 def contrast(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
-    from torchvision.transforms.v2 import functional as F
     gray = F.rgb_to_grayscale(images) if images.shape[1] == 3 else images
     return _blend(images, gray.float().mean(dim=(1, 2, 3), keepdim=True), _factor(magnitude))
 
 
 def sharpness(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
-    from torchvision.transforms.v2 import functional as F
     blurred = F.adjust_sharpness(images, 0.0).float()  # the smoothed image, borders kept
     base = images.float()
     # torchvision's form x + (1 - f) (blurred - x): exact where the two agree (the border).
