@@ -29,6 +29,11 @@ class DeiTOptions(MethodOptions):
     # Of the class head's cross-entropy with the labels: DeiT's 0.1 (its main.py without mixup; 0: none).
     label_smoothing: float = 0.1
 
+    def __post_init__(self):
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise KdistillError(f"method.label_smoothing={self.label_smoothing} is outside [0, 1): "
+                                "use DeiT's 0.1, or 0 for none")
+
 
 @register_method("deit")
 class DeiT(Distiller):
@@ -56,9 +61,6 @@ class DeiT(Distiller):
         if options.w_kd:
             raise KdistillError("method deit has no KD term (its distillation head learns from the teacher): "
                                 "drop method.w_kd")
-        if not 0.0 <= options.label_smoothing < 1.0:
-            raise KdistillError(f"method.label_smoothing={options.label_smoothing} is outside [0, 1): "
-                                "use DeiT's 0.1, or 0 for none")
         if options.distillation is DeiTTarget.hard and (options.logit_standardize or options.curriculum_temperature):
             raise KdistillError("method.logit_standardize and method.curriculum_temperature act on the soft target "
                                 "only: set method.distillation=soft or drop them")

@@ -5,14 +5,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kdistill.config import CacheDtype
 from kdistill.errors import KdistillError
 from kdistill.files import atomic_write_text
 from kdistill.report.curves import plot_training_curves
 from kdistill.report.published import format_published
 from kdistill.report.table import build_tables, find_runs, format_markdown, load_result, table_json, write_csv
 from kdistill.run_folder import RunFolder
-
-EXACT_CACHE_DTYPE = "float32"  # a teacher cache of it gives the numbers the teacher computes
 
 
 def curve_names(runs: list[Path]) -> list[str]:
@@ -43,7 +42,7 @@ def teacher_outputs_note(sources: dict[str, str | None]) -> str:
     for source, names in sorted(by_source.items()):
         if source == "the teacher":
             parts.append(f"computed by the teacher in {len(names)} run(s)")
-        elif source == f"a {EXACT_CACHE_DTYPE} teacher cache":
+        elif source == f"a {CacheDtype.float32} teacher cache":
             parts.append(f"read from {source} (exact) in {len(names)} run(s)")
         else:
             parts.append(f"read from {source} (rounded) in {len(names)} run(s): {', '.join(names)}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdistill.config import EXECUTION_KEYS, flatten
+from kdistill.config import EXECUTION_KEYS, CacheDtype, flatten
 from kdistill.errors import KdistillError, missing_path_hint
 from kdistill.files import atomic_write_text
 from kdistill.run_folder import RESULTS_FILE, RunFolder, RunResults
@@ -88,7 +88,7 @@ def run_setting(run: RunFolder, results: RunResults) -> Setting:
 def _teacher_outputs(flat: dict[str, str]) -> str:
     """'exact' unless the run reads a rounded or top-K teacher cache, e.g. 'float16 top-10 cache'."""
     dtype, topk = flat.get(f"{CACHE_STORAGE_PREFIX}dtype"), flat.get(f"{CACHE_STORAGE_PREFIX}topk", "null")
-    if flat.get("teacher_cache", "null") == "null" or (dtype == "float32" and topk == "null"):
+    if flat.get("teacher_cache", "null") == "null" or (dtype == CacheDtype.float32 and topk == "null"):
         return "exact"
     return " ".join([dtype, *([f"top-{topk}"] if topk != "null" else []), "cache"])
 
